@@ -1,0 +1,48 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+FMNIST_DIR ?= $(or $(JAXKD_FASHION_MNIST_DIR),/usr/share/datasets/fashion-mnist)
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-test data bench clean
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+# Stamps re-run the install whenever pyproject.toml changes (idempotent otherwise).
+$(VENV)/.installed: pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# Raw Fashion-MNIST: Debian's dataset-fashion-mnist when we are root on Debian and the files
+# are missing; otherwise JAXKD_FASHION_MNIST_DIR, or the online fallback inside jaxkd.
+data: install
+	@if [ ! -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ] && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian package dataset-fashion-mnist"; \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	fi
+	$(VPY) -m jaxkd.data prepare fashion_mnist
+
+demo: data
+	$(VPY) experiments/demo.py
+
+test: install-test
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(VPY) -m pip install -q -e '.[bench]'
+	$(VPY) benchmarks/throughput.py --quick
+
+clean:
+	rm -rf $(VENV) workdirs

@@ -1,0 +1,27 @@
+"""Supervised training (a teacher, or a source-task model for transfer).
+
+    python experiments/train.py --config experiments/configs/fashion_mnist.py:lenet5 \
+        --workdir workdirs/lenet5
+
+Writes WORKDIR/metrics.jsonl, WORKDIR/final_metrics.json and the final variables in
+WORKDIR/final (the teacher checkpoint experiments/distill.py reads).
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxkd import recipes
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (see experiments/configs).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)
+
+
+def main(argv):
+  del argv
+  recipes.enable_compilation_cache()
+  final = recipes.train(_CONFIG.value, _WORKDIR.value)
+  print(f"test accuracy {final['test_accuracy']:.4f}  params_sha256 {final['params_sha256']}")
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,216 @@
+"""Teacher-output cache for offline distillation: run the teacher over a dataset once.
+
+A cache stores one row of teacher outputs per example, in the dataset's stored order, and
+the provenance it is valid for: dataset, split, input transform, teacher fingerprint and
+format. `TeacherCache.check` refuses any other use with one clear error, so a cache can
+never silently teach the wrong images, teacher or task.
+
+Formats:
+  * full logits, float32 or float16 (temperature-free);
+  * top-k: the k largest teacher logits and their class indices, plus the log of the
+    probability mass of all other classes at the cache's temperature, kept as one bucket.
+    The soft loss is then the KL between (k+1)-bucket distributions; see `topk_logits`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd.augment import Augment
+
+FORMAT_VERSION = 1
+DTYPES = ('float32', 'float16')
+
+
+class CacheMismatchError(ValueError):
+  """A teacher cache used for data, a teacher or a transform it was not computed for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherCache:
+  """Teacher outputs for every example of one split, with their provenance.
+
+  Attributes:
+    logits: [N, C] (full) or [N, k] (top-k values), float32 or float16.
+    indices: None, or int32 [N, k] class indices of the top-k values.
+    rest_log_mass: None, or float32 [N]: log of the teacher's probability mass outside the
+      top k at `provenance['temperature']`.
+    provenance: dataset, split, transform, teacher_fingerprint, num_classes, topk,
+      temperature, dtype, num_examples.
+  """
+
+  logits: np.ndarray
+  indices: np.ndarray | None
+  rest_log_mass: np.ndarray | None
+  provenance: dict
+
+  @property
+  def topk(self) -> int | None:
+    return self.provenance['topk']
+
+  def check(self, *, dataset: str, split: str, transform: dict,
+            teacher_fingerprint: str | None = None, augment: Augment = Augment(),
+            temperature: float | None = None, num_examples: int | None = None) -> None:
+    """Raises `CacheMismatchError` unless this cache is valid for the described use."""
+    p = self.provenance
+    problems = []
+    if (dataset, split) != (p['dataset'], p['split']):
+      problems.append(f"it was computed on {p['dataset']}/{p['split']}, not {dataset}/{split}")
+    if transform != p['transform']:
+      problems.append(f"it was computed with input transform {p['transform']}, not {transform}")
+    if teacher_fingerprint is not None and teacher_fingerprint != p['teacher_fingerprint']:
+      problems.append(f"it holds teacher {p['teacher_fingerprint'][:16]}..., not "
+                      f"{teacher_fingerprint[:16]}...")
+    if not augment.is_identity:
+      problems.append(f'training uses random augmentation {augment.describe()}, which would '
+                      'show the student images the teacher never saw; train with '
+                      'Augment() or with a live teacher')
+    if num_examples is not None and num_examples != p['num_examples']:
+      problems.append(f"it has {p['num_examples']} rows for {num_examples} examples")
+    if self.topk and temperature is not None and not np.isclose(temperature, p['temperature']):
+      problems.append(f"its top-{self.topk} rest mass was computed at temperature "
+                      f"{p['temperature']}, not {temperature}; recompute it or keep full logits")
+    if problems:
+      raise CacheMismatchError('This teacher cache cannot be used: ' + '; '.join(problems) +
+                               '. Recompute the cache for this run (jaxkd.cache.compute).')
+
+  def rows(self) -> dict[str, np.ndarray]:
+    """Per-example arrays to carry in each batch (gathered with the images)."""
+    if self.topk:
+      return {'teacher_topk_logits': self.logits, 'teacher_topk_indices': self.indices,
+              'teacher_rest_log_mass': self.rest_log_mass}
+    return {'teacher_logits': self.logits}
+
+  def save(self, directory: str) -> None:
+    """Writes `.npy` arrays and `cache.json` (no pickle); replaces the folder atomically."""
+    tmp = directory.rstrip('/') + '.tmp'
+    os.makedirs(tmp, exist_ok=True)
+    for name, array in self.rows().items():
+      np.save(os.path.join(tmp, f'{name}.npy'), array, allow_pickle=False)
+    with open(os.path.join(tmp, 'cache.json'), 'w') as f:
+      json.dump({'format_version': FORMAT_VERSION, **self.provenance}, f, indent=2)
+    if os.path.isdir(directory):
+      old = directory.rstrip('/') + '.old'
+      os.replace(directory, old)
+      os.replace(tmp, directory)
+      _rmtree(old)
+    else:
+      os.replace(tmp, directory)
+
+  @classmethod
+  def load(cls, directory: str) -> 'TeacherCache':
+    path = os.path.join(directory, 'cache.json')
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'No teacher cache at {directory!r} (missing cache.json); '
+                              'create one with jaxkd.cache.compute(...).save(directory).')
+    with open(path) as f:
+      provenance = json.load(f)
+    if provenance.pop('format_version') != FORMAT_VERSION:
+      raise CacheMismatchError(f'{directory!r} has an unknown cache format; recompute it.')
+    load = lambda name: np.load(os.path.join(directory, f'{name}.npy'), allow_pickle=False)
+    if provenance['topk']:
+      return cls(load('teacher_topk_logits'), load('teacher_topk_indices'),
+                 load('teacher_rest_log_mass'), provenance)
+    return cls(load('teacher_logits'), None, None, provenance)
+
+
+def _rmtree(path: str) -> None:
+  import shutil
+  shutil.rmtree(path, ignore_errors=True)
+
+
+def compute(
+    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    teacher_variables: Any,
+    images: np.ndarray,
+    *,
+    dataset: str,
+    split: str,
+    transform: dict,
+    teacher_fingerprint: str,
+    batch_size: int = 1000,
+    dtype: str = 'float32',
+    topk: int | None = None,
+    temperature: float | None = None,
+) -> TeacherCache:
+  """Runs the teacher (inference mode) over `images` once, in order.
+
+  Args:
+    apply_fn: `apply(variables, images) -> logits`, e.g. `jaxkd.distill.inference_apply(m)`.
+    teacher_variables: the teacher's variables.
+    images: the split's model inputs [N, H, W, C] after `transform` (normalised float).
+    dataset, split, transform, teacher_fingerprint: provenance recorded in the cache.
+    batch_size: examples per teacher call; the last batch is padded.
+    dtype: 'float32' or 'float16' storage of logits.
+    topk: keep only the k largest logits per example, plus the rest's mass in one bucket.
+    temperature: required with `topk`: the temperature the rest mass is computed at.
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f'Unknown cache dtype {dtype!r}; choose one of {DTYPES}.')
+  if topk is not None and (temperature is None or temperature <= 0):
+    raise ValueError('A top-k cache needs the training temperature (> 0): its rest mass '
+                     'depends on it. Pass temperature=T.')
+  run = jax.jit(apply_fn)
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    outputs.append(np.asarray(run(teacher_variables, chunk), np.float32)[:batch_size - pad])
+  logits = np.concatenate(outputs)
+  provenance = {'dataset': dataset, 'split': split, 'transform': transform,
+                'teacher_fingerprint': teacher_fingerprint, 'num_classes': logits.shape[-1],
+                'num_examples': len(logits), 'topk': topk, 'temperature': temperature,
+                'dtype': dtype}
+  if not topk:
+    return TeacherCache(logits.astype(dtype), None, None, provenance)
+  if not 0 < topk < logits.shape[-1]:
+    raise ValueError(f'topk must be in 1..{logits.shape[-1] - 1}, got {topk}.')
+  indices = np.argsort(-logits, axis=-1, kind='stable')[:, :topk].astype(np.int32)
+  values = np.take_along_axis(logits, indices, -1)
+  scaled = logits.astype(np.float64) / temperature
+  log_z = _logsumexp(scaled)
+  rest = scaled.copy()
+  np.put_along_axis(rest, indices, -np.inf, -1)
+  rest_log_mass = (_logsumexp(rest) - log_z).astype(np.float32)
+  return TeacherCache(values.astype(dtype), indices, rest_log_mass, provenance)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+  top = np.max(x, -1, keepdims=True)
+  top = np.where(np.isfinite(top), top, 0.0)
+  return (np.log(np.sum(np.exp(x - top), -1)) + top[..., 0])
+
+
+def topk_logits(student_logits: jax.Array, topk_logits_: jax.Array, indices: jax.Array,
+                rest_log_mass: jax.Array, *, temperature: float) -> jax.Array:
+  """Full-width teacher logits whose KD loss equals the (k+1)-bucket KL, value and gradient.
+
+  The teacher's top-k probabilities come from the cache; its rest mass `r` is spread over
+  the other classes in proportion to the student's own (stop-gradient) distribution there:
+  p_j = r * q_j / q_rest. Then KL(p || q) = KL over the k+1 buckets (top-k classes, rest),
+  and so are its gradients w.r.t. the student logits. Returned as `T * log p`, so that
+  `softmax(result / T) == p` inside `kd_loss`.
+  """
+  t = temperature
+  student = jax.lax.stop_gradient(student_logits.astype(jnp.float32)) / t
+  in_topk = jnp.sum(jax.nn.one_hot(indices, student.shape[-1], dtype=jnp.bool_), -2)
+  log_q = jax.nn.log_softmax(student)
+  log_q_rest = jax.nn.logsumexp(jnp.where(in_topk, -jnp.inf, log_q), -1, keepdims=True)
+  # Teacher's top-k log-probabilities at T: value/T minus the full partition function, which
+  # follows from the top-k values and the rest mass: log Z = logsumexp(top/T) - log(1 - r).
+  top = topk_logits_.astype(jnp.float32) / t
+  rest = rest_log_mass.astype(jnp.float32)[..., None]
+  log_z = jax.nn.logsumexp(top, -1, keepdims=True) - jnp.log1p(-jnp.exp(rest))
+  log_p_rest = rest + log_q - log_q_rest
+  log_p = log_p_rest
+  batch_index = jnp.arange(student.shape[0])[:, None]
+  log_p = log_p.at[batch_index, indices].set(top - log_z)
+  return t * log_p

@@ -1,0 +1,271 @@
+"""Input pipelines: a grain loader over a random-access source, and an in-device one.
+
+Both yield `{'image': float32 [B, H, W, C] normalised, 'label': int32 [B]}` and
+shuffle deterministically from a seed and the epoch number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain.python as grain
+import jax
+from absl import flags
+import jax.numpy as jnp
+import numpy as np
+
+Batch = dict[str, Any]
+
+
+def _channel_stats(mean: float | Sequence[float], std: float | Sequence[float]):
+  """Per-channel (mean, std) as float32 arrays; std must be positive."""
+  mean = np.atleast_1d(np.asarray(mean, np.float32))
+  std = np.atleast_1d(np.asarray(std, np.float32))
+  if np.any(std <= 0):
+    raise ValueError(f"std must be positive, got {std.tolist()}.")
+  return mean, std
+
+
+def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+  """(index, count) of this process's shard, defaulting to JAX's process index/count."""
+  index = jax.process_index() if shard_index is None else shard_index
+  count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= index < count:
+    raise ValueError(f"shard_index must be in [0, {count}), got {index}.")
+  return index, count
+
+
+class _ShardView:
+  """Records [start, stop) of a random-access source, itself random-access.
+
+  Sharding the source, not the sampler, keeps grain's epochs exact per shard:
+  its IndexSampler strides one global index space over the shards, which loses
+  or repeats records when shard sizes differ.
+  """
+
+  def __init__(self, source: Sequence[Any], start: int, stop: int):
+    self._source, self._start, self._stop = source, start, stop
+
+  def __len__(self) -> int:
+    return self._stop - self._start
+
+  def __getitem__(self, index: int) -> Any:
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} records.")
+    return self._source[self._start + index]
+
+  def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
+    keys = [self._start + i for i in indices]
+    if hasattr(self._source, "__getitems__"):
+      return self._source.__getitems__(keys)
+    return [self._source[k] for k in keys]
+
+  def __repr__(self) -> str:  # Grain stores it in iterator states: keep it short.
+    source = self._source
+    in_memory = isinstance(source, (list, tuple, np.ndarray))
+    inner = type(source).__name__ if in_memory else repr(source)
+    return f"_ShardView({inner}, {self._start}, {self._stop})"
+
+
+def _shard_source(source: Sequence[Any], index: int, count: int, drop_remainder: bool):
+  """Contiguous shard `index` of `count`; equal sizes (n // count) with drop_remainder."""
+  if count == 1:
+    return source
+  n = len(source)
+  start = index * n // count
+  stop = start + n // count if drop_remainder else (index + 1) * n // count
+  return _ShardView(source, start, stop)
+
+
+class _Normalize(grain.MapTransform):
+  """Batch of uint8 images -> float32 (x / 255 - mean) / std; labels -> int32."""
+
+  def __init__(self, mean: np.ndarray, std: np.ndarray):
+    self._scale = (1.0 / (255.0 * std)).astype(np.float32)
+    self._shift = (-mean / std).astype(np.float32)
+
+  def map(self, batch: Batch) -> Batch:
+    image = np.asarray(batch["image"], np.float32) * self._scale + self._shift
+    return {"image": image, "label": np.asarray(batch["label"], np.int32)}
+
+
+def make_loader(
+    data_source: Sequence[dict[str, Any]],
+    *,
+    batch_size: int,
+    seed: int,
+    mean: float | Sequence[float],
+    std: float | Sequence[float],
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    num_epochs: int | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int = 0,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DataLoader:
+  """A grain `DataLoader` of normalised batches from a random-access source.
+
+  Each process reads its contiguous shard of `data_source` (shard `shard_index`
+  of `shard_count`, default `jax.process_index()` of `jax.process_count()`),
+  shuffled anew each epoch from `seed`; the same seed gives the same batches,
+  and each epoch visits every record of the shard once.
+  Iterate it with `it = iter(loader)`; `it.get_state()` returns JSON bytes that
+  `it.set_state(...)` (on an iterator of an identically built loader) restores.
+
+  Args:
+    data_source: items `{'image': uint8 [H, W, C], 'label': int}`, e.g. `source(...)`.
+    batch_size: examples per batch on this process.
+    seed: shuffling seed.
+    mean, std: per-channel statistics on [0, 1] pixel values.
+    shuffle: shuffle within the shard, differently each epoch.
+    drop_remainder: drop a last partial batch (and make shards equal-sized,
+      so every process takes the same number of steps).
+    num_epochs: passes over the data; None repeats forever. Batches may span
+      two epochs unless one epoch is a whole number of batches.
+    shard_index, shard_count: this process's shard.
+    worker_count: grain worker processes (0 reads in this process).
+    read_options: grain's reader threads and prefetch buffer; None keeps grain's
+      defaults (16 threads, 500 records), e.g. `grain.ReadOptions(num_threads=2,
+      prefetch_buffer_size=64)` reads faster on a 2-core machine.
+  """
+  if worker_count > 0 and not flags.FLAGS.is_parsed():
+    # grain 0.2.18's worker processes read an absl flag directly, which fails
+    # outside absl.app.run; marking the (default) flags parsed avoids that.
+    flags.FLAGS.mark_as_parsed()
+  index, count = _shard(shard_index, shard_count)
+  data_source = _shard_source(data_source, index, count, drop_remainder)
+  sampler = grain.IndexSampler(
+      num_records=len(data_source),
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      seed=seed,
+  )
+  return grain.DataLoader(
+      data_source=data_source,
+      sampler=sampler,
+      operations=[grain.Batch(batch_size, drop_remainder=drop_remainder),
+                  _Normalize(*_channel_stats(mean, std))],
+      worker_count=worker_count,
+      read_options=read_options,
+  )
+
+
+class InMemoryDataset:
+  """A split held on device once and batched there: no host round trip per step.
+
+  Two functions, each compiled once, run on device: once per epoch, the
+  permutation `jax.random.permutation(fold_in(key(seed), epoch), N)` (kept on
+  device; recomputing it every step would cost more than the step on CPU); each
+  step, one function slices this process's part of the step's global batch from
+  it, gathers and normalises. A batch is a pure function of (seed, epoch, step):
+  a run resumed at step k of epoch e gets exactly the same batches, and processes
+  (shards) with the same seed take disjoint examples. The last partial global
+  batch of an epoch is dropped.
+
+  Args:
+    images: uint8 [N, H, W, C].
+    labels: int [N].
+    batch_size: examples per batch on this process.
+    mean, std: per-channel statistics on [0, 1] pixel values.
+    seed: shuffling seed.
+    shuffle: False keeps the stored order.
+    data_sharding: placement of the stored arrays (default: the default device).
+    batch_sharding: output sharding of each batch, e.g.
+      `NamedSharding(mesh, P('data'))` to split it over a mesh's data axis
+      (single process; with several processes each yields its local batch, to
+      be assembled with `jax.make_array_from_process_local_data`).
+    shard_index, shard_count: this process's shard (default: JAX's process index/count).
+    extras: more per-example arrays (e.g. cached teacher logits), gathered into each batch
+      under their names alongside `image` and `label`.
+  """
+
+  def __init__(
+      self,
+      images: np.ndarray | jax.Array,
+      labels: np.ndarray | jax.Array,
+      *,
+      batch_size: int,
+      mean: float | Sequence[float],
+      std: float | Sequence[float],
+      seed: int = 0,
+      shuffle: bool = True,
+      data_sharding: jax.sharding.Sharding | None = None,
+      batch_sharding: jax.sharding.Sharding | None = None,
+      shard_index: int | None = None,
+      shard_count: int | None = None,
+      extras: dict[str, np.ndarray] | None = None,
+  ):
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype}"
+                       f"{list(images.shape)}.")
+    if labels.shape != images.shape[:1]:
+      raise ValueError(f"labels must be [{len(images)}], got {list(labels.shape)}.")
+    for name, rows in (extras or {}).items():
+      if len(rows) != len(images) or name in ("image", "label"):
+        raise ValueError(f"extras[{name!r}] must be a new name with one row per example "
+                         f"({len(images)}), got {len(rows)} rows.")
+    self.num_examples = len(images)
+    self.batch_size = batch_size
+    self.shard_index, self.shard_count = _shard(shard_index, shard_count)
+    self.steps_per_epoch = self.num_examples // (batch_size * self.shard_count)
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"{self.num_examples} examples do not fill one global batch of "
+                       f"{batch_size} x {self.shard_count} shards.")
+    self._images = jax.device_put(images, data_sharding)
+    self._labels = jax.device_put(jnp.asarray(labels, jnp.int32), data_sharding)
+    self._extras = jax.device_put(dict(extras or {}), data_sharding)
+    self._key = jax.random.key(seed)
+    self._cached_order: tuple[int, jax.Array] | None = None
+    mean, std = _channel_stats(mean, std)
+    self._order_fn = jax.jit(self._make_order_fn(shuffle))
+    batch_fn = self._make_batch_fn(1.0 / (255.0 * std), -mean / std)
+    jit_kwargs = {} if batch_sharding is None else {"out_shardings": batch_sharding}
+    self._batch_fn = jax.jit(batch_fn, **jit_kwargs)
+
+  def _make_order_fn(self, shuffle: bool):
+    """The epoch's example order (compiled once): a permutation of fold_in(key, epoch)."""
+    n = self.num_examples
+
+    def order_fn(key, epoch) -> jax.Array:
+      if not shuffle:
+        return jnp.arange(n, dtype=jnp.int32)
+      return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
+
+    return order_fn
+
+  def _make_batch_fn(self, scale: np.ndarray, shift: np.ndarray):
+    """The per-step function (compiled once): slice the order, gather, normalise."""
+    batch_size = self.batch_size
+    offset = self.shard_index * batch_size
+    global_batch = batch_size * self.shard_count
+
+    def batch_fn(images, labels, extras, order, step) -> Batch:
+      idx = jax.lax.dynamic_slice_in_dim(order, step * global_batch + offset, batch_size)
+      image = images[idx].astype(jnp.float32) * scale + shift
+      return {"image": image, "label": labels[idx],
+              **{name: rows[idx] for name, rows in extras.items()}}
+
+    return batch_fn
+
+  def order(self, epoch: int) -> jax.Array:
+    """All example indices of epoch `epoch` in visiting order (on device, cached)."""
+    if self._cached_order is None or self._cached_order[0] != epoch:
+      self._cached_order = (epoch, self._order_fn(self._key, np.int32(epoch)))
+    return self._cached_order[1]
+
+  def batch(self, epoch: int, step: int) -> Batch:
+    """Batch `step` (0 <= step < steps_per_epoch) of epoch `epoch`."""
+    if not 0 <= step < self.steps_per_epoch:
+      raise IndexError(f"step must be in [0, {self.steps_per_epoch}), got {step}.")
+    return self._batch_fn(self._images, self._labels, self._extras, self.order(epoch),
+                          np.int32(step))
+
+  def epoch(self, epoch_index: int, *, start_step: int = 0) -> Iterator[Batch]:
+    """Batches of epoch `epoch_index` from `start_step` on (to resume mid-epoch)."""
+    for step in range(start_step, self.steps_per_epoch):
+      yield self.batch(epoch_index, step)
+
+  def __len__(self) -> int:
+    return self.steps_per_epoch

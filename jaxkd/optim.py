@@ -1,0 +1,47 @@
+"""Optimizers and learning-rate schedules by name."""
+from __future__ import annotations
+
+from typing import Callable
+
+import optax
+
+SCHEDULES = ('constant', 'cosine', 'piecewise')
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+
+
+def make_schedule(*, name: str, learning_rate: float, total_steps: int, warmup_steps: int = 0,
+                  boundaries: tuple[float, ...] = (), decay_factor: float = 0.1) -> Callable:
+  """A learning-rate schedule of the step.
+
+  `piecewise` multiplies the rate by `decay_factor` at each boundary, given as a fraction of
+  `total_steps` (e.g. the CIFAR recipe's 150/180/210 of 240 epochs is (0.625, 0.75, 0.875)).
+  """
+  if name == 'constant':
+    schedule = optax.constant_schedule(learning_rate)
+  elif name == 'cosine':
+    schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
+  elif name == 'piecewise':
+    schedule = optax.piecewise_constant_schedule(
+        learning_rate, {int(b * total_steps): decay_factor for b in boundaries})
+  else:
+    raise ValueError(f'Unknown schedule {name!r}; choose one of {SCHEDULES}.')
+  if warmup_steps:
+    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    schedule = optax.join_schedules([warmup, schedule], [warmup_steps])
+  return schedule
+
+
+def make_optimizer(*, name: str, learning_rate: Callable | float, momentum: float = 0.9,
+                   nesterov: bool = False, weight_decay: float = 0.0,
+                   ) -> optax.GradientTransformation:
+  """SGD (momentum, coupled L2 weight decay as in the CIFAR KD recipe), Adam or AdamW."""
+  if name == 'sgd':
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    parts.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
+    return optax.chain(*parts)
+  if name == 'adam':
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    return optax.chain(*parts, optax.adam(learning_rate))
+  if name == 'adamw':
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+  raise ValueError(f'Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.')

@@ -1,0 +1,146 @@
+"""Data parallelism for any step: `jax.jit` over a mesh (default), `jax.pmap`, `jax.shard_map`.
+
+A step is written once as `fn(first, batch, *extras, axis_name=None)`: `first` is the student
+state (donated) or variables being evaluated, `batch` is split over devices, `extras` are
+read-only trees such as teacher variables (replicated, or sharded FSDP-style under `jit`).
+Under `jit` XLA inserts the cross-device reductions, so `axis_name` is None; under `pmap` and
+`shard_map` the step reduces with `lax.pmean`/`psum` over `axis_name` itself.
+
+`pmap` does not mix with `jax.set_mesh`; this module never sets a global mesh, it passes
+`NamedSharding`s explicitly, so the three modes stay apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+MODES = ('jit', 'pmap', 'shard_map')
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+  """How a step is spread over devices.
+
+  Attributes:
+    mode: 'jit' (GSPMD over a mesh with NamedSharding), 'pmap' or 'shard_map'.
+    num_devices: how many devices to use (default: all).
+    axis: the mesh axis the batch is split over.
+    shard_teacher: under 'jit', shard each teacher leaf's largest divisible dimension over
+      the devices (FSDP-style) instead of replicating it, so a large teacher need not fit on
+      one device; XLA gathers what each layer needs.
+  """
+
+  mode: str = 'jit'
+  num_devices: int | None = None
+  axis: str = 'data'
+  shard_teacher: bool = False
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f'Unknown parallel mode {self.mode!r}; choose one of {MODES}.')
+    available = jax.device_count()
+    if self.num_devices is not None and not 1 <= self.num_devices <= available:
+      raise ValueError(
+          f'num_devices={self.num_devices} but {available} devices exist; pass a number in '
+          f'1..{available} or None for all.')
+    if self.shard_teacher and self.mode != 'jit':
+      raise ValueError(f"shard_teacher=True needs mode='jit' (got {self.mode!r}).")
+
+  @functools.cached_property
+  def mesh(self) -> jax.sharding.Mesh:
+    devices = jax.devices()[: self.size]
+    return jax.make_mesh((len(devices),), (self.axis,), axis_types=(AxisType.Auto,),
+                         devices=devices)
+
+  @property
+  def size(self) -> int:
+    return self.num_devices or jax.device_count()
+
+  @property
+  def axis_name(self) -> str | None:
+    """The named axis a step reduces over itself: None under 'jit'."""
+    return None if self.mode == 'jit' else self.axis
+
+  def _sharding(self, spec: P) -> NamedSharding:
+    return NamedSharding(self.mesh, spec)
+
+  # --- compiling -------------------------------------------------------------------------
+
+  def compile(self, fn: Callable, *, num_extras: int = 0, donate: bool = True) -> Callable:
+    """Compiles `fn(first, batch, *extras, axis_name=...)` once for this mode.
+
+    Returns a callable `(first, batch, *extras) -> outputs`; every output is replicated
+    (under pmap: stacked over devices, see `unreplicate`).
+    """
+    donate_argnums = (0,) if donate else ()
+    if self.mode == 'jit':
+      replicated = self._sharding(P())
+      return jax.jit(functools.partial(fn, axis_name=None), donate_argnums=donate_argnums,
+                     out_shardings=replicated)
+    per_device = functools.partial(fn, axis_name=self.axis)
+    if self.mode == 'pmap':
+      return jax.pmap(per_device, axis_name=self.axis, devices=list(self.mesh.devices.flat),
+                      donate_argnums=donate_argnums)
+    in_specs = (P(), P(self.axis)) + (P(),) * num_extras
+    # check_vma=False gives pmap's semantics: gradients of replicated parameters stay
+    # per-device until the step's own pmean (with it, autodiff would psum them already).
+    mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=P(),
+                           check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate_argnums)
+
+  # --- placing data ----------------------------------------------------------------------
+
+  def replicate(self, tree: Any) -> Any:
+    """Places a tree on every device (under pmap: with a leading device axis)."""
+    if self.mode != 'pmap':
+      return jax.device_put(tree, self._sharding(P()))
+    sharding = self._sharding(P(self.axis))
+
+    def stack(leaf):
+      host = np.asarray(jax.device_get(leaf))
+      return jax.make_array_from_callback((self.size,) + host.shape, sharding,
+                                          lambda index: host[None])
+    return jax.tree.map(stack, tree)
+
+  def unreplicate(self, tree: Any) -> Any:
+    """The single copy of a replicated tree (identity except under pmap)."""
+    if self.mode != 'pmap':
+      return tree
+    return jax.tree.map(lambda x: x[0], tree)
+
+  def shard_batch(self, batch: Any) -> Any:
+    """Splits a batch's leading dimension over the devices.
+
+    Host arrays are this process's share of the global batch; device arrays are taken as
+    the global batch and resharded.
+    """
+    def put(x):
+      if x.shape[0] % self.size:
+        raise ValueError(
+            f'Batch dimension {x.shape[0]} is not divisible by {self.size} devices; use a '
+            f'batch size that is a multiple of the device count.')
+      if self.mode == 'pmap':
+        x = x.reshape((self.size, x.shape[0] // self.size) + x.shape[1:])
+      sharding = self._sharding(P(self.axis))
+      if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+      return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    return jax.tree.map(put, batch)
+
+  def place_teacher(self, variables: Any) -> Any:
+    """Replicates teacher variables, or shards them FSDP-style when `shard_teacher`."""
+    if not self.shard_teacher:
+      return self.replicate(variables)
+
+    def put(leaf):
+      dims = [d for d in np.argsort(leaf.shape)[::-1] if leaf.shape[d] % self.size == 0]
+      spec = [None] * leaf.ndim
+      if dims and leaf.shape[dims[0]] >= self.size:
+        spec[dims[0]] = self.axis
+      return jax.device_put(leaf, self._sharding(P(*spec)))
+    return jax.tree.map(put, variables)

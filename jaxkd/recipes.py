@@ -1,0 +1,197 @@
+"""Experiment recipes: the edge where an ml_collections config becomes typed library calls.
+
+`experiments/*.py` parse flags and call one function here; everything below is shared by
+supervised training, distillation and fine-tuning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd import data, models, optim
+from jaxkd.augment import Augment
+from jaxkd.loop import eval_batches, fit
+from jaxkd.parallel import Parallel
+from jaxkd.state import TrainState, create_train_state, model_variables, tree_sha256
+from jaxkd.steps import make_eval_step, make_train_step, summarize_eval
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Task:
+  """A dataset split into train/test arrays (uint8 images, int32 labels) on the host."""
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  mean: Any
+  std: Any
+
+  def normalize(self, images: np.ndarray) -> np.ndarray:
+    return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+
+
+def load_task(config) -> Task:
+  """Loads the config's dataset (optionally a subset of classes) as host arrays."""
+  info = data.info(config.dataset)
+  data_dir = config.get('data_dir') or None
+  train = data.load_arrays(config.dataset, 'train', data_dir=data_dir)
+  test = data.load_arrays(config.dataset, 'test', data_dir=data_dir)
+  num_classes = info.num_classes
+  classes = tuple(config.get('classes') or ())
+  if classes:
+    per_class = config.get('train_per_class') or None
+    train = data.subset_classes(*train, classes, per_class=per_class, seed=config.seed)
+    test = data.subset_classes(*test, classes)
+    num_classes = len(classes)
+  return Task(config.dataset, *train, *test, num_classes=num_classes,
+              mean=np.asarray(info.mean, np.float32), std=np.asarray(info.std, np.float32))
+
+
+def build_model(config, num_classes: int):
+  overrides = dict(config.get('model_overrides') or {})
+  dtype = config.get('dtype', 'float32')
+  if dtype != 'float32':
+    overrides['dtype'] = DTYPES[dtype]
+  return models.build(config.model, num_classes=num_classes, **overrides)
+
+
+def build_optimizer(config, total_steps: int):
+  o = config.optimizer
+  schedule = optim.make_schedule(
+      name=o.schedule, learning_rate=o.learning_rate, total_steps=total_steps,
+      warmup_steps=o.get('warmup_steps', 0), boundaries=tuple(o.get('boundaries', ())),
+      decay_factor=o.get('decay_factor', 0.1))
+  tx = optim.make_optimizer(name=o.name, learning_rate=schedule, momentum=o.get('momentum', 0.9),
+                            nesterov=o.get('nesterov', False),
+                            weight_decay=o.get('weight_decay', 0.0))
+  return tx, schedule
+
+
+def build_parallel(config) -> Parallel:
+  p = config.get('parallel') or {}
+  return Parallel(mode=p.get('mode', 'jit'), num_devices=p.get('num_devices') or None,
+                  shard_teacher=p.get('shard_teacher', False))
+
+
+def build_augment(config) -> Augment:
+  a = config.get('augment') or {}
+  return Augment(crop_padding=a.get('crop_padding', 0), flip=a.get('flip', False))
+
+
+def make_batches(task: Task, config, parallel: Parallel) -> tuple[Callable, int]:
+  """The in-memory fast path: the split lives on device, batches are gathered under jit."""
+  dataset = data.InMemoryDataset(
+      task.train_images, task.train_labels, batch_size=config.batch_size, seed=config.seed,
+      mean=task.mean, std=task.std)
+  return (lambda epoch, start: dataset.epoch(epoch, start_step=start)), dataset.steps_per_epoch
+
+
+def make_evaluator(model, task: Task, config, parallel: Parallel) -> Callable[[Any], dict]:
+  """`evaluate(variables) -> summary` over the whole test split (padded last batch)."""
+  eval_step = make_eval_step(model=model, num_classes=task.num_classes, parallel=parallel)
+  batch_size = config.get('eval_batch_size', 1000)
+  batch_size -= batch_size % parallel.size
+
+  def evaluate(variables) -> dict:
+    total = None
+    for batch in eval_batches(task.test_images, task.test_labels, batch_size=batch_size,
+                              normalize=task.normalize):
+      sums = parallel.unreplicate(eval_step(variables, parallel.shard_batch(batch)))
+      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    return summarize_eval(jax.device_get(total))
+
+  return evaluate
+
+
+def num_train_steps(config, steps_per_epoch: int) -> int:
+  return config.get('num_steps') or config.num_epochs * steps_per_epoch
+
+
+def write_json(path: str, record: dict) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def machine() -> dict:
+  device = jax.devices()[0]
+  return {'device_kind': device.device_kind, 'platform': device.platform,
+          'device_count': jax.device_count(), 'cpu': platform.processor() or platform.machine(),
+          'cores': os.cpu_count()}
+
+
+def train(config, workdir: str) -> dict:
+  """Supervised training of a teacher or a source-task model; writes final_metrics.json."""
+  start = time.perf_counter()
+  task = load_task(config)
+  parallel = build_parallel(config)
+  model = build_model(config, task.num_classes)
+  batches, steps_per_epoch = make_batches(task, config, parallel)
+  num_steps = num_train_steps(config, steps_per_epoch)
+  tx, schedule = build_optimizer(config, num_steps)
+  state = create_train_state(model, tx, seed=config.seed,
+                             input_shape=(1,) + task.train_images.shape[1:])
+  state = parallel.replicate(state)
+  step_fn = make_train_step(model=model, tx=tx, label_smoothing=config.get('label_smoothing', 0.0),
+                            augment=build_augment(config), learning_rate_fn=schedule,
+                            parallel=parallel)
+  evaluate = make_evaluator(model, task, config, parallel)
+  eval_state = lambda s, epoch: _prefixed('test', evaluate(s.variables))
+  state = fit(state=state, step_fn=step_fn, batches=batches, steps_per_epoch=steps_per_epoch,
+              num_steps=num_steps, batch_size=config.batch_size, workdir=workdir,
+              parallel=parallel, evaluate=eval_state, log_every=config.get('log_every', 50),
+              desc=f'train {config.model}')
+  state = parallel.unreplicate(state)
+  final = finish(workdir, state, evaluate, config, num_steps, time.perf_counter() - start)
+  return final
+
+
+def _prefixed(prefix: str, summary: dict) -> dict:
+  return {f'{prefix}_{k}': v for k, v in summary.items()}
+
+
+def finish(workdir: str, state: TrainState, evaluate, config, num_steps: int,
+           wall_seconds: float, extra: dict | None = None) -> dict:
+  """Final test metrics, `params_sha256`, and the student's variables saved for later use."""
+  from jaxkd import checkpoint  # local import: orbax is slow to import
+  final = {
+      **_prefixed('test', evaluate(state.variables)),
+      'params_sha256': tree_sha256(state.params),
+      'steps': num_steps,
+      'wall_seconds': wall_seconds,
+      'model': config.model,
+      'dataset': config.dataset,
+      'machine': machine(),
+      **(extra or {}),
+  }
+  checkpoint.save_variables(os.path.join(workdir, 'final'), state.variables,
+                            metadata={'model': config.model,
+                                      'model_overrides': dict(config.get('model_overrides') or {}),
+                                      'dataset': config.dataset,
+                                      'num_classes': len(final['test_per_class_accuracy']),
+                                      'classes': list(config.get('classes') or ())})
+  write_json(os.path.join(workdir, 'final_metrics.json'), final)
+  return final
+
+
+def enable_compilation_cache(directory: str | None = None) -> None:
+  """JAX's persistent compilation cache, so a second run of an experiment skips compiling."""
+  directory = directory or os.environ.get(
+      'JAXKD_COMPILATION_CACHE', os.path.expanduser('~/.cache/jaxkd/jax_cache'))
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

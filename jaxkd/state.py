@@ -1,0 +1,91 @@
+"""The student's train state: a pure pytree, plus fingerprints of variable trees."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a student's training step reads and writes; nothing static.
+
+  The model's apply function and the optimizer are closed over by the step factory, so
+  this pytree can be donated, sharded, checkpointed and compared leaf by leaf.
+  """
+
+  step: jax.Array  # int32 scalar
+  params: PyTree
+  batch_stats: PyTree  # {} for models without BatchNorm
+  opt_state: PyTree
+  rng: jax.Array  # raw uint32 key data; per-step keys are fold_in(rng, step)
+
+  @property
+  def variables(self) -> dict:
+    """The model variables in the layout `Module.apply` expects."""
+    return model_variables(self.params, self.batch_stats)
+
+
+def model_variables(params: PyTree, batch_stats: PyTree) -> dict:
+  """`{'params': ..., 'batch_stats': ...}`, leaving out an empty `batch_stats`."""
+  variables = {'params': params}
+  if batch_stats:
+    variables['batch_stats'] = batch_stats
+  return variables
+
+
+def init_variables(model: nn.Module, *, key: jax.Array, input_shape) -> dict:
+  """Initialises `model` on zeros of `input_shape` (batch dimension included)."""
+  images = jnp.zeros(input_shape, jnp.float32)
+  variables = jax.jit(lambda k: model.init({'params': k, 'dropout': k}, images, train=False))(key)
+  return flax.core.unfreeze(variables)
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    input_shape,
+    variables: dict | None = None,
+) -> TrainState:
+  """A fresh train state; `variables` (e.g. from a pre-trained checkpoint) replace the init."""
+  init_key, state_key = jax.random.split(jax.random.key(seed))
+  if variables is None:
+    variables = init_variables(model, key=init_key, input_shape=input_shape)
+  params = variables['params']
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=tx.init(params),
+      rng=jax.random.key_data(state_key),
+  )
+
+
+def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The step's typed PRNG key: `fold_in(rng, step)`, so a resumed run repeats exactly."""
+  return jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+
+
+def tree_sha256(tree: PyTree) -> str:
+  """SHA-256 over a tree's leaves in sorted-path order: path, dtype, shape and bytes.
+
+  Used for `params_sha256` in final metrics and as the teacher fingerprint in checkpoints.
+  """
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    array = np.asarray(jax.device_get(leaf))
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(f'{array.dtype.str}{array.shape}'.encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()

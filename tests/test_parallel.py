@@ -1,0 +1,111 @@
+"""The same step on 1 device and on 8 fake CPU devices under jit, pmap and shard_map."""
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxkd import losses, models
+from jaxkd.augment import Augment
+from jaxkd.distill import make_distill_step
+from jaxkd.parallel import Parallel
+from jaxkd.state import create_train_state, init_variables
+from jaxkd.steps import make_eval_step, make_train_step
+
+SHAPE = (1, 28, 28, 1)
+AUGMENT = Augment(crop_padding=2, flip=True)
+
+
+def _batches(count, n=32):
+  rng = np.random.default_rng(0)
+  return [{'image': rng.normal(size=(n, 28, 28, 1)).astype(np.float32),
+           'label': rng.integers(0, 10, n).astype(np.int32)} for _ in range(count)]
+
+
+def _run(parallel, make_step, model, tx, extras=(), steps=3):
+  step = make_step(parallel)
+  state = parallel.replicate(create_train_state(model, tx, seed=0, input_shape=SHAPE))
+  extras = tuple(parallel.place_teacher(e) for e in extras)
+  losses_seen = []
+  for batch in _batches(steps):
+    state, metrics = step(state, parallel.shard_batch(batch), *extras)
+    losses_seen.append(float(parallel.unreplicate(metrics)['loss']))
+  return losses_seen, jax.device_get(parallel.unreplicate(state).params)
+
+
+MODES = [Parallel('jit'), Parallel('pmap'), Parallel('shard_map'),
+         Parallel('jit', shard_teacher=True)]
+
+
+@pytest.fixture(scope='module')
+def distill_setup():
+  teacher = models.build('lenet5_half', num_classes=10)
+  student = models.build('mlp', num_classes=10, hidden=(32,))
+  teacher_vars = init_variables(teacher, key=jax.random.key(1), input_shape=SHAPE)
+  tx = optax.sgd(0.05, momentum=0.9)
+  objective = losses.make_objective(hard_weight=0.5, soft_weight=0.5, temperature=4.0)
+  make = lambda p: make_distill_step(student=student, teachers=teacher, tx=tx,
+                                     objective=objective, augment=AUGMENT, parallel=p)
+  reference = _run(Parallel('jit', num_devices=1), make, student, tx, (teacher_vars,))
+  return make, student, tx, teacher_vars, reference
+
+
+@pytest.mark.parametrize('parallel', MODES, ids=lambda p: p.mode + ('_fsdp' * p.shard_teacher))
+def test_distill_step_same_on_8_devices(distill_setup, parallel):
+  make, student, tx, teacher_vars, (ref_losses, ref_params) = distill_setup
+  assert parallel.size == 8
+  got_losses, got_params = _run(parallel, make, student, tx, (teacher_vars,))
+  np.testing.assert_allclose(got_losses, ref_losses, rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               got_params, ref_params)
+
+
+@pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
+def test_supervised_step_same_on_8_devices(mode):
+  model = models.build('lenet5_half', num_classes=10)
+  tx = optax.adam(1e-3)
+  make = lambda p: make_train_step(model=model, tx=tx, augment=AUGMENT, parallel=p)
+  ref_losses, ref_params = _run(Parallel('jit', num_devices=1), make, model, tx)
+  got_losses, got_params = _run(Parallel(mode), make, model, tx)
+  np.testing.assert_allclose(got_losses, ref_losses, rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               got_params, ref_params)
+
+
+def test_batchnorm_model_same_on_8_devices_under_jit():
+  # Under jit XLA computes BatchNorm statistics over the global batch, as on one device.
+  model = models.build('resnet8', num_classes=10)
+  tx = optax.sgd(0.1, momentum=0.9)
+  make = lambda p: make_train_step(model=model, tx=tx, parallel=p)
+  ref_losses, ref_params = _run(Parallel('jit', num_devices=1), make, model, tx, steps=2)
+  got_losses, got_params = _run(Parallel('jit'), make, model, tx, steps=2)
+  np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+               got_params, ref_params)
+
+
+@pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
+def test_eval_step_sums_over_devices(mode):
+  model = models.build('mlp', num_classes=10, hidden=(8,))
+  variables = init_variables(model, key=jax.random.key(0), input_shape=SHAPE)
+  batch = _batches(1, n=64)[0]
+  batch['mask'] = (np.arange(64) < 50).astype(np.float32)
+  reference = jax.device_get(make_eval_step(model=model, num_classes=10,
+                                            parallel=Parallel('jit', num_devices=1))(
+                                                variables, batch))
+  parallel = Parallel(mode)
+  step = make_eval_step(model=model, num_classes=10, parallel=parallel)
+  got = jax.device_get(parallel.unreplicate(
+      step(parallel.replicate(variables), parallel.shard_batch(batch))))
+  assert float(got['count']) == 50.0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), got, reference)
+
+
+def test_bad_parallel_settings_are_refused():
+  with pytest.raises(ValueError, match='Unknown parallel mode'):
+    Parallel('dp')
+  with pytest.raises(ValueError, match='num_devices'):
+    Parallel('jit', num_devices=99)
+  with pytest.raises(ValueError, match='shard_teacher'):
+    Parallel('pmap', shard_teacher=True)
+  with pytest.raises(ValueError, match='divisible'):
+    Parallel('jit').shard_batch({'label': np.zeros(12, np.int32)})
