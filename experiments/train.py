@@ -6,10 +6,15 @@
 Writes WORKDIR/metrics.jsonl, WORKDIR/final_metrics.json and the final variables in
 WORKDIR/final (the teacher checkpoint experiments/distill.py reads).
 """
+import os
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxkd import recipes
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
+
+from jaxkd import recipes  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (see experiments/configs).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.', required=True)

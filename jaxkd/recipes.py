@@ -91,11 +91,11 @@ def build_augment(config) -> Augment:
   return Augment(crop_padding=a.get('crop_padding', 0), flip=a.get('flip', False))
 
 
-def make_batches(task: Task, config, parallel: Parallel) -> tuple[Callable, int]:
+def make_batches(task: Task, config, extras: dict | None = None) -> tuple[Callable, int]:
   """The in-memory fast path: the split lives on device, batches are gathered under jit."""
   dataset = data.InMemoryDataset(
       task.train_images, task.train_labels, batch_size=config.batch_size, seed=config.seed,
-      mean=task.mean, std=task.std)
+      mean=task.mean, std=task.std, extras=extras)
   return (lambda epoch, start: dataset.epoch(epoch, start_step=start)), dataset.steps_per_epoch
 
 
@@ -141,7 +141,7 @@ def train(config, workdir: str) -> dict:
   task = load_task(config)
   parallel = build_parallel(config)
   model = build_model(config, task.num_classes)
-  batches, steps_per_epoch = make_batches(task, config, parallel)
+  batches, steps_per_epoch = make_batches(task, config)
   num_steps = num_train_steps(config, steps_per_epoch)
   tx, schedule = build_optimizer(config, num_steps)
   state = create_train_state(model, tx, seed=config.seed,
@@ -190,8 +190,96 @@ def finish(workdir: str, state: TrainState, evaluate, config, num_steps: int,
 
 
 def enable_compilation_cache(directory: str | None = None) -> None:
-  """JAX's persistent compilation cache, so a second run of an experiment skips compiling."""
+  """JAX's persistent compilation cache, so a second run of an experiment skips compiling.
+
+  Also quiets absl's INFO logging (Orbax logs every file operation at INFO).
+  """
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
   directory = directory or os.environ.get(
       'JAXKD_COMPILATION_CACHE', os.path.expanduser('~/.cache/jaxkd/jax_cache'))
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def load_teacher(directory: str, task: 'Task', config) -> tuple[Any, Any, dict]:
+  """A teacher written by `train` (its WORKDIR or WORKDIR/final): (model, variables, meta)."""
+  from jaxkd import checkpoint
+  final = os.path.join(directory, 'final')
+  variables, meta = checkpoint.load_variables(final if os.path.isdir(final) else directory)
+  classes = list(config.get('classes') or ())
+  if meta['dataset'] != task.name or list(meta.get('classes') or []) != classes:
+    raise ValueError(
+        f"Teacher {directory!r} was trained on {meta['dataset']} classes "
+        f"{meta.get('classes') or 'all'}, but this run is on {task.name} classes "
+        f"{classes or 'all'}; distil on the teacher's task or fine-tune the teacher first.")
+  model = models.build(meta['model'], num_classes=meta['num_classes'],
+                       **meta.get('model_overrides', {}))
+  return model, variables, meta
+
+
+def input_transform(task: 'Task', config) -> dict:
+  """What a teacher cache depends on besides the teacher: data, subset and normalisation."""
+  return {'classes': list(config.get('classes') or ()),
+          'train_per_class': config.get('train_per_class') or 0,
+          'subset_seed': config.seed if config.get('classes') else None,
+          'mean': np.asarray(task.mean).tolist(), 'std': np.asarray(task.std).tolist()}
+
+
+def distill(config, workdir: str) -> dict:
+  """Distils the teacher(s) in `config.teacher_dir` (comma-separated for several) into
+  `config.model`, live or from a teacher-output cache; writes final_metrics.json."""
+  from jaxkd import cache, losses
+  from jaxkd.distill import inference_apply, make_distill_step
+  start = time.perf_counter()
+  task = load_task(config)
+  parallel = build_parallel(config)
+  teacher_dirs = [d for d in config.teacher_dir.split(',') if d]
+  if not teacher_dirs:
+    raise ValueError('config.teacher_dir is empty; pass --config.teacher_dir=WORKDIR of a '
+                     'teacher trained with experiments/train.py.')
+  teachers = [load_teacher(d, task, config) for d in teacher_dirs]
+  k = config.kd
+  objective = losses.make_objective(
+      hard_weight=k.hard_weight, soft_weight=k.soft_weight, temperature=k.temperature,
+      teacher_weights=tuple(k.teacher_weights) or None, multi_teacher=k.multi_teacher,
+      num_teachers=len(teachers))
+  fingerprints = [tree_sha256(variables) for _, variables, _ in teachers]
+  augment = build_augment(config)
+  extras = None
+  if k.cache:
+    if len(teachers) != 1:
+      raise ValueError('A teacher cache holds one teacher; use a live teacher for several.')
+    (teacher_model, teacher_vars, _), = teachers
+    teacher_cache = cache.compute(
+        inference_apply(teacher_model), teacher_vars, task.normalize(task.train_images),
+        dataset=task.name, split='train', transform=input_transform(task, config),
+        teacher_fingerprint=fingerprints[0], dtype=k.cache, topk=k.cache_topk or None,
+        temperature=k.temperature if k.cache_topk else None)
+    teacher_cache.check(dataset=task.name, split='train',
+                        transform=input_transform(task, config),
+                        teacher_fingerprint=fingerprints[0], augment=augment,
+                        temperature=k.temperature, num_examples=len(task.train_labels))
+    extras = teacher_cache.rows()
+  student = build_model(config, task.num_classes)
+  batches, steps_per_epoch = make_batches(task, config, extras)
+  num_steps = num_train_steps(config, steps_per_epoch)
+  tx, schedule = build_optimizer(config, num_steps)
+  step_fn = make_distill_step(
+      student=student, teachers=None if k.cache else [m for m, _, _ in teachers], tx=tx,
+      objective=objective, augment=augment, learning_rate_fn=schedule, parallel=parallel,
+      cached=bool(k.cache))
+  teacher_arg = () if k.cache else tuple(parallel.place_teacher(v) for _, v, _ in teachers)
+  state = parallel.replicate(create_train_state(
+      student, tx, seed=config.seed, input_shape=(1,) + task.train_images.shape[1:]))
+  evaluate = make_evaluator(student, task, config, parallel)
+  state = fit(state=state, step_fn=step_fn, batches=batches,
+              steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+              batch_size=config.batch_size, workdir=workdir, parallel=parallel,
+              extras=(teacher_arg,),
+              evaluate=lambda s, epoch: _prefixed('test', evaluate(s.variables)),
+              log_every=config.get('log_every', 50), desc=f'distill {config.model}')
+  state = parallel.unreplicate(state)
+  return finish(workdir, state, evaluate, config, num_steps, time.perf_counter() - start,
+                extra={'teacher_fingerprints': fingerprints, 'teacher_dirs': teacher_dirs,
+                       'teacher_cache': k.cache or None})
