@@ -18,10 +18,9 @@ from jaxkd.data import pipeline
 from jaxkd.data._local import sha256_of
 from jaxkd.data.cifar import CIFAR100_CLASS_NAMES
 from jaxkd.data.fashion_mnist import JaxkdFashionMnist, read_idx
+from fakedata import FMNIST_FILES, make_fashion_mnist, write_idx as _write_idx
 
 REAL_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck"]
 
@@ -33,27 +32,6 @@ def _no_env(monkeypatch):
               "JAXKD_CIFAR100_DIR"):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv("JAXKD_OFFLINE", "1")
-
-
-def _write_idx(path, array):
-  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
-
-
-def make_fashion_mnist(folder, n_train=50, n_test=20, seed=0):
-  """Writes the four IDX .gz files; returns {split: (images [N,28,28], labels)}."""
-  rng = np.random.default_rng(seed)
-  folder.mkdir(parents=True, exist_ok=True)
-  out = {}
-  for split, n in (("train", n_train), ("test", n_test)):
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    rng.shuffle(labels)
-    _write_idx(folder / FMNIST_FILES[split][0], images)
-    _write_idx(folder / FMNIST_FILES[split][1], labels)
-    out[split] = (images, labels)
-  return out
 
 
 def _add_pickle(tar, name, obj):
