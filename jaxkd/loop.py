@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import jax
 import numpy as np
@@ -14,6 +16,9 @@ import tqdm
 
 from jaxkd.parallel import Parallel
 from jaxkd.state import TrainState
+
+if TYPE_CHECKING:  # orbax is slow to import; the loop only calls a Checkpointer it is given
+  from jaxkd.checkpoint import Checkpointer
 
 # batches(epoch, start_step_in_epoch) -> iterator over that epoch's remaining batches.
 Batches = Callable[[int, int], Iterator[dict]]
@@ -46,6 +51,74 @@ def _jsonable(value):
   return value
 
 
+class Interrupted(SystemExit):
+  """`fit` stopped on a signal (SIGTERM) after saving a checkpoint of step `step`.
+
+  A `SystemExit` (so no handler swallows it, and an uncaught one ends the process without a
+  traceback) with status 128 + the signal number, as a shell reports for a process ended by
+  that signal. Rerunning the same command resumes from the checkpoint.
+  """
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(128 + signum)  # SystemExit's exit status
+    self.step, self.signum = step, signum
+    self.message = (f'{signal.Signals(signum).name} at step {step}: checkpoint saved; run the '
+                    f'same command again to resume.')
+
+  def __str__(self) -> str:
+    return self.message
+
+
+class _StopOnSignal:
+  """Turns SIGTERM into a flag the loop checks between steps (main thread only), restoring
+  the previous handler on exit."""
+
+  def __init__(self, enabled: bool, signums=(signal.SIGTERM,)):
+    self.enabled, self.signums, self.received, self._previous = enabled, signums, None, {}
+
+  def __enter__(self):
+    if self.enabled and threading.current_thread() is threading.main_thread():
+      for signum in self.signums:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def truncate_metrics(workdir: str, step: int) -> int:
+  """Drops `metrics.jsonl` records after `step` (and lines cut short by a kill).
+
+  A resumed run logs those steps again, so the file never holds a step twice. Returns the
+  number of records dropped; the file is replaced atomically.
+  """
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        dropped += 1
+        continue
+      if record.get('step', 0) <= step:
+        kept.append(line if line.endswith('\n') else line + '\n')
+      else:
+        dropped += 1
+  if dropped:
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(path + '.tmp', path)
+  return dropped
+
+
 def fit(
     *,
     state: TrainState,
@@ -61,56 +134,103 @@ def fit(
     log_every: int = 50,
     desc: str = 'train',
     on_step: Callable[[TrainState, int], None] | None = None,
+    checkpointer: 'Checkpointer | None' = None,
+    checkpoint_every: int = 0,
+    data_state: Callable[[], dict] | None = None,
+    restore_data: Callable[[dict], None] | None = None,
 ) -> TrainState:
-  """Runs `step_fn` from the state's step up to `num_steps`.
+  """Runs `step_fn` from the state's step (or the newest checkpoint's) up to `num_steps`.
 
   `state` is placed for `parallel` already; `extras` (teacher variables) are passed to every
   step untouched. Metrics are pulled to the host only on log steps, averaged over the steps
   since the last log, and written to `workdir/metrics.jsonl`; `evaluate(state, epoch)` runs
   at each epoch end and its (flat) dict is logged too. A non-finite loss stops the run.
-  `on_step(state, step)` runs after every step (checkpointing hooks in here).
+  `on_step(state, step)` runs after every step.
+
+  With a `checkpointer`, the run resumes from its newest checkpoint (restored into `state`'s
+  shapes and placement; `metrics.jsonl` records after that step are dropped) and saves the
+  state every `checkpoint_every` steps, at each evaluation when it keeps the best
+  checkpoints (ranked by the evaluation's metrics), and at `num_steps`. Saves are
+  asynchronous and finished before `fit` returns. The data position saved is
+  `{'epoch', 'step_in_epoch', 'steps_per_epoch'}` (in-memory batches are a function of the
+  step) plus `data_state()` if given (e.g. a grain iterator's state), which `restore_data`
+  receives on resume. With a checkpointer, SIGTERM saves a checkpoint of the current step,
+  then raises `Interrupted`. A run starting at step 0 (nothing to resume) drops all old
+  records, as it logs every step again.
   """
-  writer = MetricWriter(workdir)
+  def position(step: int) -> dict:
+    epoch, offset = divmod(step, steps_per_epoch)
+    return {'epoch': epoch, 'step_in_epoch': offset, 'steps_per_epoch': steps_per_epoch,
+            **(data_state() if data_state is not None else {})}
+
+  if checkpointer is not None and checkpointer.latest_step() is not None:
+    restored = checkpointer.restore(parallel.unreplicate(state))
+    stored_steps = restored.data_state.get('steps_per_epoch', steps_per_epoch)
+    if stored_steps != steps_per_epoch:
+      raise ValueError(
+          f'The checkpoint at step {restored.step} in {checkpointer.directory} was taken with '
+          f'{stored_steps} steps per epoch, this run has {steps_per_epoch}: its batches would '
+          f'differ. Resume with the same data and batch size, or use a new workdir.')
+    if restore_data is not None:
+      restore_data(restored.data_state)
+    state = parallel.replicate(restored.state)
+    print(f'{desc}: resumed from step {restored.step} of {checkpointer.directory}', flush=True)
   step = int(parallel.unreplicate(state.step))
+  truncate_metrics(workdir, step)
+  writer = MetricWriter(workdir)
   interactive = sys.stderr.isatty()
   bar = tqdm.tqdm(total=num_steps, initial=step, desc=desc, unit='step', disable=not interactive,
                   dynamic_ncols=True)
   pending, window_start, window_steps = [], time.perf_counter(), 0
+  stop = _StopOnSignal(enabled=checkpointer is not None)  # without one, SIGTERM just ends
   try:
-    while step < num_steps:
-      epoch, offset = divmod(step, steps_per_epoch)
-      for batch in batches(epoch, offset):
-        state, metrics = step_fn(state, parallel.shard_batch(batch), *extras)
-        step += 1
-        window_steps += 1
-        pending.append(metrics)
-        if on_step is not None:
-          on_step(state, step)
-        if step % log_every == 0 or step == num_steps or step % steps_per_epoch == 0:
-          record = _mean_metrics(parallel.unreplicate(jax.device_get(pending)))
-          elapsed = time.perf_counter() - window_start
-          record.update(step=step, epoch=step / steps_per_epoch,
-                        examples_per_s=window_steps * batch_size / elapsed)
-          if not math.isfinite(record['loss']):
-            raise FloatingPointError(
-                f'Non-finite loss {record["loss"]} at step {step} (epoch {epoch}); lower the '
-                f'learning rate or check the inputs. Metrics: {record}')
-          writer.write(record)
-          bar.set_postfix(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
-                          ex_s=f'{record["examples_per_s"]:.0f}')
-          bar.update(window_steps)
-          if not interactive:
-            print(f'{desc} step {step}/{num_steps} loss {record["loss"]:.4f} '
-                  f'acc {record["accuracy"]:.4f} {record["examples_per_s"]:.0f} ex/s',
-                  flush=True)
-          pending, window_start, window_steps = [], time.perf_counter(), 0
-        if step % steps_per_epoch == 0 and evaluate is not None:
-          eval_record = evaluate(state, step // steps_per_epoch)
-          writer.write({'step': step, 'epoch': step / steps_per_epoch, **eval_record})
-          window_start = time.perf_counter()  # evaluation is not training throughput
-        if step >= num_steps:
-          break
+    with stop:
+      while step < num_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        for batch in batches(epoch, offset):
+          state, metrics = step_fn(state, parallel.shard_batch(batch), *extras)
+          step += 1
+          window_steps += 1
+          pending.append(metrics)
+          if on_step is not None:
+            on_step(state, step)
+          if step % log_every == 0 or step == num_steps or step % steps_per_epoch == 0:
+            record = _mean_metrics(parallel.unreplicate(jax.device_get(pending)))
+            elapsed = time.perf_counter() - window_start
+            record.update(step=step, epoch=step / steps_per_epoch,
+                          examples_per_s=window_steps * batch_size / elapsed)
+            if not math.isfinite(record['loss']):
+              raise FloatingPointError(
+                  f'Non-finite loss {record["loss"]} at step {step} (epoch {epoch}); lower the '
+                  f'learning rate or check the inputs. Metrics: {record}')
+            writer.write(record)
+            bar.set_postfix(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
+                            ex_s=f'{record["examples_per_s"]:.0f}')
+            bar.update(window_steps)
+            if not interactive:
+              print(f'{desc} step {step}/{num_steps} loss {record["loss"]:.4f} '
+                    f'acc {record["accuracy"]:.4f} {record["examples_per_s"]:.0f} ex/s',
+                    flush=True)
+            pending, window_start, window_steps = [], time.perf_counter(), 0
+          eval_record = None
+          if step % steps_per_epoch == 0 and evaluate is not None:
+            eval_record = evaluate(state, step // steps_per_epoch)
+            writer.write({'step': step, 'epoch': step / steps_per_epoch, **eval_record})
+            window_start = time.perf_counter()  # evaluation is not training throughput
+          if checkpointer is not None and (
+              (checkpoint_every and step % checkpoint_every == 0) or step == num_steps
+              or (eval_record is not None and checkpointer.best_metric) or stop.received):
+            checkpointer.save(step, parallel.unreplicate(state), data_state=position(step),
+                              metrics=eval_record)
+          if stop.received:
+            interrupted = Interrupted(step, stop.received)
+            print(f'{desc}: {interrupted}', file=sys.stderr, flush=True)
+            raise interrupted
+          if step >= num_steps:
+            break
   finally:
+    if checkpointer is not None:
+      checkpointer.wait_until_finished()
     bar.close()
     writer.close()
   return state

@@ -15,6 +15,8 @@ from fashion_mnist import get_config as supervised_config  # experiments/configs
 def get_config(student: str = 'lenet5_half') -> ml_collections.ConfigDict:
   config = supervised_config(student or 'lenet5_half')
   config.teacher_dir = ''  # WORKDIR of experiments/train.py; comma-separated for several
+  config.student_init_dir = ''  # optional WORKDIR whose final variables initialise the student
+  config.dont_load = ('params/head/.*',)  # with student_init_dir: paths kept at fresh init
   config.kd = ml_collections.ConfigDict(dict(
       hard_weight=0.5,
       soft_weight=0.5,

@@ -30,4 +30,10 @@ def get_config(model: str = 'lenet5') -> ml_collections.ConfigDict:
                                                    shard_teacher=False))
   config.log_every = 100
   config.eval_batch_size = 1000
+  # Checkpoints in WORKDIR/checkpoints; a rerun of the same command resumes from the newest.
+  config.checkpoint_every = 500  # steps; 0 = no checkpoints (and no resume)
+  config.keep_last = 2  # newest checkpoints kept
+  config.keep_best = 0  # best checkpoints kept besides, ranked at each epoch's evaluation
+  config.best_metric = 'test_accuracy'
+  config.best_mode = 'max'
   return config
