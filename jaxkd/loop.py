@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import tqdm
 
+from jaxkd import tensorboard
 from jaxkd.parallel import Parallel
 from jaxkd.state import TrainState
 
@@ -25,18 +26,23 @@ Batches = Callable[[int, int], Iterator[dict]]
 
 
 class MetricWriter:
-  """Appends one JSON object per line to `workdir/metrics.jsonl`."""
+  """Appends one JSON object per line to `workdir/metrics.jsonl`, and the scalars to
+  TensorBoard event files in `workdir/tensorboard` (written without TensorFlow)."""
 
   def __init__(self, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     self._file = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, record: dict) -> None:
-    self._file.write(json.dumps(_jsonable(record)) + '\n')
+    record = _jsonable(record)
+    self._file.write(json.dumps(record) + '\n')
     self._file.flush()
+    self._tensorboard.scalars(record.get('step', 0), record)
 
   def close(self) -> None:
     self._file.close()
+    self._tensorboard.close()
 
 
 def _jsonable(value):

@@ -25,6 +25,7 @@ from jaxkd.state import TrainState, create_train_state, init_variables, tree_sha
 from jaxkd.steps import make_eval_step, make_train_step, summarize_eval
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+VALIDATION_SEED = 0
 
 
 @dataclasses.dataclass
@@ -39,6 +40,8 @@ class Task:
   num_classes: int
   mean: Any
   std: Any
+  val_images: np.ndarray | None = None  # held out from train (never the test set)
+  val_labels: np.ndarray | None = None
 
   def normalize(self, images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
@@ -57,8 +60,20 @@ def load_task(config) -> Task:
     train = data.subset_classes(*train, classes, per_class=per_class, seed=config.seed)
     test = data.subset_classes(*test, classes)
     num_classes = len(classes)
+  val = (None, None)
+  validation_size = config.get('validation_size', 0)
+  if validation_size:
+    if not 0 < validation_size < len(train[1]):
+      raise ValueError(f'validation_size={validation_size} must be in 1..{len(train[1]) - 1} '
+                       f'(the training split has {len(train[1])} examples).')
+    # One fixed split for every run and seed, so runs of a table share their validation set.
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train[1]))
+    held, kept = np.sort(order[:validation_size]), np.sort(order[validation_size:])
+    val = (train[0][held], train[1][held])
+    train = (train[0][kept], train[1][kept])
   return Task(config.dataset, *train, *test, num_classes=num_classes,
-              mean=np.asarray(info.mean, np.float32), std=np.asarray(info.std, np.float32))
+              mean=np.asarray(info.mean, np.float32), std=np.asarray(info.std, np.float32),
+              val_images=val[0], val_labels=val[1])
 
 
 def build_model(config, num_classes: int):
@@ -101,18 +116,24 @@ def make_batches(task: Task, config, extras: dict | None = None) -> tuple[Callab
 
 
 def make_evaluator(model, task: Task, config, parallel: Parallel) -> Callable[[Any], dict]:
-  """`evaluate(variables) -> summary` over the whole test split (padded last batch)."""
+  """`evaluate(variables) -> {'test_accuracy': ..., 'val_accuracy': ..., ...}` over the
+  whole test split and the validation split if there is one (padded last batches)."""
   eval_step = make_eval_step(model=model, num_classes=task.num_classes, parallel=parallel)
   batch_size = config.get('eval_batch_size', 1000)
   batch_size -= batch_size % parallel.size
+  splits = {'test': (task.test_images, task.test_labels)}
+  if task.val_labels is not None:
+    splits['val'] = (task.val_images, task.val_labels)
 
   def evaluate(variables) -> dict:
-    total = None
-    for batch in eval_batches(task.test_images, task.test_labels, batch_size=batch_size,
-                              normalize=task.normalize):
-      sums = parallel.unreplicate(eval_step(variables, parallel.shard_batch(batch)))
-      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return summarize_eval(jax.device_get(total))
+    results = {}
+    for split, (images, labels) in splits.items():
+      total = None
+      for batch in eval_batches(images, labels, batch_size=batch_size, normalize=task.normalize):
+        sums = parallel.unreplicate(eval_step(variables, parallel.shard_batch(batch)))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+      results.update(_prefixed(split, summarize_eval(jax.device_get(total))))
+    return results
 
   return evaluate
 
@@ -225,7 +246,7 @@ def train(config, workdir: str) -> dict:
                               augment=build_augment(config), learning_rate_fn=schedule,
                               parallel=parallel)
     evaluate = make_evaluator(model, task, config, parallel)
-    eval_state = lambda s, epoch: _prefixed('test', evaluate(s.variables))
+    eval_state = lambda s, epoch: evaluate(s.variables)
     state = _fit(config, workdir, checkpointer, state=state, step_fn=step_fn, batches=batches,
                  steps_per_epoch=steps_per_epoch, num_steps=num_steps, parallel=parallel,
                  evaluate=eval_state, desc=f'train {config.model}')
@@ -233,6 +254,23 @@ def train(config, workdir: str) -> dict:
   final = finish(workdir, state, evaluate, config, num_steps, time.perf_counter() - start,
                  metadata=metadata)
   return final
+
+
+def best_epoch(workdir: str) -> dict:
+  """From metrics.jsonl: the number of epochs run, and the test accuracy at the epoch of best
+  validation accuracy (model selection that never looks at the test set)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  result = {'epochs': max((r['epoch'] for r in records), default=0)}
+  evaluated = [r for r in records if 'val_accuracy' in r]
+  if evaluated:
+    best = max(evaluated, key=lambda r: r['val_accuracy'])  # first epoch wins ties
+    result.update(best_epoch=best['epoch'], best_val_accuracy=best['val_accuracy'],
+                  best_val_test_accuracy=best['test_accuracy'])
+  return result
 
 
 def _prefixed(prefix: str, summary: dict) -> dict:
@@ -248,7 +286,8 @@ def finish(workdir: str, state: TrainState, evaluate, config, num_steps: int,
   """
   from jaxkd import checkpoint  # local import: orbax is slow to import
   final = {
-      **_prefixed('test', evaluate(state.variables)),
+      **evaluate(state.variables),
+      **best_epoch(workdir),
       'params_sha256': tree_sha256(state.params),
       'steps': num_steps,
       'wall_seconds': wall_seconds,
@@ -370,7 +409,7 @@ def distill(config, workdir: str) -> dict:
     state = _fit(config, workdir, checkpointer, state=state, step_fn=step_fn, batches=batches,
                  steps_per_epoch=steps_per_epoch, num_steps=num_steps, parallel=parallel,
                  extras=(teacher_arg,),
-                 evaluate=lambda s, epoch: _prefixed('test', evaluate(s.variables)),
+                 evaluate=lambda s, epoch: evaluate(s.variables),
                  desc=f'distill {config.model}')
   state = parallel.unreplicate(state)
   return finish(workdir, state, evaluate, config, num_steps, time.perf_counter() - start,
@@ -445,7 +484,7 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
     evaluate = make_evaluator(model, task, config, parallel)
     state = _fit(config, workdir, checkpointer, state=state, step_fn=step_fn, batches=batches,
                  steps_per_epoch=steps_per_epoch, num_steps=num_steps, parallel=parallel,
-                 evaluate=lambda s, epoch: _prefixed('test', evaluate(s.variables)),
+                 evaluate=lambda s, epoch: evaluate(s.variables),
                  desc=f'{method} {config.model}')
   state = parallel.unreplicate(state)
   starts = transfer.unfreeze_steps(init_vars['params'], **rules)

@@ -1,0 +1,119 @@
+"""The Fashion-MNIST distillation tables: profiles 'full' (5 seeds), 'demo', 'tiny' (CI).
+
+    python experiments/reproduce_fashion_mnist_kd.py --profile full
+
+LeNet-5 -> LeNet-5-Half (Nayak et al. 2019) and Hinton et al. 2015's MLP pair; rows teacher,
+student alone (hard labels) and KD student; plus a temperature sweep for the LeNet pair.
+"""
+import ml_collections
+
+PROFILES = {
+    # seeds, epochs, temperature-sweep seeds, steps cap (0 = none), which parts run, and the
+    # validation images held out from training for model selection (never the test set)
+    'full': dict(seeds=(0, 1, 2, 3, 4), lenet_epochs=15, mlp_epochs=10, sweep_seeds=(1,),
+                 num_steps=0, run_mlp=True, run_sweep=True, validation_size=5000),
+    'demo': dict(seeds=(0,), lenet_epochs=5, mlp_epochs=0, sweep_seeds=(), num_steps=0,
+                 run_mlp=False, run_sweep=False, validation_size=5000),
+    'tiny': dict(seeds=(0,), lenet_epochs=1, mlp_epochs=1, sweep_seeds=(0,), num_steps=0,
+                 run_mlp=True, run_sweep=True, validation_size=32),
+}
+
+# Published figures shown beside ours (see shared/REFERENCES.md).
+REFERENCES = {
+    'teacher': {'accuracy': 0.9084, 'source': 'Nayak et al. 2019, LeNet-5 on Fashion-MNIST'},
+    'student': {'accuracy': 0.8943, 'source': 'Nayak et al. 2019, LeNet-5-Half alone'},
+    'kd': {'accuracy': 0.8966, 'source': 'Nayak et al. 2019, LeNet-5-Half with KD'},
+    'mlp_teacher': {'errors': 67, 'source': 'Hinton et al. 2015, MNIST (not Fashion-MNIST)'},
+    'mlp_student': {'errors': 146, 'source': 'Hinton et al. 2015, MNIST (not Fashion-MNIST)'},
+    'mlp_kd': {'errors': 74, 'source': 'Hinton et al. 2015, MNIST (not Fashion-MNIST)'},
+}
+
+
+def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(PROFILES[profile or 'full'])
+  config.profile = profile or 'full'
+  config.lenet = ml_collections.ConfigDict(dict(
+      batch_size=64, optimizer=dict(name='adam', learning_rate=2e-3, schedule='cosine',
+                                    weight_decay=0.0, momentum=0.9, warmup_steps=0),
+      augment=dict(crop_padding=0, flip=True),  # random crops cost LeNet-5 ~1 point here
+      kd=dict(hard_weight=0.1, soft_weight=0.9, temperature=4.0)))
+  config.sweep_temperatures = (1.0, 2.0, 4.0, 8.0, 20.0)
+  # Hinton's pair: the teacher has dropout (in the model) and +-2 pixel jitter; the student
+  # has no regularisation; KD at T = 20.
+  config.mlp = ml_collections.ConfigDict(dict(
+      batch_size=128, optimizer=dict(name='sgd', learning_rate=0.05, momentum=0.9,
+                                     schedule='cosine', weight_decay=0.0, warmup_steps=0),
+      teacher_augment=dict(crop_padding=2, flip=False),
+      kd=dict(hard_weight=0.1, soft_weight=0.9, temperature=20.0)))
+  return config
+
+
+def run_specs(config, root: str) -> list:
+  """Every run of the tables, teachers before the students they teach."""
+  from distill_fashion_mnist import get_config as distill_config
+  from fashion_mnist import get_config as train_config
+
+  from jaxkd.sweep import RunSpec
+
+  def common(run, pair, epochs, seed):
+    run.seed = seed
+    run.num_epochs = epochs
+    run.num_steps = config.num_steps
+    run.batch_size = pair.batch_size
+    run.optimizer = ml_collections.ConfigDict(pair.optimizer.to_dict())
+    run.validation_size = config.validation_size
+    run.log_every = 200
+    return run
+
+  def supervised(model, pair, epochs, seed, augment):
+    run = common(train_config(model), pair, epochs, seed)
+    run.augment = ml_collections.ConfigDict(dict(augment))
+    return run
+
+  def distilled(model, pair, epochs, seed, teacher_dir, augment, temperature):
+    run = common(distill_config(model), pair, epochs, seed)
+    run.teacher_dir = teacher_dir
+    run.augment = ml_collections.ConfigDict(dict(augment))
+    run.kd.hard_weight, run.kd.soft_weight = pair.kd.hard_weight, pair.kd.soft_weight
+    run.kd.temperature = temperature
+    return run
+
+  table, specs = 'fashion_mnist_kd', []
+  lenet, mlp = config.lenet, config.mlp
+  for seed in config.seeds:
+    teacher = RunSpec(table, 'teacher', seed, 'train',
+                      supervised('lenet5', lenet, config.lenet_epochs, seed, lenet.augment))
+    specs += [
+        teacher,
+        RunSpec(table, 'student', seed, 'train',
+                supervised('lenet5_half', lenet, config.lenet_epochs, seed, lenet.augment)),
+        RunSpec(table, 'kd', seed, 'distill',
+                distilled('lenet5_half', lenet, config.lenet_epochs, seed,
+                          teacher.workdir(root), lenet.augment, lenet.kd.temperature),
+                info={'temperature': lenet.kd.temperature}),
+    ]
+  if config.run_mlp:
+    no_augment = dict(crop_padding=0, flip=False)
+    for seed in config.seeds:
+      teacher = RunSpec(table, 'mlp_teacher', seed, 'train',
+                        supervised('mlp_1200', mlp, config.mlp_epochs, seed, mlp.teacher_augment))
+      specs += [
+          teacher,
+          RunSpec(table, 'mlp_student', seed, 'train',
+                  supervised('mlp_800', mlp, config.mlp_epochs, seed, no_augment)),
+          RunSpec(table, 'mlp_kd', seed, 'distill',
+                  distilled('mlp_800', mlp, config.mlp_epochs, seed, teacher.workdir(root),
+                            no_augment, mlp.kd.temperature),
+                  info={'temperature': mlp.kd.temperature}),
+      ]
+  if config.run_sweep:
+    for seed in config.sweep_seeds:
+      teacher_dir = RunSpec(table, 'teacher', seed, 'train', None).workdir(root)
+      for temperature in config.sweep_temperatures:
+        if temperature == lenet.kd.temperature:
+          continue  # the kd row is this point of the sweep
+        specs.append(RunSpec(
+            'temperature_sweep', f'T={temperature:g}', seed, 'distill',
+            distilled('lenet5_half', lenet, config.lenet_epochs, seed, teacher_dir,
+                      lenet.augment, temperature), info={'temperature': temperature}))
+  return specs

@@ -1,0 +1,130 @@
+"""Reference tables: run a table's specs, then write its JSON, Markdown and plots."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from jaxkd import sweep
+from jaxkd.sweep import RunSpec, pct
+
+ROW_MODELS = {'teacher': 'LeNet-5', 'student': 'LeNet-5-Half alone', 'kd': 'LeNet-5-Half + KD',
+              'mlp_teacher': 'MLP 1200-1200 (dropout, jitter)', 'mlp_student': 'MLP 800-800 alone',
+              'mlp_kd': 'MLP 800-800 + KD (T=20)'}
+
+
+def _reference(references: dict, row: str) -> str:
+  ref = references.get(row)
+  if not ref:
+    return ''
+  value = pct(ref['accuracy']) + ' %' if 'accuracy' in ref else f"{ref['errors']} errors"
+  return f"{value} ({ref['source']})"
+
+
+def _render_kd(payload: dict, references: dict) -> str:
+  lines = [f"# Fashion-MNIST distillation ({payload['profile']} profile)", '',
+           f"Command: `{payload['command']}`  ",
+           f"Commit {payload['git_commit'][:10]}, {payload['date']}, "
+           f"{payload['machine']['cpu_model']} ({payload['machine']['cores']} cores, "
+           f"{payload['machine']['device_kind']}).", '',
+           '| row | model | seeds | test acc % (last epoch) | test errors / 10k | '
+           'test acc % (best val epoch) | published |',
+           '|---|---|---|---|---|---|---|']
+  for row in payload['summary']:
+    if row['table'] != 'fashion_mnist_kd':
+      continue
+    errors = (f"{row['test_errors_mean']:.0f} ± {row['test_errors_std']:.0f}"
+              if 'test_errors_mean' in row else '-')
+    lines.append(
+        f"| {row['row']} | {ROW_MODELS.get(row['row'], row['row'])} | {row['n']} | "
+        f"{pct(row.get('test_accuracy_mean'), row.get('test_accuracy_std'))} | {errors} | "
+        f"{pct(row.get('best_val_test_accuracy_mean'), row.get('best_val_test_accuracy_std'))}"
+        f" | {_reference(references, row['row'])} |")
+  lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '',
+            '| treatment | control | metric | seeds | mean diff (points) | t | p (t-test) | '
+            'p (sign-flip, exact) |', '|---|---|---|---|---|---|---|---|']
+  for test in payload['tests']:
+    lines.append(f"| {test['treatment']} | {test['control']} | {test['metric']} | "
+                 f"{len(test['seeds'])} | {100 * test['mean_difference']:+.2f} | "
+                 f"{test['t']:.2f} | {test['p_value']:.3g} | {test['p_value_sign_flip']:.3g} |")
+  if payload['temperature_sweep']:
+    lines += ['', 'Temperature sweep, LeNet-5 -> LeNet-5-Half:', '',
+              '| T | seeds | test acc % (last) | test acc % (best val epoch) |', '|---|---|---|---|']
+    for row in payload['temperature_sweep']:
+      lines.append(f"| {row['temperature']:g} | {row['n']} | "
+                   f"{pct(row['test_accuracy_mean'], row['test_accuracy_std'])} | "
+                   f"{pct(row.get('best_val_test_accuracy_mean'), row.get('best_val_test_accuracy_std'))} |")
+  lines += ['', 'Plots: ' + ', '.join(f'`{p}`' for p in payload['plots']), '']
+  return '\n'.join(lines)
+
+
+def _sweep_rows(records: Sequence[dict], sweep_seeds) -> list[dict]:
+  """Accuracy per temperature over the sweep seeds (the kd row supplies its own T)."""
+  points = [dict(r, table='sweep', row=None) for r in records
+            if r['table'] == 'temperature_sweep' or
+            (r['row'] == 'kd' and r['seed'] in sweep_seeds)]
+  rows = sweep.summarize(points, group=('temperature',))
+  return sorted(rows, key=lambda r: r['temperature'])
+
+
+def fashion_mnist_kd(specs: Sequence[RunSpec], *, profile: str, references: dict, root: str,
+                     results_dir: str, sweep_seeds=(), collect_only: bool = False) -> dict:
+  """Runs the distillation table and writes `fashion_mnist_kd[_profile].{json,md,png}`."""
+  name = 'fashion_mnist_kd' if profile == 'full' else f'fashion_mnist_kd_{profile}'
+  plots = {'curves': f'{name}_curves.png', 'mlp_curves': f'{name}_mlp_curves.png',
+           'temperature': f'{name}_temperature.png'}
+  payload = {}
+
+  def publish(records):
+    rows_present = {r['row'] for r in records}
+    payload.clear()
+    payload.update(sweep.header(name, profile))
+    payload.update(
+        runs=records, references=references,
+        summary=sweep.summarize(records),
+        tests=[sweep.compare(records, table='fashion_mnist_kd', treatment=t, control=c, metric=m)
+               for t, c in (('kd', 'student'), ('mlp_kd', 'mlp_student'))
+               if {t, c} <= rows_present
+               for m in ('test_accuracy', 'best_val_test_accuracy')],
+        temperature_sweep=_sweep_rows(records, sweep_seeds),
+        plots=[p for p in plots.values() if os.path.exists(os.path.join(results_dir, p))])
+    sweep.write_results(results_dir, name, payload, _render_kd(payload, references))
+
+  records = sweep.execute(specs, root=root, on_result=publish, collect_only=collect_only)
+  by_row = {}
+  for spec in specs:
+    if spec.table == 'fashion_mnist_kd':
+      by_row.setdefault(spec.row, []).append(spec.workdir(root))
+  _plot_curves(os.path.join(results_dir, plots['curves']), by_row, ('teacher', 'student', 'kd'),
+               'LeNet-5 -> LeNet-5-Half on Fashion-MNIST')
+  if 'mlp_kd' in by_row:
+    _plot_curves(os.path.join(results_dir, plots['mlp_curves']), by_row,
+                 ('mlp_teacher', 'mlp_student', 'mlp_kd'), 'MLP 1200 -> 800 on Fashion-MNIST')
+  sweep_rows = _sweep_rows(records, sweep_seeds)
+  if len(sweep_rows) > 1:
+    sweep.plot_lines(os.path.join(results_dir, plots['temperature']),
+                     {'KD student (mean over seeds)':
+                      [(r['temperature'], 100 * r['test_accuracy_mean']) for r in sweep_rows]},
+                     xlabel='temperature T', ylabel='test accuracy %', logx=True,
+                     title='LeNet-5-Half distilled from LeNet-5: accuracy vs T')
+  publish(records)
+  print(_render_kd(payload, references))
+  print(f'Tables and plots: {os.path.abspath(results_dir)}/{name}.{{md,json}}, '
+        + ', '.join(payload['plots']))
+  return payload
+
+
+def _plot_curves(path: str, by_row: dict, rows: Sequence[str], title: str) -> None:
+  series = {}
+  for row in rows:
+    curves = [sweep.epoch_curves(workdir) for workdir in by_row.get(row, [])]
+    curves = [c for c in curves if c]
+    if not curves:
+      continue
+    length = min(len(c) for c in curves)
+    epochs = [e for e, _ in curves[0][:length]]
+    mean = np.mean([[v for _, v in c[:length]] for c in curves], 0)
+    series[f'{ROW_MODELS.get(row, row)} (n={len(curves)})'] = list(zip(epochs, 100 * mean))
+  if series:
+    sweep.plot_lines(path, series, xlabel='epoch', ylabel='test accuracy %', title=title)
