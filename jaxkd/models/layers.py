@@ -1,17 +1,58 @@
 """Layer factories shared by every CNN in the zoo, so each can be swapped in one place.
 
-All convolutions go through `conv` and all spatial pooling through `Pool` / `GlobalAvgPool`:
-a faster CPU convolution (im2col + matmul, say) or pooling backward pass replaces one
-function here, not every model.
+All convolutions go through `conv` and all spatial pooling through `Pool` / `GlobalAvgPool`.
+
+Implementations (same parameters, same maths; see `jaxkd.models.fastconv`):
+
+- `CONV_IMPL`: `'xla'` (XLA's convolution throughout) or `'fast'` (`fastconv.conv2d`: a
+  fused elementwise forward pass and col2im input gradient for few channels, and a kernel
+  gradient that XLA:CPU cannot fuse into a slow transpose). `'auto'` (the default) is
+  `'fast'` on CPU, where it wins, and `'xla'` on GPU/TPU.
+- `POOL_IMPL`: `'xla'` (`nn.max_pool`/`nn.avg_pool`: reduce-window, select-and-scatter
+  backward) or `'reshape'` (reshape + reduction, elementwise backward); `'auto'` is
+  `'reshape'` on CPU, `'xla'` elsewhere.
+
+Both are read when a model is traced (when `init`/`apply` runs under `jit`), from these
+module attributes, whose defaults come from the environment variables `JAXKD_CONV_IMPL`
+and `JAXKD_POOL_IMPL`. Set them before building steps: `layers.CONV_IMPL = 'xla'`.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from jaxkd.models import fastconv
+
 Dtype = Any
+
+CONV_IMPLS = ('auto', 'xla', 'fast')
+POOL_IMPLS = ('auto', 'xla', 'reshape')
+CONV_IMPL: str = os.environ.get('JAXKD_CONV_IMPL', 'auto')
+POOL_IMPL: str = os.environ.get('JAXKD_POOL_IMPL', 'auto')
+
+
+def _resolve(kind: str, value: str, known: tuple[str, ...], fast: str) -> str:
+  if value not in known:
+    raise ValueError(f'Unknown {kind} implementation {value!r}; choose one of {list(known)} '
+                     f'(layers.{kind.upper()}_IMPL or JAXKD_{kind.upper()}_IMPL).')
+  if value == 'auto':
+    return fast if jax.default_backend() == 'cpu' else 'xla'
+  return value
+
+
+def conv_impl() -> str:
+  """The convolution implementation `conv` builds now: `'xla'` or `'fast'`."""
+  return _resolve('conv', CONV_IMPL, CONV_IMPLS, 'fast')
+
+
+def pool_impl() -> str:
+  """The pooling implementation `Pool` uses now: `'xla'` or `'reshape'`."""
+  return _resolve('pool', POOL_IMPL, POOL_IMPLS, 'reshape')
+
 
 # PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'), as in the CRD/DKD repos.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -27,9 +68,14 @@ def conv(
     dtype: Dtype = jnp.float32,
     name: str | None = None,
 ) -> nn.Module:
-  """A square 2-D convolution over NHWC inputs; float32 parameters, `dtype` compute."""
+  """A square 2-D convolution over NHWC inputs; float32 parameters, `dtype` compute.
+
+  Always an `nn.Conv` (parameters `kernel` [k, k, cin, cout] and `bias`), whichever
+  `conv_impl()` computes it.
+  """
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
+  fast = conv_impl() == 'fast'
   return nn.Conv(
       features,
       (kernel_size, kernel_size),
@@ -40,6 +86,7 @@ def conv(
       dtype=dtype,
       param_dtype=jnp.float32,
       name=name,
+      conv_general_dilated=fastconv.conv_general_dilated if fast else None,
   )
 
 
@@ -68,12 +115,14 @@ class Pool(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    if self.kind not in ('avg', 'max'):
+      raise ValueError(f"Unknown pool kind {self.kind!r}; known: ['avg', 'max']")
+    if pool_impl() == 'reshape':
+      pool = fastconv.max_pool if self.kind == 'max' else fastconv.avg_pool
+      return pool(x, self.window)
     shape = (self.window, self.window)
-    if self.kind == 'max':
-      return nn.max_pool(x, shape, strides=shape)
-    if self.kind == 'avg':
-      return nn.avg_pool(x, shape, strides=shape)
-    raise ValueError(f"Unknown pool kind {self.kind!r}; known: ['avg', 'max']")
+    pool = nn.max_pool if self.kind == 'max' else nn.avg_pool
+    return pool(x, shape, strides=shape)
 
 
 class GlobalAvgPool(nn.Module):

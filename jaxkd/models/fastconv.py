@@ -1,0 +1,300 @@
+"""Convolution and pooling formulations that XLA:CPU runs faster than its native ones.
+
+Same maths, same parameter layout (kernel `[kh, kw, cin, cout]`), different programs:
+
+- `conv_general_dilated`: a drop-in for `lax.conv_general_dilated` (Flax's `nn.Conv`
+  accepts it) for plain 2-D NHWC convolutions, with a custom VJP:
+  * few channels (LeNet, a ResNet's stem): the forward pass is one fused elementwise loop
+    instead of XLA's convolution, and the input gradient one matrix product whose columns
+    are scattered back (col2im);
+  * many channels: XLA's convolutions throughout, but the kernel gradient reads a
+    materialized copy of the input. XLA:CPU computes that gradient as a convolution with
+    batch and channels swapped, so it transposes the activation first, and it fuses the
+    activation's producers (BatchNorm, ReLU, the residual sum, blocks deep) into that
+    transpose and recomputes them in transposed, cache-hostile order.
+- `max_pool` / `avg_pool`: non-overlapping pooling as a reshape and a reduction. The
+  backward pass of max pooling is an elementwise mask (the first maximum of each window,
+  exactly as `nn.max_pool`'s gradient), not XLA's select-and-scatter.
+
+Anything these functions do not cover (dilation, feature groups, other layouts) falls back
+to the native operation, so they are always safe to use.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+# --- convolution ---------------------------------------------------------------------------
+
+def _is_nhwc(dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  return tuple(dimension_numbers) == _NHWC
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated`, computed as `conv2d` for plain 2-D NHWC convolutions."""
+  plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1
+           and batch_group_count == 1 and preferred_element_type is None
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1))))
+  if not plain:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return conv2d(lhs, rhs, strides=strides, padding=padding, precision=precision)
+
+
+def conv2d(x, kernel, *, strides: Sequence[int] = (1, 1), padding: Padding = ((0, 0), (0, 0)),
+           precision=None):
+  """A 2-D NHWC convolution (cross-correlation) with explicit `padding` pairs.
+
+  Args:
+    x: `[B, H, W, C]`.
+    kernel: `[kh, kw, C, O]`.
+    strides: `(sh, sw)`.
+    padding: `((top, bottom), (left, right))`, non-negative.
+    precision: passed to the matrix products and XLA convolutions.
+
+  Returns:
+    `[B, Ho, Wo, O]`, as `lax.conv_general_dilated` with NHWC/HWIO/NHWC.
+  """
+  return _conv2d(x, kernel, tuple(strides), tuple(map(tuple, padding)), precision)
+
+
+def _native(x, kernel, strides, padding, precision):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
+                                   precision=precision)
+
+
+def _output_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
+  return (size + pad[0] + pad[1] - k) // stride + 1
+
+
+def _taps(x, kh: int, kw: int, strides, padding, out_hw):
+  """The input under each kernel tap `(i, j)`, each `[B, Ho, Wo, C]`, row-major in (i, j)."""
+  batch, _, _, channels = x.shape
+  ho, wo = out_hw
+  sh, sw = strides
+  padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  return [lax.slice(padded, (0, i, j, 0),
+                    (batch, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, channels),
+                    (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+
+
+def _materialized(y):
+  """`y`, computed once into a buffer of its own; the same values.
+
+  XLA:CPU fuses elementwise producers into every consumer and recomputes them there, and
+  it removes `optimization_barrier`s; it never fuses a matrix product into its consumers.
+  So `y` goes through a product with the identity. Without this cut, the kernel gradient's
+  transpose of a ResNet activation recomputes its BatchNorm/ReLU/residual chain (several
+  blocks deep) in transposed order, and a ReLU's or max-pool's consumers recompute a
+  `_direct` convolution at strided positions, several times slower.
+
+  Few channels: `y`'s bits times the identity, as integers (exact, NaN and inf included);
+  a floating-point product here would go to XLA's library fusion, which pulls the producers
+  back in and runs them slowly. Many channels: a floating-point product with the identity
+  (exact for finite values), which that library runs well while XLA's integer product is
+  slow.
+  """
+  channels = y.shape[-1]
+  if channels > 8:
+    eye = jnp.eye(channels, dtype=y.dtype)
+    return lax.dot_general(y, eye, (((y.ndim - 1,), (0,)), ((), ())),
+                           precision=lax.Precision.HIGHEST)
+  ints = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[jnp.dtype(y.dtype).itemsize]
+  if ints == jnp.int16:  # 16-bit floats travel as float32 (exactly)
+    return _materialized(y.astype(jnp.float32)).astype(y.dtype)
+  bits = lax.bitcast_convert_type(y, ints)
+  eye = jnp.eye(channels, dtype=ints)
+  bits = lax.dot_general(bits, eye, (((y.ndim - 1,), (0,)), ((), ())))
+  return lax.bitcast_convert_type(bits, y.dtype)
+
+
+def _direct(x, kernel, strides, padding, out_hw):
+  """The convolution as one fused elementwise loop, `sum_{i,j,c} x_ij[..., c] * w[i, j, c]`.
+
+  Each output element reads kh*kw*C inputs from cache. For few channels this beats XLA's
+  convolution (tuned for many channels) by up to an order of magnitude. Accumulates in
+  float32; the result is materialized, so consumers read it instead of re-running the loop.
+  """
+  kh, kw, channels, _ = kernel.shape
+  kernel = kernel.astype(jnp.float32)
+  acc = None
+  for t, tap in enumerate(_taps(x.astype(jnp.float32), kh, kw, strides, padding, out_hw)):
+    i, j = divmod(t, kw)
+    for c in range(channels):
+      term = tap[..., c:c + 1] * kernel[i, j, c]
+      acc = term if acc is None else acc + term
+  return _materialized(acc).astype(x.dtype)
+
+
+def _col2im_input_grad(grad, kernel, x_shape, strides, padding, precision):
+  """dL/dx as one matrix product and a scatter of its columns back onto the input.
+
+  `dP = dY W^T` is `[B, Ho, Wo, kh*kw*C]`; tap `(i, j)`'s columns are padded (interior
+  padding for strides > 1) to where that tap read the input, and summed.
+  """
+  kh, kw, channels, cout = kernel.shape
+  _, height, width, _ = x_shape
+  ho, wo = grad.shape[1:3]
+  sh, sw = strides
+  dpatches = lax.dot_general(grad, kernel.reshape(-1, cout), (((3,), (1,)), ((), ())),
+                             precision=precision)
+  padded_h = height + padding[0][0] + padding[0][1]
+  padded_w = width + padding[1][0] + padding[1][1]
+  zero = jnp.zeros((), grad.dtype)
+  acc = None
+  for t in range(kh * kw):
+    i, j = divmod(t, kw)
+    piece = dpatches[..., t * channels:(t + 1) * channels]
+    config = ((0, 0, 0),
+              (i, padded_h - i - (ho - 1) * sh - 1, sh - 1),
+              (j, padded_w - j - (wo - 1) * sw - 1, sw - 1),
+              (0, 0, 0))
+    placed = lax.pad(piece, zero, config)
+    acc = placed if acc is None else acc + placed
+  return _materialized(
+      acc[:, padding[0][0]:padding[0][0] + height, padding[1][0]:padding[1][0] + width, :])
+
+
+# `_direct` is used up to this many multiply-adds per output element (kh*kw*cin*cout):
+# LeNet-5-half's convolutions (75, 600), LeNet-5's first (150), a CIFAR ResNet's stem (432)
+# and first 1x1 shortcut (512) are below it; LeNet-5's second (2400) and the 3x3
+# convolutions of ResNet stages (2304 and up) are above, where XLA's convolution wins.
+DIRECT_MAX_MACS = 1024
+# Tests force a plan here, e.g. {'forward': 'direct'}; empty in normal use.
+STRATEGY: dict[str, str] = {}
+
+
+def _plan(kernel_shape) -> dict[str, str]:
+  """Which formulation each of the three products uses for this kernel shape.
+
+  forward: 'direct' or 'xla'. input_grad: 'col2im' or 'xla'. kernel_grad: 'xla' (XLA's
+  kernel-gradient convolution) or 'xla_mat' (the same, on a materialized copy of the input).
+  """
+  kh, kw, cin, cout = kernel_shape
+  if kh * kw * cin * cout <= DIRECT_MAX_MACS:
+    plan = {'forward': 'direct', 'input_grad': 'col2im', 'kernel_grad': 'xla'}
+  else:
+    plan = {'forward': 'xla', 'input_grad': 'xla', 'kernel_grad': 'xla_mat'}
+  return {**plan, **STRATEGY}
+
+
+def _forward(x, kernel, strides, padding, precision, plan):
+  if plan['forward'] == 'direct':
+    out_hw = tuple(_output_size(n, k, s, p) for n, k, s, p in
+                   zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+    return _direct(x, kernel, strides, padding, out_hw)
+  return _native(x, kernel, strides, padding, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d(x, kernel, strides, padding, precision):
+  return _forward(x, kernel, strides, padding, precision, _plan(kernel.shape))
+
+
+def _conv2d_fwd(x, kernel, strides, padding, precision):
+  plan = _plan(kernel.shape)
+  y = _forward(x, kernel, strides, padding, precision, plan)
+  if plan['kernel_grad'] == 'xla_mat':
+    x = _materialized(x)
+  return y, (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, precision, residuals, grad):
+  x, kernel = residuals
+  plan = _plan(kernel.shape)
+  _, kernel_vjp = jax.vjp(lambda k: _native(x, k, strides, padding, precision), kernel)
+  (dkernel,) = kernel_vjp(grad)
+  if plan['input_grad'] == 'col2im':
+    dx = _col2im_input_grad(grad, kernel, x.shape, strides, padding, precision)
+  else:
+    _, input_vjp = jax.vjp(lambda x: _native(x, kernel, strides, padding, precision), x)
+    (dx,) = input_vjp(grad)
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# --- pooling -------------------------------------------------------------------------------
+
+def _windows(x, window: int):
+  """`[B, H, W, C] -> [B, H//k, k, W//k, k, C]`, dropping the rows/columns a VALID pool drops."""
+  batch, height, width, channels = x.shape
+  ho, wo = height // window, width // window
+  x = x[:, :ho * window, :wo * window, :]
+  return x.reshape(batch, ho, window, wo, window, channels)
+
+
+def max_pool(x, window: int):
+  """`nn.max_pool(x, (k, k), strides=(k, k))` (VALID) with an elementwise backward pass."""
+  return _max_pool(x, window)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x, window):
+  # Elementwise maxima of the window's slices rather than a reduction: XLA:CPU hands
+  # reductions (with the convolution fused into them) to a library that runs them slower.
+  windows = _windows(x, window)
+  y = None
+  for i in range(window):
+    for j in range(window):
+      y = windows[:, :, i, :, j, :] if y is None else jnp.maximum(y, windows[:, :, i, :, j, :])
+  return y
+
+
+def _max_pool_fwd(x, window):
+  y = _max_pool(x, window)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, residuals, grad):
+  x, y = residuals
+  windows = _windows(x, window)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(window):
+    row = []
+    for j in range(window):
+      # The first maximum in row-major window order gets the gradient, as XLA's
+      # select-and-scatter does for nn.max_pool.
+      hit = (windows[:, :, i, :, j, :] == y) & ~taken
+      taken = taken | hit
+      row.append(jnp.where(hit, grad, jnp.zeros((), grad.dtype)))
+    rows.append(jnp.stack(row, axis=3))
+  dx = jnp.stack(rows, axis=2).reshape(y.shape[0], y.shape[1] * window, y.shape[2] * window,
+                                       y.shape[3])
+  pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
+  return (jnp.pad(dx, pad),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def avg_pool(x, window: int):
+  """`nn.avg_pool(x, (k, k), strides=(k, k))` (VALID) as a sum of the window's slices."""
+  windows = _windows(x, window)
+  total = sum(windows[:, :, i, :, j, :] for i in range(window) for j in range(window))
+  return total / (window * window)

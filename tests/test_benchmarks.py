@@ -1,0 +1,91 @@
+"""The throughput harness runs end to end and writes the documented JSON (peer optional)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'benchmarks', 'throughput.py')
+ROW_TYPES = {'pair': str, 'mode': str, 'framework': str, 'batch_size': int,
+             'examples_per_s': float, 'step_ms': float, 'flops_per_step': float,
+             'mfu': float, 'device': str}
+TOP_TYPES = {'command': str, 'date': str, 'cpu_model': str, 'cores': int, 'jax_version': str,
+             'peak_flops_per_s': float, 'rows': list, 'targets': list}
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # one CPU device, as a user would run it
+  env['JAX_PLATFORMS'] = 'cpu'
+  return env
+
+
+def _positive(value):
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_rows(result, modes, batch_size):
+  for key, kind in TOP_TYPES.items():
+    assert isinstance(result[key], kind), key
+  assert result['peak_flops_per_s'] > 1e8
+  rows = result['rows']
+  jax_rows = [r for r in rows if r['framework'] == 'jaxkd']
+  assert [r['mode'] for r in jax_rows] == modes
+  for row in rows:
+    for key, kind in ROW_TYPES.items():
+      assert isinstance(row[key], kind), (key, row[key])
+    assert row['batch_size'] == batch_size
+    for key in ('examples_per_s', 'step_ms', 'flops_per_step', 'mfu'):
+      assert _positive(row[key]), (key, row[key])
+    # examples/s and step time describe the same median window
+    assert row['examples_per_s'] == pytest.approx(1e3 * batch_size / row['step_ms'])
+    assert row['mfu'] == pytest.approx(
+        row['flops_per_step'] / (row['step_ms'] / 1e3) / result['peak_flops_per_s'])
+  for row in jax_rows:
+    assert _positive(row['compile_s'])
+    assert row['param_count'] == 1_276_810  # mlp_800: 784*800+800 + 800*800+800 + 800*10+10
+  torch_rows = [r for r in rows if r['framework'] == 'pytorch']
+  if torch_rows:
+    assert [r['mode'] for r in torch_rows] == modes
+    for jax_row, torch_row in zip(jax_rows, torch_rows):
+      assert jax_row['vs_pytorch'] == pytest.approx(
+          jax_row['examples_per_s'] / torch_row['examples_per_s'])
+      assert torch_row['flops_per_step'] == jax_row['flops_per_step']
+
+
+def test_quick_run_writes_the_json_schema(tmp_path):
+  out = tmp_path / 'bench.json'
+  modes = ['student', 'cached_kd', 'eval']
+  proc = subprocess.run(
+      [sys.executable, SCRIPT, '--quick', '--pairs', 'mlp', '--modes', ','.join(modes),
+       '--batch-size', '32', '--windows', '2', '--steps', '2', '--warmup', '1',
+       '--peer', 'torch', '--json', str(out)],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  _check_rows(result, modes, 32)
+  assert '| mlp (mlp_1200 -> mlp_800) | student | 32 |' in proc.stdout
+  targets = {t['target'] for t in result['targets']}
+  assert 'mlp: cached_kd step <= 1.05x student step' in targets
+
+
+def test_gpu_script_tiny_mode_runs_on_cpu(tmp_path):
+  env = _env()
+  env['JAXKD_BENCH_OUT'] = str(tmp_path)
+  env['PYTHON'] = sys.executable
+  proc = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu.sh'), '--tiny'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / 'cpu.json').read_text())
+  _check_rows(result, ['student', 'cached_kd', 'eval'], 64)
+  assert result['backend'] == 'cpu' and result['dtype'] == 'bfloat16'
+
+
+def test_unknown_pair_is_refused_with_the_valid_names():
+  proc = subprocess.run([sys.executable, SCRIPT, '--pairs', 'vgg'], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode != 0
+  assert "['lenet', 'mlp', 'resnet']" in proc.stderr
