@@ -110,17 +110,6 @@ def _names(text: str, known, kind: str) -> list[str]:
 
 # --- the machine ---------------------------------------------------------------------------
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def load_average() -> float:
   try:
     return os.getloadavg()[0]
@@ -671,6 +660,7 @@ def main(argv=None) -> dict:
       row['mfu'] *= peak / peak_after
     peak = peak_after
   checks = check_targets(rows)
+  from jaxkd.sweep import cpu_model  # pylint: disable=g-import-not-at-top
   result = {
       'command': ' '.join(shlex.quote(a) for a in [os.path.relpath(__file__)] +
                           list(sys.argv[1:] if argv is None else argv)),

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ def _git_commit() -> str:
     return 'unknown'
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
@@ -45,11 +47,11 @@ def _cpu_model() -> str:
           return line.split(':', 1)[1].strip()
   except OSError:
     pass
-  return 'unknown'
+  return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
-  return {**recipes.machine(), 'cpu_model': _cpu_model()}
+  return {**recipes.machine(), 'cpu_model': cpu_model()}
 
 
 def run_record(spec: RunSpec, final: dict) -> dict:

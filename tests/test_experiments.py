@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fakedata import make_fashion_mnist
+from fakedata import fashion_mnist_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
@@ -15,10 +15,7 @@ CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('cli')
-  make_fashion_mnist(tmp / 'raw', n_train=256, n_test=64, learnable=True)
-  return dict(os.environ, JAXKD_FASHION_MNIST_DIR=str(tmp / 'raw'),
-              JAXKD_DATA_DIR=str(tmp / 'tfds'), JAXKD_OFFLINE='1',
-              JAXKD_COMPILATION_CACHE=str(tmp / 'jax_cache'), JAX_PLATFORMS='cpu')
+  return fashion_mnist_env(tmp, n_train=256, n_test=64)
 
 
 def _run(script, env, *args):

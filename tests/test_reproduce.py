@@ -4,16 +4,13 @@ import os
 import subprocess
 import sys
 
-from fakedata import make_fashion_mnist
+from fakedata import fashion_mnist_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_fashion_mnist_kd_tiny_profile(tmp_path):
-  make_fashion_mnist(tmp_path / 'raw', n_train=320, n_test=64, learnable=True)
-  env = dict(os.environ, JAXKD_FASHION_MNIST_DIR=str(tmp_path / 'raw'),
-             JAXKD_DATA_DIR=str(tmp_path / 'tfds'), JAXKD_OFFLINE='1',
-             JAXKD_COMPILATION_CACHE=str(tmp_path / 'jax_cache'), JAX_PLATFORMS='cpu')
+  env = fashion_mnist_env(tmp_path, n_train=320, n_test=64)
   command = [sys.executable, os.path.join(ROOT, 'experiments', 'reproduce_fashion_mnist_kd.py'),
              '--profile', 'tiny', '--root', str(tmp_path / 'runs'),
              '--results', str(tmp_path / 'results')]

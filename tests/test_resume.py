@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fakedata import make_fashion_mnist
+from fakedata import fashion_mnist_env
 from jaxkd import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,10 +20,7 @@ ARGS = [f'--config={ROOT}/experiments/configs/smoke.py', '--config.num_steps=200
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('resume')
-  make_fashion_mnist(tmp / 'raw', n_train=600, n_test=100, learnable=True)
-  return dict(os.environ, JAXKD_FASHION_MNIST_DIR=str(tmp / 'raw'),
-              JAXKD_DATA_DIR=str(tmp / 'tfds'), JAXKD_OFFLINE='1',
-              JAXKD_COMPILATION_CACHE=str(tmp / 'jax_cache'), JAX_PLATFORMS='cpu')
+  return fashion_mnist_env(tmp, n_train=600, n_test=100)
 
 
 def _start(workdir, env):
