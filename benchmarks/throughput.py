@@ -174,31 +174,15 @@ def _flops(compiled) -> float:
 
 
 def _finetune_step(student, tx_base, params, batch_stats, input_shape, parallel):
-  """The transfer module's frozen-backbone step when it exists; else an inline partition."""
-  import jax
-  import optax
-  try:
-    from jaxkd import transfer
-  except ImportError:
-    transfer = None
-  if transfer is not None and hasattr(transfer, 'make_finetune_step'):
-    try:
-      order = transfer.layer_order(student, input_shape=input_shape)
-      trainable = transfer.METHODS['lp']
-      tx = transfer.partition_optimizer(lambda: tx_base, params, order=order,
-                                        trainable=trainable)
-      stats_starts = transfer.unfreeze_steps(batch_stats, order=order, trainable=trainable)
-      step = transfer.make_finetune_step(model=student, tx=tx, stats_starts=stats_starts,
-                                         parallel=parallel)
-      return tx, step, 'jaxkd.transfer'
-    except (AttributeError, KeyError, TypeError) as error:  # its API moved: say so, go on
-      print(f'jaxkd.transfer did not fit ({error!r}); freezing with an inline partition.',
-            file=sys.stderr)
-  from jaxkd.steps import make_train_step
-  labels = jax.tree_util.tree_map_with_path(
-      lambda path, _: 'trainable' if path[0].key == 'head' else 'frozen', params)
-  tx = optax.partition({'trainable': tx_base, 'frozen': optax.set_to_zero()}, labels)
-  return tx, make_train_step(model=student, tx=tx, parallel=parallel), 'inline partition'
+  """The frozen-backbone step of `jaxkd.transfer`: only `head` trains."""
+  from jaxkd import transfer
+  rules = dict(order=transfer.layer_order(student, input_shape=input_shape),
+               trainable=transfer.METHODS['lp'])
+  tx = transfer.partition_optimizer(lambda: tx_base, params, **rules)
+  step = transfer.make_finetune_step(
+      model=student, tx=tx, param_starts=transfer.unfreeze_steps(params, **rules),
+      stats_starts=transfer.unfreeze_steps(batch_stats, **rules), parallel=parallel)
+  return tx, step, 'jaxkd.transfer'
 
 
 def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxCase:

@@ -142,6 +142,7 @@ def fit(
     on_step: Callable[[TrainState, int], None] | None = None,
     checkpointer: 'Checkpointer | None' = None,
     checkpoint_every: int = 0,
+    eval_every: int = 1,
     data_state: Callable[[], dict] | None = None,
     restore_data: Callable[[dict], None] | None = None,
 ) -> TrainState:
@@ -150,7 +151,8 @@ def fit(
   `state` is placed for `parallel` already; `extras` (teacher variables) are passed to every
   step untouched. Metrics are pulled to the host only on log steps, averaged over the steps
   since the last log, and written to `workdir/metrics.jsonl`; `evaluate(state, epoch)` runs
-  at each epoch end and its (flat) dict is logged too. A non-finite loss stops the run.
+  at the end of every `eval_every`-th epoch (and of the last epoch) and its (flat) dict is
+  logged too. A non-finite loss stops the run.
   `on_step(state, step)` runs after every step.
 
   With a `checkpointer`, the run resumes from its newest checkpoint (restored into `state`'s
@@ -219,8 +221,10 @@ def fit(
                     flush=True)
             pending, window_start, window_steps = [], time.perf_counter(), 0
           eval_record = None
-          if step % steps_per_epoch == 0 and evaluate is not None:
-            eval_record = evaluate(state, step // steps_per_epoch)
+          epochs_done, into_epoch = divmod(step, steps_per_epoch)
+          if (evaluate is not None and into_epoch == 0
+              and (epochs_done % eval_every == 0 or step >= num_steps)):
+            eval_record = evaluate(state, epochs_done)
             writer.write({'step': step, 'epoch': step / steps_per_epoch, **eval_record})
             window_start = time.perf_counter()  # evaluation is not training throughput
           if checkpointer is not None and (

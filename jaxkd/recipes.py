@@ -204,7 +204,7 @@ def _fit(config, workdir: str, checkpointer, **kwargs) -> TrainState:
   """`fit` with the config's logging and checkpoint cadence."""
   return fit(batch_size=config.batch_size, workdir=workdir, log_every=config.get('log_every', 50),
              checkpointer=checkpointer, checkpoint_every=config.get('checkpoint_every', 0),
-             **kwargs)
+             eval_every=config.get('eval_every', 1), **kwargs)
 
 
 def load_init(model, config, task: Task, *, init_dir: str = '',
@@ -474,11 +474,12 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
     tx = transfer.partition_optimizer(lambda: build_optimizer(config, num_steps)[0],
                                       init_vars['params'], layer_decay=f.layer_decay, **rules)
     _, schedule = build_optimizer(config, num_steps)
+    param_starts = transfer.unfreeze_steps(init_vars['params'], **rules)
     stats_starts = transfer.unfreeze_steps(init_vars.get('batch_stats', {}), **rules)
     state = parallel.replicate(create_train_state(model, tx, seed=config.seed,
                                                   input_shape=input_shape, variables=init_vars))
     step_fn = transfer.make_finetune_step(
-        model=model, tx=tx, stats_starts=stats_starts,
+        model=model, tx=tx, param_starts=param_starts, stats_starts=stats_starts,
         label_smoothing=config.get('label_smoothing', 0.0), augment=build_augment(config),
         learning_rate_fn=schedule, parallel=parallel)
     evaluate = make_evaluator(model, task, config, parallel)
@@ -487,9 +488,8 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
                  evaluate=lambda s, epoch: evaluate(s.variables),
                  desc=f'{method} {config.model}')
   state = parallel.unreplicate(state)
-  starts = transfer.unfreeze_steps(init_vars['params'], **rules)
   trained = sum(int(np.prod(leaf.shape)) for path, leaf in transfer.flatten(state.params).items()
-                if starts[path] is not None)
+                if param_starts[path] is not None)
   return finish(workdir, state, evaluate, config, num_steps, time.perf_counter() - start,
                 extra={'method': method, 'trainable_params': trained, **init_info,
                        **(extra or {})},

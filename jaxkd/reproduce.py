@@ -1,12 +1,13 @@
 """Reference tables: run a table's specs, then write its JSON, Markdown and plots."""
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Sequence
 
 import numpy as np
 
-from jaxkd import sweep
+from jaxkd import recipes, sweep
 from jaxkd.sweep import RunSpec, pct
 
 ROW_MODELS = {'teacher': 'LeNet-5', 'student': 'LeNet-5-Half alone', 'kd': 'LeNet-5-Half + KD',
@@ -128,3 +129,117 @@ def _plot_curves(path: str, by_row: dict, rows: Sequence[str], title: str) -> No
     series[f'{ROW_MODELS.get(row, row)} (n={len(curves)})'] = list(zip(epochs, 100 * mean))
   if series:
     sweep.plot_lines(path, series, xlabel='epoch', ylabel='test accuracy %', title=title)
+
+
+TRANSFER_ROWS = {'scratch': 'LeNet-5 from scratch', 'lp': 'linear probe (head only)',
+                 'ft': 'full fine-tune', 'lp_ft': 'LP, then full fine-tune',
+                 'frozen_half': 'fine-tune, conv1-conv2 frozen',
+                 'student': 'LeNet-5-Half alone', 'kd': 'LeNet-5-Half + KD from LP-FT'}
+TRANSFER_TESTS = (('ft', 'scratch'), ('lp_ft', 'scratch'), ('lp_ft', 'ft'), ('kd', 'student'))
+
+
+def _render_transfer(payload: dict) -> str:
+  per_class = payload['labels_per_class']
+  lines = [f"# Fashion-MNIST transfer, classes 0-4 -> 5-9 ({payload['profile']} profile)", '',
+           f"Command: `{payload['command']}`  ",
+           f"Commit {payload['git_commit'][:10]}, {payload['date']}, "
+           f"{payload['machine']['cpu_model']} ({payload['machine']['cores']} cores, "
+           f"{payload['machine']['device_kind']}).", '']
+  source = [r for r in payload['summary'] if r['table'] == 'transfer_source']
+  if source:
+    lines += [f"Source LeNet-5 on classes 0-4 (all their training images): "
+              f"{pct(source[0]['test_accuracy_mean'], source[0]['test_accuracy_std'])} % "
+              f"test accuracy over {source[0]['n']} seeds.", '']
+  lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds, last step):', '',
+            '| row | what | ' + ' | '.join(f'{n} labels / class' for n in per_class) + ' |',
+            '|---|---|' + '---|' * len(per_class)]
+  cells = {(r['table'], r['row']): r for r in payload['summary']}
+  for row, what in TRANSFER_ROWS.items():
+    values = []
+    for n in per_class:
+      r = cells.get((f'transfer_{n}_per_class', row))
+      values.append(f"{pct(r['test_accuracy_mean'], r['test_accuracy_std'])} (n={r['n']})"
+                    if r else '-')
+    lines.append(f'| {row} | {what} | ' + ' | '.join(values) + ' |')
+  lines += ['', 'Paired tests across seeds (one-sided, treatment > control, test accuracy):', '',
+            '| labels / class | treatment | control | seeds | mean diff (points) | p (t-test) | '
+            'p (sign-flip, exact) |', '|---|---|---|---|---|---|---|']
+  for test in payload['tests']:
+    lines.append(f"| {test['labels_per_class']} | {test['treatment']} | {test['control']} | "
+                 f"{len(test['seeds'])} | {100 * test['mean_difference']:+.2f} | "
+                 f"{test['p_value']:.3g} | {test['p_value_sign_flip']:.3g} |")
+  lines += ['', 'Plots: ' + ', '.join(f'`{p}`' for p in payload['plots']), '']
+  return '\n'.join(lines)
+
+
+def transfer(specs: Sequence[RunSpec], *, profile: str, root: str, results_dir: str,
+             labels_per_class: Sequence[int], collect_only: bool = False) -> dict:
+  """Runs the transfer table and writes `transfer[_profile].{json,md}` and its plot."""
+  name = 'transfer' if profile == 'full' else f'transfer_{profile}'
+  plot = f'{name}_labels.png'
+  payload = {}
+
+  def publish(records):
+    payload.clear()
+    payload.update(sweep.header(name, profile))
+    tables = {r['table'] for r in records}
+    payload.update(
+        runs=records, labels_per_class=list(labels_per_class),
+        summary=sweep.summarize(records),
+        tests=[{**sweep.compare(records, table=f'transfer_{n}_per_class', treatment=t,
+                                control=c), 'labels_per_class': n}
+               for n in labels_per_class if f'transfer_{n}_per_class' in tables
+               for t, c in TRANSFER_TESTS],
+        plots=[plot] if os.path.exists(os.path.join(results_dir, plot)) else [])
+    payload['tests'] = [t for t in payload['tests'] if t['seeds']]
+    sweep.write_results(results_dir, name, payload, _render_transfer(payload))
+
+  records = sweep.execute(specs, root=root, on_result=publish, collect_only=collect_only)
+  series = {}
+  for row in sweep.summarize(records):
+    if row['table'].startswith('transfer_') and row['row'] in TRANSFER_ROWS:
+      n = next(r['labels_per_class'] for r in records if r['table'] == row['table'])
+      series.setdefault(TRANSFER_ROWS[row['row']], []).append(
+          (n, 100 * row['test_accuracy_mean']))
+  if any(len(points) > 1 for points in series.values()):
+    sweep.plot_lines(os.path.join(results_dir, plot),
+                     {k: sorted(v) for k, v in series.items()}, logx=True,
+                     xlabel='labelled training images per class (target task)',
+                     ylabel='target test accuracy %',
+                     title='Fashion-MNIST 0-4 -> 5-9: transfer vs labels')
+  publish(records)
+  print(_render_transfer(payload))
+  print(f'Tables and plots: {os.path.abspath(results_dir)}/{name}.{{md,json}}'
+        + ''.join(f', {p}' for p in payload['plots']))
+  return payload
+
+
+def command_line(doc: str, table_config, *, run_table, default_root: str,
+                 full_results: str) -> None:
+  """The reproduce scripts' shared command line: --profile, --root, --results, --seeds and
+  --collect-only; builds `table_config`'s specs and calls `run_table(specs, config=,
+  profile=, root=, results_dir=, collect_only=)`."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument('--profile', default='full', choices=sorted(table_config.PROFILES))
+  parser.add_argument('--root', default=None,
+                      help=f'folder for the runs (default {default_root}_PROFILE)')
+  parser.add_argument('--results', default=None,
+                      help='folder for the tables and plots (default: experiments/results for '
+                           'the full profile, ROOT/results for the others)')
+  parser.add_argument('--seeds', default='',
+                      help='comma-separated subset of the profile\'s seeds, to split a sweep '
+                           'over processes sharing --root (then rerun without it to collect)')
+  parser.add_argument('--collect-only', action='store_true',
+                      help='tabulate the finished runs under --root; run nothing')
+  args = parser.parse_args()
+  recipes.enable_compilation_cache()
+  config = table_config.get_config(args.profile)
+  root = args.root or f'{default_root}_{args.profile}'
+  results = args.results or (full_results if args.profile == 'full'
+                             else os.path.join(root, 'results'))
+  specs = table_config.run_specs(config, root)
+  if args.seeds:
+    seeds = {int(seed) for seed in args.seeds.split(',')}
+    specs = [spec for spec in specs if spec.seed in seeds]
+  run_table(specs, config=config, profile=args.profile, root=root, results_dir=results,
+            collect_only=args.collect_only)

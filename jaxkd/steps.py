@@ -32,6 +32,7 @@ def build_update(
     teacher_fn: TeacherFn | None = None,
     learning_rate_fn: Callable | None = None,
     complete_teacher: Callable | None = None,
+    grad_filter: Callable | None = None,
 ) -> Callable:
   """The per-device student update `(state, batch, *teacher_variables, axis_name)`.
 
@@ -39,6 +40,8 @@ def build_update(
   the objective's batch mean w.r.t. the student's parameters only, and applies `tx`.
   `complete_teacher(student_logits, teacher_outputs) -> teacher logits`, when given, turns
   what `teacher_fn` returned into full teacher logits inside the loss (top-k caches).
+  `grad_filter(grads, step) -> grads`, when given, runs before the cross-device mean and the
+  optimizer (frozen parameters: zeros, so XLA drops their backward pass).
   Metrics are batch means (reduced over `axis_name` when given).
   """
 
@@ -69,6 +72,8 @@ def build_update(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, teacher_logits, components, batch_stats)), grads = grad_fn(state.params)
+    if grad_filter is not None:
+      grads = grad_filter(grads, state.step)
     grads = _pmean(grads, axis_name)
     batch_stats = _pmean(batch_stats, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

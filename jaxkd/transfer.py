@@ -307,22 +307,47 @@ def hold_frozen_stats(update: Callable, stats_starts: dict[str, int | None]) -> 
   return held
 
 
+def zero_frozen_grads(param_starts: dict[str, int | None]) -> Callable:
+  """`grad_filter` for `build_update`: gradients of parameters that do not train yet become
+  zeros (constant zeros for never-trained ones, so XLA drops their backward pass).
+
+  `param_starts` is from `unfreeze_steps(params, ...)`; the optimizer from
+  `partition_optimizer` ignores these gradients anyway, so values are unchanged.
+  """
+
+  def grad_filter(grads, step):
+    def pick(key_path, grad):
+      start = param_starts[path_str(key_path)]
+      if start is None:
+        return jnp.zeros_like(grad)
+      return grad if start == 0 else jnp.where(step >= start, grad, jnp.zeros_like(grad))
+
+    return jax.tree_util.tree_map_with_path(pick, grads)
+
+  return grad_filter
+
+
 def make_finetune_step(*, model: nn.Module, tx: optax.GradientTransformation,
+                       param_starts: dict[str, int | None],
                        stats_starts: dict[str, int | None], label_smoothing: float = 0.0,
                        augment: Augment = Augment(), learning_rate_fn: Callable | None = None,
                        parallel: Parallel = Parallel()) -> Callable:
-  """The supervised step `(state, batch) -> (state, metrics)` with frozen BatchNorm held.
+  """The supervised step `(state, batch) -> (state, metrics)` for a partly frozen model.
 
   `tx` is from `partition_optimizer` (frozen parameters get zero updates, no state);
-  `stats_starts` from `unfreeze_steps(batch_stats, ...)` with the same patterns.
+  `param_starts` and `stats_starts` from `unfreeze_steps` on `params` and `batch_stats`
+  with the same patterns. Frozen parameters' gradients are never computed, frozen BatchNorm
+  statistics are held, and `grad_norm` covers the parameters being trained.
   """
   objective = losses.make_objective(hard_weight=1.0, soft_weight=0.0,
                                     label_smoothing=label_smoothing)
   update = build_update(model=model, tx=tx, objective=objective, augment=augment,
-                        learning_rate_fn=learning_rate_fn)
+                        learning_rate_fn=learning_rate_fn,
+                        grad_filter=zero_frozen_grads(param_starts))
   return parallel.compile(hold_frozen_stats(update, stats_starts))
 
 
 __all__ = ['HEAD', 'METHODS', 'TransferError', 'flatten', 'hold_frozen_stats', 'layer_order',
            'layer_scales', 'load_pretrained', 'make_finetune_step', 'matches', 'merge_params',
-           'mismatches', 'partition_optimizer', 'path_str', 'unfreeze_steps']
+           'mismatches', 'partition_optimizer', 'path_str', 'unfreeze_steps',
+           'zero_frozen_grads']

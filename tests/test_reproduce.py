@@ -35,3 +35,42 @@ def test_fashion_mnist_kd_tiny_profile(tmp_path):
   # Re-running skips every finished run.
   again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and again.stdout.count('done before') == len(payload['runs'])
+
+
+def test_transfer_tiny_profile(tmp_path):
+  env = fashion_mnist_env(tmp_path, n_train=320, n_test=64)
+  command = [sys.executable, os.path.join(ROOT, 'experiments', 'reproduce_transfer.py'),
+             '--profile', 'tiny', '--root', str(tmp_path / 'runs'),
+             '--results', str(tmp_path / 'results')]
+  result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'results' / 'transfer_tiny.json') as f:
+    payload = json.load(f)
+  rows = {(run['table'], run['row']) for run in payload['runs']}
+  assert rows == {('transfer_source', 'source')} | {
+      ('transfer_10_per_class', r)
+      for r in ('scratch', 'lp', 'ft', 'lp_ft', 'frozen_half', 'student', 'kd')}
+  runs = {run['row']: run for run in payload['runs']}
+  for run in payload['runs']:
+    for key in ('table', 'row', 'seed', 'test_accuracy', 'best_val_test_accuracy', 'epochs',
+                'wall_seconds'):
+      assert key in run, key
+    assert 0.0 <= run['test_accuracy'] <= 1.0
+  # 10 labels per class of 5 classes in batches of 25: 4 steps are 2 epochs.
+  assert runs['ft']['epochs'] == 2.0 and runs['source']['epochs'] > 0
+  finals = {row: json.loads((tmp_path / 'runs' / 'transfer_10_per_class' / row / 'seed0' /
+                             'final_metrics.json').read_text())
+            for row in ('lp', 'ft', 'frozen_half', 'scratch', 'lp_ft')}
+  # The head of LeNet-5 (84 -> 5) is all a linear probe trains; frozen_half trains the rest
+  # after conv1 (6 x 5 x 5 + 6) and conv2 (16 x 6 x 5 x 5 + 16).
+  assert finals['lp']['trainable_params'] == 84 * 5 + 5
+  assert finals['ft']['trainable_params'] - finals['frozen_half']['trainable_params'] == (
+      6 * 25 + 6 + 16 * 6 * 25 + 16)
+  assert finals['ft']['init_dir'].endswith(os.path.join('transfer_source', 'source', 'seed0'))
+  assert 'init_dir' not in finals['scratch']
+  assert finals['lp_ft']['lp_steps'] == 2
+  assert {t['treatment'] for t in payload['tests']} == {'ft', 'lp_ft', 'kd'}
+  assert (tmp_path / 'results' / 'transfer_tiny.md').read_text().count('|') > 30
+  again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and again.stdout.count('done before') == len(payload['runs'])

@@ -165,11 +165,19 @@ def test_frozen_parameters_unchanged_and_without_optimizer_state(method):
   tx = transfer.partition_optimizer(lambda: optax.sgd(0.1, momentum=0.9), variables['params'],
                                     order=order, **rules)
   state = _finetune_state(model, tx, variables)
-  step_fn = transfer.make_finetune_step(model=model, tx=tx, stats_starts={})
+  param_starts = transfer.unfreeze_steps(variables['params'], order=order, **rules)
+  step_fn = transfer.make_finetune_step(model=model, tx=tx, param_starts=param_starts,
+                                        stats_starts={})
+  plain_fn = make_train_step(model=model, tx=tx)  # computes every gradient; tx drops some
+  plain = _finetune_state(model, tx, variables)
   before = transfer.flatten(jax.device_get(state.params))
   for i in range(3):
     state, metrics = step_fn(state, _batch(i))
+    plain, _ = plain_fn(plain, _batch(i))
   after = transfer.flatten(jax.device_get(state.params))
+  # Skipping the frozen gradients changes no value.
+  for path, value in transfer.flatten(jax.device_get(plain.params)).items():
+    np.testing.assert_allclose(after[path], value, rtol=1e-6, atol=1e-7, err_msg=path)
   frozen = {p for p in before if (p.startswith('dense1/') if method == 'freeze_dense1'
                                   else not p.startswith('head/'))}
   for path in before:
@@ -190,7 +198,9 @@ def test_batchnorm_statistics_of_frozen_layers_stay_frozen(method):
                unfreeze_every=2 if method == 'gradual' else 0)
   tx = transfer.partition_optimizer(lambda: optax.adam(1e-2), variables['params'], **rules)
   stats_starts = transfer.unfreeze_steps(variables['batch_stats'], **rules)
-  step_fn = transfer.make_finetune_step(model=model, tx=tx, stats_starts=stats_starts)
+  step_fn = transfer.make_finetune_step(
+      model=model, tx=tx, param_starts=transfer.unfreeze_steps(variables['params'], **rules),
+      stats_starts=stats_starts)
   state = _finetune_state(model, tx, variables)
   history = [jax.device_get(state)]
   for i in range(3):

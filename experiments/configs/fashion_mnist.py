@@ -31,6 +31,7 @@ def get_config(model: str = 'lenet5') -> ml_collections.ConfigDict:
                                                    shard_teacher=False))
   config.log_every = 100
   config.eval_batch_size = 1000
+  config.eval_every = 1  # epochs between evaluations (the last epoch is always evaluated)
   # Checkpoints in WORKDIR/checkpoints; a rerun of the same command resumes from the newest.
   config.checkpoint_every = 500  # steps; 0 = no checkpoints (and no resume)
   config.keep_last = 2  # newest checkpoints kept

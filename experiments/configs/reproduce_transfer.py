@@ -1,0 +1,92 @@
+"""The Fashion-MNIST transfer table: profiles 'full' (5 seeds) and 'tiny' (CI).
+
+    python experiments/reproduce_transfer.py --profile full
+
+Source task: classes 0-4 (T-shirt, trouser, pullover, dress, coat) with all their training
+images. Target task: classes 5-9 (sandal, shirt, sneaker, bag, ankle boot) with 10 or 100
+labelled training images per class (a different draw per seed). LeNet-5 rows: scratch, linear
+probe, full fine-tune, LP-then-FT, first half (conv1, conv2) frozen. Then the LP-FT model
+(chosen before any result was seen, after Kumar et al. 2022) teaches LeNet-5-Half on the same
+labelled images, next to LeNet-5-Half trained alone on them.
+"""
+import ml_collections
+
+PROFILES = {
+    'full': dict(seeds=(0, 1, 2, 3, 4), labels_per_class=(10, 100), source_epochs=10,
+                 source_steps=0, target_steps=300, lp_steps=100),
+    'tiny': dict(seeds=(0,), labels_per_class=(10,), source_epochs=1, source_steps=4,
+                 target_steps=4, lp_steps=2),
+}
+
+SOURCE_CLASSES = (0, 1, 2, 3, 4)
+TARGET_CLASSES = (5, 6, 7, 8, 9)
+METHODS = ('scratch', 'lp', 'ft', 'lp_ft', 'frozen_half')
+ROWS = (*METHODS, 'student', 'kd')
+TEACHER_METHOD = 'lp_ft'  # the fine-tuned model the kd row distils (fixed in advance)
+FROZEN_HALF = ('conv1/.*', 'conv2/.*')  # LeNet-5's feature extractor: its first half
+
+
+def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(PROFILES[profile or 'full'])
+  config.profile = profile or 'full'
+  # Batches of 25 (10 per class: 2 steps per epoch) or 50 (100 per class: 10 per epoch);
+  # evaluated every 10 epochs, so 10 labels per class are not dominated by evaluation.
+  config.target = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, lp_learning_rate=1e-2, eval_every=10,
+      kd=dict(hard_weight=0.5, soft_weight=0.5, temperature=4.0)))
+  return config
+
+
+def run_specs(config, root: str) -> list:
+  """Every run of the table, each source before the target runs that start from it."""
+  from distill_fashion_mnist import get_config as distill_config
+  from fashion_mnist import get_config as train_config
+  from finetune_fashion_mnist import get_config as finetune_config
+
+  from jaxkd.sweep import RunSpec
+
+  def on_target(run, seed, per_class):
+    run.seed = seed
+    run.classes = TARGET_CLASSES
+    run.train_per_class = per_class
+    run.batch_size = min(50, 5 * per_class // 2)
+    run.num_steps = config.target_steps
+    run.eval_every = config.target.eval_every
+    run.checkpoint_every = 0
+    run.log_every = 50
+    return run
+
+  specs = []
+  for seed in config.seeds:
+    source = train_config('lenet5')
+    source.seed = seed
+    source.classes = SOURCE_CLASSES
+    source.num_epochs = config.source_epochs
+    source.num_steps = config.source_steps
+    source.log_every = 200
+    source_spec = RunSpec('transfer_source', 'source', seed, 'train', source)
+    specs.append(source_spec)
+    for per_class in config.labels_per_class:
+      table = f'transfer_{per_class}_per_class'
+      info = {'labels_per_class': per_class}
+      runs = {}
+      for method in METHODS:
+        run = on_target(finetune_config({'frozen_half': 'ft'}.get(method, method)), seed,
+                        per_class)
+        run.optimizer.learning_rate = (config.target.lp_learning_rate if method == 'lp'
+                                       else config.target.learning_rate)
+        run.init_dir = '' if method == 'scratch' else source_spec.workdir(root)
+        if method == 'frozen_half':
+          run.finetune.frozen = FROZEN_HALF
+        run.finetune.lp_steps = config.lp_steps
+        run.finetune.lp_learning_rate = config.target.lp_learning_rate
+        runs[method] = RunSpec(table, method, seed, 'finetune', run, info=info)
+      student = on_target(train_config('lenet5_half'), seed, per_class)
+      student.optimizer.learning_rate = config.target.learning_rate
+      kd = on_target(distill_config('lenet5_half'), seed, per_class)
+      kd.optimizer.learning_rate = config.target.learning_rate
+      kd.teacher_dir = runs[TEACHER_METHOD].workdir(root)
+      kd.kd.update(config.target.kd.to_dict())
+      specs += [*runs.values(), RunSpec(table, 'student', seed, 'train', student, info=info),
+                RunSpec(table, 'kd', seed, 'distill', kd, info=info)]
+  return specs

@@ -1,0 +1,27 @@
+"""Reproduces jaxkd's Fashion-MNIST transfer table (resumable: finished runs are kept).
+
+    python experiments/reproduce_transfer.py --profile full   # 5 seeds, 10 and 100 labels/class
+    python experiments/reproduce_transfer.py --profile tiny   # CI: a few steps, 1 seed
+
+Writes transfer{,_<profile>}.{json,md} and a PNG plot (experiments/results/ for the full
+profile); run outputs go to --root (default workdirs/transfer_<profile>).
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'configs'))
+
+import reproduce_transfer as table_config  # noqa: E402
+
+from jaxkd import reproduce  # noqa: E402
+
+
+def run_table(specs, *, config, **kwargs):
+  reproduce.transfer(specs, labels_per_class=tuple(config.labels_per_class), **kwargs)
+
+
+if __name__ == '__main__':
+  reproduce.command_line(__doc__, table_config, run_table=run_table,
+                         default_root=os.path.join('workdirs', 'transfer'),
+                         full_results=os.path.join(HERE, 'results'))
