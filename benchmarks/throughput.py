@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -86,6 +87,12 @@ def _parse_args(argv=None) -> argparse.Namespace:
                            "(framework 'jaxkd-xla-layers'), interleaved: before/after of "
                            'jaxkd.models.fastconv')
   parser.add_argument('--json', default=None, help='write the results here')
+  parser.add_argument('--readme', default=None,
+                      help='also write the tables into this Markdown file, between its '
+                           '<!-- results|targets|scaling:begin/end --> markers')
+  parser.add_argument('--from-json', default=None,
+                      help='measure nothing: print (and with --readme, write) the tables of '
+                           'this earlier --json file')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   if args.pairs is None:
@@ -602,8 +609,43 @@ def scaling_tables(scaling: dict) -> str:
 
 # --- main ----------------------------------------------------------------------------------
 
+def summary_line(result: dict) -> str:
+  return (f"`{result['command']}`  \n{result['date']}, {result['cpu_model']}, "
+          f"{result['cores']} cores, jax {result['jax_version']}"
+          + (f", torch {result['torch_version']}" if result.get('torch_version') else '')
+          + f", peak {result['peak_flops_per_s'] / 1e9:.1f} GFLOP/s, conv "
+          f"{result['conv_impl']}, pool {result['pool_impl']}, load average "
+          f"{result['load_average_before']:.2f} before, "
+          f"{result.get('load_average_after', float('nan')):.2f} after.")
+
+
+def render(result: dict, readme: str | None = None) -> str:
+  """The run's tables as Markdown; with `readme`, also written between its markers."""
+  blocks = {'results': summary_line(result) + '\n\n' + markdown_table(result['rows']),
+            'targets': checks_table(result['targets']) if result['targets'] else '(none)'}
+  if result.get('scaling'):
+    blocks['scaling'] = scaling_tables(result['scaling'])
+  if readme:
+    with open(readme) as f:
+      text = f.read()
+    for name, body in blocks.items():
+      pattern = re.compile(rf'(<!-- {name}:begin -->\n)(?:.*?\n)?(<!-- {name}:end -->)', re.S)
+      if not pattern.search(text):
+        raise ValueError(f'{readme} has no <!-- {name}:begin --> ... <!-- {name}:end --> '
+                         f'block; add one where the {name} table belongs.')
+      text = pattern.sub(lambda m, body=body: m.group(1) + body + '\n' + m.group(2), text)
+    with open(readme, 'w') as f:
+      f.write(text)
+  return '\n\n'.join(blocks.values())
+
+
 def main(argv=None) -> dict:
   args = _parse_args(argv)
+  if args.from_json:
+    with open(args.from_json) as f:
+      result = json.load(f)
+    print(render(result, args.readme))
+    return result
   load_before = load_average()
   import jax
   if args.devices:
@@ -675,18 +717,8 @@ def main(argv=None) -> dict:
     result['scaling'] = run_scaling(args, peer_module=peer_module, peak=peak, parallel=parallel,
                                     jax_device=jax_device, torch_device=torch_device)
   result['load_average_after'] = load_average()
-
-  print(f"\n{result['command']}\n{result['date']}, {result['cpu_model']}, {result['cores']} "
-        f"cores, jax {result['jax_version']}"
-        + (f", torch {result['torch_version']}" if result['torch_version'] else '')
-        + f", peak {peak / 1e9:.1f} GFLOP/s, conv {result['conv_impl']}, "
-        f"pool {result['pool_impl']}\n")
-  print(markdown_table(rows))
-  if checks:
-    print('\n' + checks_table(checks))
-  if args.scaling:
-    print('\n' + scaling_tables(result['scaling']))
   _write_json(args.json, result)
+  print('\n' + render(result, args.readme))
   return result
 
 

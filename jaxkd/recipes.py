@@ -92,7 +92,8 @@ def build_optimizer(config, total_steps: int):
       decay_factor=o.get('decay_factor', 0.1))
   tx = optim.make_optimizer(name=o.name, learning_rate=schedule, momentum=o.get('momentum', 0.9),
                             nesterov=o.get('nesterov', False),
-                            weight_decay=o.get('weight_decay', 0.0))
+                            weight_decay=o.get('weight_decay', 0.0),
+                            clip_norm=o.get('clip_norm', 0.0))
   return tx, schedule
 
 

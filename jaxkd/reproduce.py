@@ -134,8 +134,10 @@ def _plot_curves(path: str, by_row: dict, rows: Sequence[str], title: str) -> No
 TRANSFER_ROWS = {'scratch': 'LeNet-5 from scratch', 'lp': 'linear probe (head only)',
                  'ft': 'full fine-tune', 'lp_ft': 'LP, then full fine-tune',
                  'frozen_half': 'fine-tune, conv1-conv2 frozen',
+                 'ft_convs': 'fine-tune, only conv1-conv2 carried over (post hoc)',
                  'student': 'LeNet-5-Half alone', 'kd': 'LeNet-5-Half + KD from LP-FT'}
-TRANSFER_TESTS = (('ft', 'scratch'), ('lp_ft', 'scratch'), ('lp_ft', 'ft'), ('kd', 'student'))
+TRANSFER_TESTS = (('ft', 'scratch'), ('lp_ft', 'scratch'), ('lp_ft', 'ft'),
+                  ('ft_convs', 'scratch'), ('kd', 'student'))
 
 
 def _render_transfer(payload: dict) -> str:

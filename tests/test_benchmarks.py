@@ -70,6 +70,26 @@ def test_quick_run_writes_the_json_schema(tmp_path):
   assert '| mlp (mlp_1200 -> mlp_800) | student | 32 |' in proc.stdout
   targets = {t['target'] for t in result['targets']}
   assert 'mlp: cached_kd step <= 1.05x student step' in targets
+  # --from-json re-renders the tables into a README's marked blocks, measuring nothing
+  readme = tmp_path / 'README.md'
+  readme.write_text('intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nmiddle\n'
+                    '<!-- targets:begin -->\n<!-- targets:end -->\nend\n')
+  proc = subprocess.run([sys.executable, SCRIPT, '--from-json', str(out), '--readme',
+                         str(readme)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = readme.read_text()
+  assert 'old' not in text and text.startswith('intro\n') and text.endswith('\nend\n')
+  results = text.split('<!-- results:begin -->\n')[1].split('\n<!-- results:end -->')[0]
+  assert result['command'] in results
+  assert '| mlp (mlp_1200 -> mlp_800) | student | 32 |' in results
+  assert 'mlp: cached_kd step <= 1.05x student step' in text.split('<!-- targets:begin -->')[1]
+  readme.write_text('no markers\n')
+  proc = subprocess.run([sys.executable, SCRIPT, '--from-json', str(out), '--readme',
+                         str(readme)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode != 0 and 'no <!-- results:begin -->' in proc.stderr
+  assert readme.read_text() == 'no markers\n'  # left as it was
 
 
 def test_gpu_script_tiny_mode_runs_on_cpu(tmp_path):

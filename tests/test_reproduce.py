@@ -50,7 +50,7 @@ def test_transfer_tiny_profile(tmp_path):
   rows = {(run['table'], run['row']) for run in payload['runs']}
   assert rows == {('transfer_source', 'source')} | {
       ('transfer_10_per_class', r)
-      for r in ('scratch', 'lp', 'ft', 'lp_ft', 'frozen_half', 'student', 'kd')}
+      for r in ('scratch', 'lp', 'ft', 'lp_ft', 'frozen_half', 'ft_convs', 'student', 'kd')}
   runs = {run['row']: run for run in payload['runs']}
   for run in payload['runs']:
     for key in ('table', 'row', 'seed', 'test_accuracy', 'best_val_test_accuracy', 'epochs',
@@ -70,7 +70,7 @@ def test_transfer_tiny_profile(tmp_path):
   assert finals['ft']['init_dir'].endswith(os.path.join('transfer_source', 'source', 'seed0'))
   assert 'init_dir' not in finals['scratch']
   assert finals['lp_ft']['lp_steps'] == 2
-  assert {t['treatment'] for t in payload['tests']} == {'ft', 'lp_ft', 'kd'}
+  assert {t['treatment'] for t in payload['tests']} == {'ft', 'lp_ft', 'ft_convs', 'kd'}
   assert (tmp_path / 'results' / 'transfer_tiny.md').read_text().count('|') > 30
   again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and again.stdout.count('done before') == len(payload['runs'])
