@@ -109,7 +109,8 @@ def summarize(records: Sequence[dict], *, group=('table', 'row')) -> list[dict]:
   rows = []
   for key, runs in groups.items():
     row = dict(zip(group, key), seeds=[r['seed'] for r in runs], n=len(runs))
-    for metric in ('test_accuracy', 'test_errors', 'best_val_test_accuracy'):
+    for metric in ('test_accuracy', 'test_errors', 'best_val_test_accuracy',
+                   'best_val_accuracy'):
       values = [r[metric] for r in runs if r.get(metric) is not None]
       if values:
         row[f'{metric}_mean'], row[f'{metric}_std'] = stats.mean_std(values)
@@ -176,8 +177,11 @@ def plot_lines(path: str, series: dict[str, list[tuple[float, float]]], *, xlabe
     ax.axhline(value, linestyle='--', linewidth=0.8, color='gray')
     ax.annotate(label, (ax.get_xlim()[0], value), fontsize=7, color='gray',
                 xytext=(2, 2), textcoords='offset points')
-  if logx:
+  if logx:  # ticks at the measured points (temperatures, labels per class), not powers of 2
     ax.set_xscale('log', base=2)
+    xs = sorted({x for points in series.values() for x, _ in points})
+    ax.set_xticks(xs, [f'{x:g}' for x in xs])
+    ax.minorticks_off()
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)

@@ -21,3 +21,16 @@ def test_readme_snippet_runs(index, tmp_path):
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize('name', ['fashion_mnist_kd', 'transfer'])
+def test_readme_shows_the_checked_in_results(name):
+  """The README's tables are the ones experiments/results/ holds, line for line."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    readme = f.read().splitlines()
+  with open(os.path.join(ROOT, 'experiments', 'results', f'{name}.md')) as f:
+    rows = [line for line in f.read().splitlines()
+            if line.startswith('| ') and not line.startswith('| row |')]
+  assert rows
+  missing = [line for line in rows if line not in readme]
+  assert not missing, f'README.md lacks these rows of experiments/results/{name}.md: {missing}'

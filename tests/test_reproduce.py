@@ -22,8 +22,11 @@ def test_fashion_mnist_kd_tiny_profile(tmp_path):
   rows = {(run['table'], run['row']) for run in payload['runs']}
   assert {('fashion_mnist_kd', r) for r in
           ('teacher', 'student', 'kd', 'mlp_teacher', 'mlp_student', 'mlp_kd')} <= rows
+  # the kd row (T = 1) is the sweep's first point; the sweep runs the other four
   assert {run['temperature'] for run in payload['runs']
-          if run['table'] == 'temperature_sweep'} == {1.0, 2.0, 8.0, 20.0}
+          if run['table'] == 'temperature_sweep'} == {2.0, 4.0, 8.0, 20.0}
+  assert [row['temperature'] for row in payload['temperature_sweep']] == [1, 2, 4, 8, 20]
+  assert all('best_val_accuracy_mean' in row for row in payload['temperature_sweep'])
   for run in payload['runs']:
     for key in ('table', 'row', 'seed', 'test_accuracy', 'best_val_test_accuracy', 'epochs',
                 'wall_seconds'):

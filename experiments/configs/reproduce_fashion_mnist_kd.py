@@ -36,7 +36,10 @@ def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
       batch_size=64, optimizer=dict(name='adam', learning_rate=2e-3, schedule='cosine',
                                     weight_decay=0.0, momentum=0.9, warmup_steps=0),
       augment=dict(crop_padding=0, flip=True),  # random crops cost LeNet-5 ~1 point here
-      kd=dict(hard_weight=0.1, soft_weight=0.9, temperature=4.0)))
+      # T = 1: the temperature sweep's best validation accuracy (seed 1: 90.28 % at T = 1,
+      # 89.58 at 2, 89.98 at 4, 89.04 at 8, 88.24 at 20). The first full run used T = 4
+      # (5 seeds: 89.41 +- 0.19 % test, below the student alone).
+      kd=dict(hard_weight=0.1, soft_weight=0.9, temperature=1.0)))
   config.sweep_temperatures = (1.0, 2.0, 4.0, 8.0, 20.0)
   # Hinton's pair: the teacher has dropout (in the model) and +-2 pixel jitter; the student
   # has no regularisation; KD at T = 20, its gradient clipped to global norm 5 (without it,
