@@ -499,7 +499,7 @@ def markdown_table(rows: list[dict]) -> str:
 def checks_table(checks: list[dict]) -> str:
   lines = ['| target | reached | met |', '|---|---|---|']
   for c in checks:
-    lines.append(f"| {c['target']} | {c['value']:.2f} | {'yes' if c['passed'] else 'NO'} |")
+    lines.append(f"| {c['target']} | {c['value']:.3f} | {'yes' if c['passed'] else 'NO'} |")
   return '\n'.join(lines)
 
 
@@ -619,6 +619,21 @@ def summary_line(result: dict) -> str:
           f"{result.get('load_average_after', float('nan')):.2f} after.")
 
 
+def replace_blocks(path: str, blocks: dict[str, str]) -> None:
+  """Writes each block's text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` lines of
+  the Markdown file `path`; the file is left untouched if any marker pair is missing."""
+  with open(path) as f:
+    text = f.read()
+  for name, body in blocks.items():
+    pattern = re.compile(rf'(<!-- {name}:begin -->\n)(?:.*?\n)?(<!-- {name}:end -->)', re.S)
+    if not pattern.search(text):
+      raise ValueError(f'{path} has no <!-- {name}:begin --> ... <!-- {name}:end --> '
+                       f'block; add one where the {name} table belongs.')
+    text = pattern.sub(lambda m, body=body: m.group(1) + body + '\n' + m.group(2), text)
+  with open(path, 'w') as f:
+    f.write(text)
+
+
 def render(result: dict, readme: str | None = None) -> str:
   """The run's tables as Markdown; with `readme`, also written between its markers."""
   blocks = {'results': summary_line(result) + '\n\n' + markdown_table(result['rows']),
@@ -626,16 +641,7 @@ def render(result: dict, readme: str | None = None) -> str:
   if result.get('scaling'):
     blocks['scaling'] = scaling_tables(result['scaling'])
   if readme:
-    with open(readme) as f:
-      text = f.read()
-    for name, body in blocks.items():
-      pattern = re.compile(rf'(<!-- {name}:begin -->\n)(?:.*?\n)?(<!-- {name}:end -->)', re.S)
-      if not pattern.search(text):
-        raise ValueError(f'{readme} has no <!-- {name}:begin --> ... <!-- {name}:end --> '
-                         f'block; add one where the {name} table belongs.')
-      text = pattern.sub(lambda m, body=body: m.group(1) + body + '\n' + m.group(2), text)
-    with open(readme, 'w') as f:
-      f.write(text)
+    replace_blocks(readme, blocks)
   return '\n\n'.join(blocks.values())
 
 

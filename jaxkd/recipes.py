@@ -108,11 +108,14 @@ def build_augment(config) -> Augment:
   return Augment(crop_padding=a.get('crop_padding', 0), flip=a.get('flip', False))
 
 
-def make_batches(task: Task, config, extras: dict | None = None) -> tuple[Callable, int]:
-  """The in-memory fast path: the split lives on device, batches are gathered under jit."""
+def make_batches(task: Task, config, parallel: Parallel,
+                 extras: dict | None = None) -> tuple[Callable, int]:
+  """The in-memory fast path: the split lives on device, batches are gathered under jit,
+  each already placed where the step wants it (one process; several assemble theirs)."""
   dataset = data.InMemoryDataset(
       task.train_images, task.train_labels, batch_size=config.batch_size, seed=config.seed,
-      mean=task.mean, std=task.std, extras=extras)
+      mean=task.mean, std=task.std, extras=extras,
+      batch_sharding=parallel.batch_sharding() if jax.process_count() == 1 else None)
   return (lambda epoch, start: dataset.epoch(epoch, start_step=start)), dataset.steps_per_epoch
 
 
@@ -236,7 +239,7 @@ def train(config, workdir: str) -> dict:
   with checkpointing(config, workdir, metadata) as checkpointer:
     parallel = build_parallel(config)
     model = build_model(config, task.num_classes)
-    batches, steps_per_epoch = make_batches(task, config)
+    batches, steps_per_epoch = make_batches(task, config, parallel)
     num_steps = num_train_steps(config, steps_per_epoch)
     tx, schedule = build_optimizer(config, num_steps)
     state = create_train_state(model, tx, seed=config.seed,
@@ -395,7 +398,7 @@ def distill(config, workdir: str) -> dict:
                           teacher_fingerprint=fingerprints[0], augment=augment,
                           temperature=k.temperature, num_examples=len(task.train_labels))
       extras = teacher_cache.rows()
-    batches, steps_per_epoch = make_batches(task, config, extras)
+    batches, steps_per_epoch = make_batches(task, config, parallel, extras)
     num_steps = num_train_steps(config, steps_per_epoch)
     tx, schedule = build_optimizer(config, num_steps)
     state = create_train_state(student, tx, seed=config.seed, variables=init_vars,
@@ -464,7 +467,7 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
             'unfreeze_every': f.unfreeze_every}
   metadata = run_metadata(config, 'finetune', task, finetune=recipe, **init_info)
   with checkpointing(config, workdir, metadata) as checkpointer:
-    batches, steps_per_epoch = make_batches(task, config)
+    batches, steps_per_epoch = make_batches(task, config, parallel)
     num_steps = num_train_steps(config, steps_per_epoch)
     if init_vars is None:
       init_key, _ = jax.random.split(jax.random.key(config.seed))

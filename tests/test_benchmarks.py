@@ -109,3 +109,17 @@ def test_unknown_pair_is_refused_with_the_valid_names():
                         capture_output=True, text=True, timeout=60)
   assert proc.returncode != 0
   assert "['lenet', 'mlp', 'resnet']" in proc.stderr
+
+
+def test_epoch_overhead_compares_an_epoch_with_its_steps(tmp_path):
+  out = tmp_path / 'epoch.json'
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'epoch_overhead.py'), '--pairs', 'mlp',
+       '--examples', '1024', '--batch-size', '128', '--repeats', '1', '--json', str(out)],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (row,) = json.loads(out.read_text())['rows']
+  assert row['steps_per_epoch'] == 8 and row['pair'] == 'mlp'
+  assert row['sum_of_steps_s'] == pytest.approx(8 * row['step_ms'] / 1e3)
+  assert row['ratio'] == pytest.approx(row['epoch_s'] / row['sum_of_steps_s'])
+  assert '| mlp (mlp_800) | 128 | 8 |' in proc.stdout

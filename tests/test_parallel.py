@@ -109,3 +109,21 @@ def test_bad_parallel_settings_are_refused():
     Parallel('pmap', shard_teacher=True)
   with pytest.raises(ValueError, match='divisible'):
     Parallel('jit').shard_batch({'label': np.zeros(12, np.int32)})
+
+
+@pytest.mark.parametrize('mode', ['jit', 'shard_map'])
+def test_batches_placed_by_the_pipeline_are_not_moved_again(mode):
+  from jaxkd.data import InMemoryDataset
+  parallel = Parallel(mode)
+  images = np.arange(64 * 4, dtype=np.uint8).reshape(64, 2, 2, 1)
+  dataset = InMemoryDataset(images, np.arange(64) % 10, batch_size=16, mean=0.0, std=1.0,
+                            batch_sharding=parallel.batch_sharding())
+  batch = dataset.batch(0, 0)
+  placed = parallel.shard_batch(batch)
+  assert all(placed[k] is batch[k] for k in batch)  # already where the step wants it
+  assert len(placed['image'].sharding.device_set) == 8
+  loose = jax.device_put(batch, jax.devices()[0])  # one device: resharded over all 8
+  moved = parallel.shard_batch(loose)
+  assert moved['image'].sharding.is_equivalent_to(parallel.batch_sharding(), 4)
+  np.testing.assert_array_equal(moved['image'], batch['image'])
+  assert Parallel('pmap').batch_sharding() is None
