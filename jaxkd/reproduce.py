@@ -35,17 +35,21 @@ def _render_kd(payload: dict, references: dict) -> str:
   for row in payload['summary']:
     if row['table'] != 'fashion_mnist_kd':
       continue
-    errors = (f"{row['test_errors_mean']:.0f} ± {row['test_errors_std']:.0f}"
-              if 'test_errors_mean' in row else '-')
+    std = lambda metric, row=row: row.get(f'{metric}_std') if row['n'] > 1 else None
+    errors = ('-' if 'test_errors_mean' not in row else f"{row['test_errors_mean']:.0f}"
+              + ('' if std('test_errors') is None else f" ± {row['test_errors_std']:.0f}"))
     lines.append(
         f"| {row['row']} | {ROW_MODELS.get(row['row'], row['row'])} | {row['n']} | "
-        f"{pct(row.get('test_accuracy_mean'), row.get('test_accuracy_std'))} | {errors} | "
-        f"{pct(row.get('best_val_test_accuracy_mean'), row.get('best_val_test_accuracy_std'))}"
+        f"{pct(row.get('test_accuracy_mean'), std('test_accuracy'))} | {errors} | "
+        f"{pct(row.get('best_val_test_accuracy_mean'), std('best_val_test_accuracy'))}"
         f" | {_reference(references, row['row'])} |")
+  tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
   lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '',
             '| treatment | control | metric | seeds | mean diff (points) | t | p (t-test) | '
             'p (sign-flip, exact) |', '|---|---|---|---|---|---|---|---|']
-  for test in payload['tests']:
+  if not tests:
+    lines[-5:] = ['', '(Paired tests need two seeds or more; the full profile runs five.)']
+  for test in tests:
     lines.append(f"| {test['treatment']} | {test['control']} | {test['metric']} | "
                  f"{len(test['seeds'])} | {100 * test['mean_difference']:+.2f} | "
                  f"{test['t']:.2f} | {test['p_value']:.3g} | {test['p_value_sign_flip']:.3g} |")
