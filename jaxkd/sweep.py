@@ -137,7 +137,9 @@ def write_results(directory: str, name: str, payload: dict, markdown: str) -> No
 
 
 def header(name: str, profile: str) -> dict:
-  return {'name': name, 'profile': profile, 'command': ' '.join([sys.executable] + sys.argv),
+  # `python path/relative/to/cwd ...`, runnable again from where it was run
+  argv = [os.path.relpath(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else sys.argv
+  return {'name': name, 'profile': profile, 'command': ' '.join(['python'] + argv),
           'git_commit': _git_commit(), 'machine': machine(),
           'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
 
