@@ -54,6 +54,42 @@ def machine() -> dict:
   return {**recipes.machine(), 'cpu_model': cpu_model()}
 
 
+RUN_CONFIG = 'run_config.json'  # the spec's config, written when a run starts
+
+
+def _plain(config: Any) -> Any:
+  """The config as plain JSON values (tuples become lists), for storing and comparing."""
+  value = config.to_dict() if hasattr(config, 'to_dict') else config
+  return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _differences(stored: Any, current: Any, path: str = '') -> list[str]:
+  if isinstance(stored, dict) and isinstance(current, dict):
+    return [d for key in sorted(set(stored) | set(current))
+            for d in _differences(stored.get(key), current.get(key), f'{path}.{key}'.lstrip('.'))]
+  return [] if stored == current else [f'{path or "config"}: {stored!r} -> {current!r}']
+
+
+def check_run_config(spec: RunSpec, workdir: str) -> None:
+  """Refuses a workdir holding (part of) a run of another config, before anything is read
+  into a table or resumed; writes the config for a new run. Workdirs from before configs
+  were stored are taken as they are."""
+  path = os.path.join(workdir, RUN_CONFIG)
+  current = _plain(spec.config)
+  if os.path.exists(path):
+    with open(path) as f:
+      differences = _differences(json.load(f), current)
+    if differences:
+      raise ValueError(
+          f'{workdir} holds a run of {spec.table}/{spec.row} seed {spec.seed} with another '
+          f'config ({"; ".join(differences[:5])}{"; ..." if len(differences) > 5 else ""}). '
+          'Move that folder away (or pass another --root) to run the current config, or '
+          'restore the config that made it.')
+  elif not os.path.exists(os.path.join(workdir, 'final_metrics.json')):
+    os.makedirs(workdir, exist_ok=True)
+    recipes.write_json(path, current)
+
+
 def run_record(spec: RunSpec, final: dict) -> dict:
   """The row of the results JSON for one finished run."""
   test_count = final.get('test_count', 0)
@@ -75,11 +111,14 @@ def execute(specs: Sequence[RunSpec], *, root: str,
             collect_only: bool = False) -> list[dict]:
   """Runs each spec in order in `root/table/row/seedN`; finished runs are read, not re-run
   (a crashed run resumes from its own checkpoint). Calls `on_result(records)` after each.
-  `collect_only` reads the finished runs and runs nothing."""
+  `collect_only` reads the finished runs and runs nothing. A workdir whose stored config
+  (`run_config.json`) differs from its spec's is refused with the differences listed."""
   records = []
   for index, spec in enumerate(specs):
     workdir = spec.workdir(root)
     final_path = os.path.join(workdir, 'final_metrics.json')
+    if os.path.isdir(workdir) or not collect_only:
+      check_run_config(spec, workdir)
     if os.path.exists(final_path):
       with open(final_path) as f:
         final = json.load(f)
