@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -23,7 +22,8 @@ import time
 
 import numpy as np
 
-from throughput import LEARNING_RATE, NUM_CLASSES, PAIRS, load_average, replace_blocks
+from throughput import (LEARNING_RATE, NUM_CLASSES, PAIRS, load_average, replace_blocks,
+                        write_json)
 
 NUM_EXAMPLES = 60_000
 TARGET = 1.1
@@ -121,11 +121,7 @@ def main(argv=None) -> dict:
     result['rows'].append(measure_pair(name, batch_size=args.batch_size, repeats=args.repeats,
                                        examples=args.examples))
   result['load_average_after'] = load_average()
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=1)
-      f.write('\n')
+  write_json(args.json, result)
   text = table(result)
   if args.readme:
     replace_blocks(args.readme, {'epoch': text})

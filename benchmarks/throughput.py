@@ -719,16 +719,16 @@ def main(argv=None) -> dict:
     result['torch_threads'] = torch.get_num_threads()
     result['omp_wait_policy'] = os.environ.get('OMP_WAIT_POLICY')
   if args.scaling:
-    _write_json(args.json, result)  # the rows are safe even if a scaling run fails
+    write_json(args.json, result)  # the rows are safe even if a scaling run fails
     result['scaling'] = run_scaling(args, peer_module=peer_module, peak=peak, parallel=parallel,
                                     jax_device=jax_device, torch_device=torch_device)
   result['load_average_after'] = load_average()
-  _write_json(args.json, result)
+  write_json(args.json, result)
   print('\n' + render(result, args.readme))
   return result
 
 
-def _write_json(path: str | None, result: dict) -> None:
+def write_json(path: str | None, result: dict) -> None:
   if not path:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -23,26 +23,34 @@ def _reference(references: dict, row: str) -> str:
   return f"{value} ({ref['source']})"
 
 
+def _header(title: str, payload: dict) -> list[str]:
+  """A table file's first lines: title, command, commit, date and machine."""
+  machine = payload['machine']
+  return [f'# {title}', '', f"Command: `{payload['command']}`  ",
+          f"Commit {payload['git_commit'][:10]}, {payload['date']}, {machine['cpu_model']} "
+          f"({machine['cores']} cores, {machine['device_kind']}).", '']
+
+
+def _cell(row: dict, metric: str, *, count: bool = False) -> str:
+  """`mean ± std` of a summary row's metric (percent, or a count); no std for one run."""
+  mean, std = row.get(f'{metric}_mean'), row.get(f'{metric}_std') if row['n'] > 1 else None
+  if not count or mean is None:
+    return pct(mean, std)
+  return f'{mean:.0f}' + ('' if std is None else f' ± {std:.0f}')
+
+
 def _render_kd(payload: dict, references: dict) -> str:
-  lines = [f"# Fashion-MNIST distillation ({payload['profile']} profile)", '',
-           f"Command: `{payload['command']}`  ",
-           f"Commit {payload['git_commit'][:10]}, {payload['date']}, "
-           f"{payload['machine']['cpu_model']} ({payload['machine']['cores']} cores, "
-           f"{payload['machine']['device_kind']}).", '',
+  lines = [*_header(f"Fashion-MNIST distillation ({payload['profile']} profile)", payload),
            '| row | model | seeds | test acc % (last epoch) | test errors / 10k | '
            'test acc % (best val epoch) | published |',
            '|---|---|---|---|---|---|---|']
   for row in payload['summary']:
     if row['table'] != 'fashion_mnist_kd':
       continue
-    std = lambda metric, row=row: row.get(f'{metric}_std') if row['n'] > 1 else None
-    errors = ('-' if 'test_errors_mean' not in row else f"{row['test_errors_mean']:.0f}"
-              + ('' if std('test_errors') is None else f" ± {row['test_errors_std']:.0f}"))
     lines.append(
         f"| {row['row']} | {ROW_MODELS.get(row['row'], row['row'])} | {row['n']} | "
-        f"{pct(row.get('test_accuracy_mean'), std('test_accuracy'))} | {errors} | "
-        f"{pct(row.get('best_val_test_accuracy_mean'), std('best_val_test_accuracy'))}"
-        f" | {_reference(references, row['row'])} |")
+        f"{_cell(row, 'test_accuracy')} | {_cell(row, 'test_errors', count=True)} | "
+        f"{_cell(row, 'best_val_test_accuracy')} | {_reference(references, row['row'])} |")
   tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
   lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '',
             '| treatment | control | metric | seeds | mean diff (points) | t | p (t-test) | '
@@ -59,11 +67,8 @@ def _render_kd(payload: dict, references: dict) -> str:
               '| T | seeds | val acc % (best epoch) | test acc % (last) | '
               'test acc % (best val epoch) |', '|---|---|---|---|---|']
     for row in payload['temperature_sweep']:
-      std = lambda metric, row=row: row.get(f'{metric}_std') if row['n'] > 1 else None
-      lines.append(f"| {row['temperature']:g} | {row['n']} | "
-                   f"{pct(row.get('best_val_accuracy_mean'), std('best_val_accuracy'))} | "
-                   f"{pct(row['test_accuracy_mean'], std('test_accuracy'))} | "
-                   f"{pct(row.get('best_val_test_accuracy_mean'), std('best_val_test_accuracy'))} |")
+      lines.append(f"| {row['temperature']:g} | {row['n']} | {_cell(row, 'best_val_accuracy')} | "
+                   f"{_cell(row, 'test_accuracy')} | {_cell(row, 'best_val_test_accuracy')} |")
   lines += ['', 'Plots: ' + ', '.join(f'`{p}`' for p in payload['plots']), '']
   return '\n'.join(lines)
 
@@ -153,15 +158,12 @@ TRANSFER_TESTS = (('ft', 'scratch'), ('lp_ft', 'scratch'), ('lp_ft', 'ft'),
 
 def _render_transfer(payload: dict) -> str:
   per_class = payload['labels_per_class']
-  lines = [f"# Fashion-MNIST transfer, classes 0-4 -> 5-9 ({payload['profile']} profile)", '',
-           f"Command: `{payload['command']}`  ",
-           f"Commit {payload['git_commit'][:10]}, {payload['date']}, "
-           f"{payload['machine']['cpu_model']} ({payload['machine']['cores']} cores, "
-           f"{payload['machine']['device_kind']}).", '']
+  lines = _header(f"Fashion-MNIST transfer, classes 0-4 -> 5-9 ({payload['profile']} profile)",
+                  payload)
   source = [r for r in payload['summary'] if r['table'] == 'transfer_source']
   if source:
     lines += [f"Source LeNet-5 on classes 0-4 (all their training images): "
-              f"{pct(source[0]['test_accuracy_mean'], source[0]['test_accuracy_std'])} % "
+              f"{_cell(source[0], 'test_accuracy')} % "
               f"test accuracy over {source[0]['n']} seeds.", '']
   lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds, last step):', '',
             '| row | what | ' + ' | '.join(f'{n} labels / class' for n in per_class) + ' |',
@@ -171,8 +173,7 @@ def _render_transfer(payload: dict) -> str:
     values = []
     for n in per_class:
       r = cells.get((f'transfer_{n}_per_class', row))
-      values.append(f"{pct(r['test_accuracy_mean'], r['test_accuracy_std'])} (n={r['n']})"
-                    if r else '-')
+      values.append(f"{_cell(r, 'test_accuracy')} (n={r['n']})" if r else '-')
     lines.append(f'| {row} | {what} | ' + ' | '.join(values) + ' |')
   lines += ['', 'Paired tests across seeds (one-sided, treatment > control, test accuracy):', '',
             '| labels / class | treatment | control | seeds | mean diff (points) | p (t-test) | '
@@ -209,11 +210,10 @@ def transfer(specs: Sequence[RunSpec], *, profile: str, root: str, results_dir: 
 
   records = sweep.execute(specs, root=root, on_result=publish, collect_only=collect_only)
   series = {}
-  for row in sweep.summarize(records):
-    if row['table'].startswith('transfer_') and row['row'] in TRANSFER_ROWS:
-      n = next(r['labels_per_class'] for r in records if r['table'] == row['table'])
+  for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
+    if row['labels_per_class'] is not None and row['row'] in TRANSFER_ROWS:
       series.setdefault(TRANSFER_ROWS[row['row']], []).append(
-          (n, 100 * row['test_accuracy_mean']))
+          (row['labels_per_class'], 100 * row['test_accuracy_mean']))
   if any(len(points) > 1 for points in series.values()):
     sweep.plot_lines(os.path.join(results_dir, plot),
                      {k: sorted(v) for k, v in series.items()}, logx=True,

@@ -70,10 +70,10 @@ def _differences(stored: Any, current: Any, path: str = '') -> list[str]:
   return [] if stored == current else [f'{path or "config"}: {stored!r} -> {current!r}']
 
 
-def check_run_config(spec: RunSpec, workdir: str) -> None:
+def check_run_config(spec: RunSpec, workdir: str, *, write: bool = True) -> None:
   """Refuses a workdir holding (part of) a run of another config, before anything is read
-  into a table or resumed; writes the config for a new run. Workdirs from before configs
-  were stored are taken as they are."""
+  into a table or resumed; with `write`, stores the config of a run not finished yet.
+  Workdirs from before configs were stored are taken as they are."""
   path = os.path.join(workdir, RUN_CONFIG)
   current = _plain(spec.config)
   if os.path.exists(path):
@@ -85,7 +85,7 @@ def check_run_config(spec: RunSpec, workdir: str) -> None:
           f'config ({"; ".join(differences[:5])}{"; ..." if len(differences) > 5 else ""}). '
           'Move that folder away (or pass another --root) to run the current config, or '
           'restore the config that made it.')
-  elif not os.path.exists(os.path.join(workdir, 'final_metrics.json')):
+  elif write and not os.path.exists(os.path.join(workdir, 'final_metrics.json')):
     os.makedirs(workdir, exist_ok=True)
     recipes.write_json(path, current)
 
@@ -117,8 +117,7 @@ def execute(specs: Sequence[RunSpec], *, root: str,
   for index, spec in enumerate(specs):
     workdir = spec.workdir(root)
     final_path = os.path.join(workdir, 'final_metrics.json')
-    if os.path.isdir(workdir) or not collect_only:
-      check_run_config(spec, workdir)
+    check_run_config(spec, workdir, write=not collect_only)
     if os.path.exists(final_path):
       with open(final_path) as f:
         final = json.load(f)

@@ -9,16 +9,21 @@ from fakedata import fashion_mnist_env
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_fashion_mnist_kd_tiny_profile(tmp_path):
+def _run_tiny(tmp_path, script: str, name: str):
+  """Runs experiments/`script` in its tiny profile on generated data; returns the command,
+  its environment and the results JSON `name`_tiny.json."""
   env = fashion_mnist_env(tmp_path, n_train=320, n_test=64)
-  command = [sys.executable, os.path.join(ROOT, 'experiments', 'reproduce_fashion_mnist_kd.py'),
-             '--profile', 'tiny', '--root', str(tmp_path / 'runs'),
-             '--results', str(tmp_path / 'results')]
+  command = [sys.executable, os.path.join(ROOT, 'experiments', script), '--profile', 'tiny',
+             '--root', str(tmp_path / 'runs'), '--results', str(tmp_path / 'results')]
   result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / 'results' / 'fashion_mnist_kd_tiny.json') as f:
-    payload = json.load(f)
+  with open(tmp_path / 'results' / f'{name}_tiny.json') as f:
+    return command, env, json.load(f)
+
+
+def test_fashion_mnist_kd_tiny_profile(tmp_path):
+  command, env, payload = _run_tiny(tmp_path, 'reproduce_fashion_mnist_kd.py', 'fashion_mnist_kd')
   rows = {(run['table'], run['row']) for run in payload['runs']}
   assert {('fashion_mnist_kd', r) for r in
           ('teacher', 'student', 'kd', 'mlp_teacher', 'mlp_student', 'mlp_kd')} <= rows
@@ -41,15 +46,7 @@ def test_fashion_mnist_kd_tiny_profile(tmp_path):
 
 
 def test_transfer_tiny_profile(tmp_path):
-  env = fashion_mnist_env(tmp_path, n_train=320, n_test=64)
-  command = [sys.executable, os.path.join(ROOT, 'experiments', 'reproduce_transfer.py'),
-             '--profile', 'tiny', '--root', str(tmp_path / 'runs'),
-             '--results', str(tmp_path / 'results')]
-  result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / 'results' / 'transfer_tiny.json') as f:
-    payload = json.load(f)
+  command, env, payload = _run_tiny(tmp_path, 'reproduce_transfer.py', 'transfer')
   rows = {(run['table'], run['row']) for run in payload['runs']}
   assert rows == {('transfer_source', 'source')} | {
       ('transfer_10_per_class', r)
