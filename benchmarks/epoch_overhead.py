@@ -22,8 +22,9 @@ import time
 
 import numpy as np
 
-from throughput import (LEARNING_RATE, NUM_CLASSES, PAIRS, load_average, replace_blocks,
-                        write_json)
+from cases import LEARNING_RATE, NUM_CLASSES, PAIRS
+from harness import load_average, write_json
+from report import replace_blocks
 
 NUM_EXAMPLES = 60_000
 TARGET = 1.1
@@ -112,7 +113,7 @@ def main(argv=None) -> dict:
   unknown = [p for p in pairs if PAIRS.get(p) is None or PAIRS[p].input_shape != (28, 28, 1)]
   if unknown:
     parser.error(f"unknown or non-28x28 pair(s) {unknown}; choose from ['lenet', 'mlp'].")
-  from jaxkd.sweep import cpu_model
+  from jaxkd.recipes.provenance import cpu_model
   result = {'command': ' '.join([os.path.relpath(__file__)] + list(argv or sys.argv[1:])),
             'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'cpu_model': cpu_model(), 'cores': os.cpu_count(),

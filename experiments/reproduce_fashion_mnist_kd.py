@@ -16,13 +16,7 @@ import reproduce_fashion_mnist_kd as table_config  # noqa: E402
 
 from jaxkd import reproduce  # noqa: E402
 
-
-def run_table(specs, *, config, **kwargs):
-  reproduce.fashion_mnist_kd(specs, references=table_config.REFERENCES,
-                             sweep_seeds=tuple(config.sweep_seeds), **kwargs)
-
-
 if __name__ == '__main__':
-  reproduce.command_line(__doc__, table_config, run_table=run_table,
+  reproduce.command_line(__doc__, table_config,
                          default_root=os.path.join('workdirs', 'reproduce'),
                          full_results=os.path.join(HERE, 'results'))

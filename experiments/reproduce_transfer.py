@@ -16,12 +16,7 @@ import reproduce_transfer as table_config  # noqa: E402
 
 from jaxkd import reproduce  # noqa: E402
 
-
-def run_table(specs, *, config, **kwargs):
-  reproduce.transfer(specs, labels_per_class=tuple(config.labels_per_class), **kwargs)
-
-
 if __name__ == '__main__':
-  reproduce.command_line(__doc__, table_config, run_table=run_table,
+  reproduce.command_line(__doc__, table_config,
                          default_root=os.path.join('workdirs', 'transfer'),
                          full_results=os.path.join(HERE, 'results'))

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,6 +119,26 @@ class TeacherCache:
       return cls(load('teacher_topk_logits'), load('teacher_topk_indices'),
                  load('teacher_rest_log_mass'), provenance)
     return cls(load('teacher_logits'), None, None, provenance)
+
+
+@flax.struct.dataclass
+class TopKRows:
+  """A batch's rows of a top-k cache (`TeacherCache.rows()` with `topk` set), as a step
+  reads them: full logits exist only once the student's logits are known (`logits_for`)."""
+
+  topk_logits: jax.Array  # [B, k]
+  indices: jax.Array  # int32 [B, k]
+  rest_log_mass: jax.Array  # [B]
+
+  @classmethod
+  def from_batch(cls, batch: dict) -> 'TopKRows':
+    return cls(batch['teacher_topk_logits'], batch['teacher_topk_indices'],
+               batch['teacher_rest_log_mass'])
+
+  def logits_for(self, student_logits: jax.Array, *, temperature: float) -> jax.Array:
+    """Full-width teacher logits for this student (see `topk_logits`)."""
+    return topk_logits(student_logits, self.topk_logits, self.indices, self.rest_log_mass,
+                       temperature=temperature)
 
 
 def _rmtree(path: str) -> None:

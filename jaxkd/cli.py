@@ -7,7 +7,7 @@ import sys
 
 
 def main(recipe: str, script: str) -> None:
-  """Runs `jaxkd.recipes.<recipe>(config, workdir)` with flags parsed from `sys.argv`.
+  """Runs `jaxkd.recipes.RECIPES[recipe](config, workdir)` with flags from `sys.argv`.
 
   `script` is the calling file; its `configs/` folder goes on `sys.path`, so config files
   can build on each other (`from fashion_mnist import get_config`).
@@ -24,7 +24,7 @@ def main(recipe: str, script: str) -> None:
     del argv
     from jaxkd import recipes
     recipes.enable_compilation_cache()
-    final = getattr(recipes, recipe)(config.value, workdir.value)
+    final = recipes.RECIPES[recipe](config.value, workdir.value)
     print(f"test accuracy {final['test_accuracy']:.4f}  params_sha256 {final['params_sha256']}")
 
   app.run(run)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxkd import cache
+from jaxkd import cache, losses
 from jaxkd.augment import Augment
 from jaxkd.parallel import Parallel
 from jaxkd.steps import build_update
@@ -35,7 +35,7 @@ def make_distill_step(
     student: nn.Module,
     teachers: nn.Module | ApplyFn | Sequence[nn.Module | ApplyFn] | None,
     tx: optax.GradientTransformation,
-    objective: Callable,
+    objective: losses.Objective,
     augment: Augment = Augment(),
     learning_rate_fn: Callable | None = None,
     parallel: Parallel = Parallel(),
@@ -74,16 +74,15 @@ def make_distill_step(
     def teacher_fn(teacher_variables, images, batch):
       del teacher_variables, images
       if 'teacher_topk_logits' in batch:
-        return (batch['teacher_topk_logits'], batch['teacher_topk_indices'],
-                batch['teacher_rest_log_mass'])
+        return cache.TopKRows.from_batch(batch)
       return [batch['teacher_logits'].astype(jnp.float32)]
 
     def complete_teacher(student_logits, outputs):
-      if isinstance(outputs, list):
-        return outputs
+      if not isinstance(outputs, cache.TopKRows):
+        return outputs  # full cached logits: already one list entry per teacher
       if callable(objective.temperature):
         raise ValueError('A top-k teacher cache needs a constant temperature.')
-      return [cache.topk_logits(student_logits, *outputs, temperature=objective.temperature)]
+      return [outputs.logits_for(student_logits, temperature=objective.temperature)]
   else:
     if teachers is None:
       raise ValueError('No teachers given; pass teachers=... or cached=True.')
@@ -105,4 +104,4 @@ def make_distill_step(
   update = build_update(model=student, tx=tx, objective=objective, augment=augment,
                         teacher_fn=teacher_fn, learning_rate_fn=learning_rate_fn,
                         complete_teacher=complete_teacher)
-  return parallel.compile(update, num_extras=1)
+  return parallel.compile(update, num_step_args=1)

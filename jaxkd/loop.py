@@ -135,7 +135,7 @@ def fit(
     batch_size: int,
     workdir: str,
     parallel: Parallel = Parallel(),
-    extras: tuple = (),
+    step_args: tuple = (),
     evaluate: Callable[[TrainState, int], dict] | None = None,
     log_every: int = 50,
     desc: str = 'train',
@@ -148,8 +148,8 @@ def fit(
 ) -> TrainState:
   """Runs `step_fn` from the state's step (or the newest checkpoint's) up to `num_steps`.
 
-  `state` is placed for `parallel` already; `extras` (teacher variables) are passed to every
-  step untouched. Metrics are pulled to the host only on log steps, averaged over the steps
+  `state` is placed for `parallel` already; `step_args` (teacher variables) are passed to
+  every step untouched. Metrics are pulled to the host only on log steps, averaged over the steps
   since the last log, and written to `workdir/metrics.jsonl`; `evaluate(state, epoch)` runs
   at the end of every `eval_every`-th epoch (and of the last epoch) and its (flat) dict is
   logged too. A non-finite loss stops the run.
@@ -196,7 +196,7 @@ def fit(
       while step < num_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         for batch in batches(epoch, offset):
-          state, metrics = step_fn(state, parallel.shard_batch(batch), *extras)
+          state, metrics = step_fn(state, parallel.shard_batch(batch), *step_args)
           step += 1
           window_steps += 1
           pending.append(metrics)

@@ -1,8 +1,8 @@
 """Data parallelism for any step: `jax.jit` over a mesh (default), `jax.pmap`, `jax.shard_map`.
 
-A step is written once as `fn(first, batch, *extras, axis_name=None)`: `first` is the student
-state (donated) or variables being evaluated, `batch` is split over devices, `extras` are
-read-only trees such as teacher variables (replicated, or sharded FSDP-style under `jit`).
+A step is written once as `fn(first, batch, *step_args, axis_name=None)`: `first` is the
+student state (donated) or variables being evaluated, `batch` is split over devices,
+`step_args` are read-only trees such as teacher variables (replicated, or sharded FSDP-style under `jit`).
 Under `jit` XLA inserts the cross-device reductions, so `axis_name` is None; under `pmap` and
 `shard_map` the step reduces with `lax.pmean`/`psum` over `axis_name` itself.
 
@@ -71,10 +71,10 @@ class Parallel:
 
   # --- compiling -------------------------------------------------------------------------
 
-  def compile(self, fn: Callable, *, num_extras: int = 0, donate: bool = True) -> Callable:
-    """Compiles `fn(first, batch, *extras, axis_name=...)` once for this mode.
+  def compile(self, fn: Callable, *, num_step_args: int = 0, donate: bool = True) -> Callable:
+    """Compiles `fn(first, batch, *step_args, axis_name=...)` once for this mode.
 
-    Returns a callable `(first, batch, *extras) -> outputs`; every output is replicated
+    Returns a callable `(first, batch, *step_args) -> outputs`; every output is replicated
     (under pmap: stacked over devices, see `unreplicate`).
     """
     donate_argnums = (0,) if donate else ()
@@ -86,7 +86,7 @@ class Parallel:
     if self.mode == 'pmap':
       return jax.pmap(per_device, axis_name=self.axis, devices=list(self.mesh.devices.flat),
                       donate_argnums=donate_argnums)
-    in_specs = (P(), P(self.axis)) + (P(),) * num_extras
+    in_specs = (P(), P(self.axis)) + (P(),) * num_step_args
     # check_vma=False gives pmap's semantics: gradients of replicated parameters stay
     # per-device until the step's own pmean (with it, autodiff would psum them already).
     mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=P(),

@@ -49,6 +49,18 @@ def init_variables(model: nn.Module, *, key: jax.Array, input_shape) -> dict:
   return flax.core.unfreeze(variables)
 
 
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """The run's two root keys, `(init_key, state_key)`: the model's initialisation and the
+  train state's per-step randomness. Every fresh init of a run derives from here."""
+  init_key, state_key = jax.random.split(jax.random.key(seed))
+  return init_key, state_key
+
+
+def fresh_variables(model: nn.Module, *, seed: int, input_shape) -> dict:
+  """The model's initial variables for a run of `seed` (those `create_train_state` uses)."""
+  return init_variables(model, key=seed_keys(seed)[0], input_shape=input_shape)
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -58,9 +70,9 @@ def create_train_state(
     variables: dict | None = None,
 ) -> TrainState:
   """A fresh train state; `variables` (e.g. from a pre-trained checkpoint) replace the init."""
-  init_key, state_key = jax.random.split(jax.random.key(seed))
   if variables is None:
-    variables = init_variables(model, key=init_key, input_shape=input_shape)
+    variables = fresh_variables(model, seed=seed, input_shape=input_shape)
+  _, state_key = seed_keys(seed)
   params = variables['params']
   return TrainState(
       step=jnp.zeros((), jnp.int32),

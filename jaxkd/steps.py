@@ -2,7 +2,7 @@
 fine-tuning, plus the eval step. Each factory returns one step, compiled once."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,18 @@ from jaxkd.state import TrainState, model_variables, step_key
 TeacherFn = Callable[[Sequence[Any], jax.Array, dict], Sequence[jax.Array] | None]
 
 
+class Objective(Protocol):
+  """What a step minimises: `jaxkd.losses.Objective` (from `make_objective`) is one."""
+
+  def __call__(self, student_logits: jax.Array, labels: jax.Array | None,
+               teacher_logits: Sequence[jax.Array] | None, *,
+               step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`(per-example total [B], {component name: [B]})` at training step `step`."""
+
+  def hyperparams(self, step: jax.Array) -> dict[str, jax.Array]:
+    """The current weights (and temperature), float32 scalars, logged every step."""
+
+
 def _pmean(tree, axis_name):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
@@ -27,7 +39,7 @@ def build_update(
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
-    objective: Callable,
+    objective: Objective,
     augment: Augment = Augment(),
     teacher_fn: TeacherFn | None = None,
     learning_rate_fn: Callable | None = None,
@@ -91,9 +103,8 @@ def build_update(
     metrics = _pmean(metrics, axis_name)
     if learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
-    if hasattr(objective, 'hyperparams'):
-      metrics.update({k: jnp.asarray(v, jnp.float32)
-                      for k, v in objective.hyperparams(state.step).items()})
+    metrics.update({k: jnp.asarray(v, jnp.float32)
+                    for k, v in objective.hyperparams(state.step).items()})
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics

@@ -6,18 +6,18 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
 
 from jaxkd import recipes, stats
+from jaxkd.recipes.provenance import cpu_model
 
 
 @dataclasses.dataclass
 class RunSpec:
-  """One run of a table: `recipe` is 'train', 'distill' or 'finetune' (`jaxkd.recipes`)."""
+  """One run of a table: `recipe` names one of `jaxkd.recipes.RECIPES`."""
 
   table: str
   row: str
@@ -36,18 +36,6 @@ def _git_commit() -> str:
                           cwd=os.path.dirname(__file__), check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
-
-
-def cpu_model() -> str:
-  """The CPU's model name (from /proc/cpuinfo where there is one)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
@@ -129,7 +117,7 @@ def execute(specs: Sequence[RunSpec], *, root: str,
     else:
       start = time.perf_counter()
       print(f'[{index + 1}/{len(specs)}] {spec.table}/{spec.row} seed {spec.seed}', flush=True)
-      final = getattr(recipes, spec.recipe)(spec.config, workdir)
+      final = recipes.RECIPES[spec.recipe](spec.config, workdir)
       status = f'{time.perf_counter() - start:.0f} s'
     records.append(run_record(spec, final))
     print(f'[{index + 1}/{len(specs)}] {spec.table}/{spec.row} seed {spec.seed}: test accuracy '

@@ -15,7 +15,6 @@ after each update, so a frozen layer is bit-for-bit unchanged.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -27,6 +26,7 @@ import optax
 from jaxkd import losses
 from jaxkd.augment import Augment
 from jaxkd.parallel import Parallel
+from jaxkd.paths import check_patterns, flatten, matches, path_str
 from jaxkd.steps import build_update
 
 PyTree = Any
@@ -37,39 +37,6 @@ METHODS = {'lp': (f'{HEAD}/.*',), 'ft': ()}
 
 class TransferError(ValueError):
   """Checkpoint and model disagree on paths, shapes or dtypes not covered by `dont_load`."""
-
-
-# --- paths -----------------------------------------------------------------------------------
-
-def _key_name(key) -> str:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def path_str(key_path) -> str:
-  """A JAX key path as a '/'-joined string: `params/head/kernel`."""
-  return '/'.join(_key_name(k) for k in key_path)
-
-
-def flatten(tree: PyTree, is_leaf: Callable | None = None) -> dict[str, Any]:
-  """`{'params/head/kernel': leaf, ...}` (empty sub-dicts have no entries)."""
-  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf)
-  return {path_str(path): leaf for path, leaf in leaves}
-
-
-def matches(path: str, patterns: Sequence[str]) -> bool:
-  """Whether `path` fully matches any of the regex `patterns`."""
-  return any(re.fullmatch(p, path) for p in patterns)
-
-
-def _check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
-  if isinstance(patterns, str):
-    raise TypeError(f'Pass patterns as a sequence of regexes, not the string {patterns!r}.')
-  for p in patterns:
-    re.compile(p)
-  return tuple(patterns)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -120,7 +87,7 @@ def merge_params(target_init: PyTree, source: PyTree, *, dont_load: Sequence[str
   path in it, a different shape or dtype) raises one `TransferError` listing every offending
   path. Loaded leaves are placed like the `target_init` leaves they replace.
   """
-  dont_load = _check_patterns(dont_load)
+  dont_load = check_patterns(dont_load)
   target, treedef = jax.tree_util.tree_flatten_with_path(target_init)
   flat_source = flatten(source)
   flat_target = {path_str(p): leaf for p, leaf in target}
@@ -148,7 +115,7 @@ def load_pretrained(directory: str, target_init: PyTree, *,
   """
   from jaxkd import checkpoint  # orbax is slow to import
   import orbax.checkpoint as ocp
-  dont_load = _check_patterns(dont_load)
+  dont_load = check_patterns(dont_load)
   is_meta = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')  # noqa: E731
   stored, metadata, step = checkpoint.variables_metadata(directory)
   flat_target = flatten(target_init)
@@ -204,7 +171,7 @@ def unfreeze_steps(tree: PyTree, *, order: Sequence[str], frozen: Sequence[str] 
   it matches none of them). Otherwise a step: 0 without gradual unfreezing; with
   `unfreeze_every=k`, the layer `d` places below the head (by `order`) starts at `d * k`.
   """
-  frozen, trainable = _check_patterns(frozen), _check_patterns(trainable)
+  frozen, trainable = check_patterns(frozen), check_patterns(trainable)
   depth_below_head = {name: len(order) - 1 - i for i, name in enumerate(order)}
   steps = {}
   for path in flatten(tree):
@@ -292,8 +259,8 @@ def hold_frozen_stats(update: Callable, stats_starts: dict[str, int | None]) -> 
   if all(start == 0 for start in stats_starts.values()):
     return update
 
-  def held(state, batch, *extras, axis_name=None):
-    new_state, metrics = update(state, batch, *extras, axis_name=axis_name)
+  def held(state, batch, *step_args, axis_name=None):
+    new_state, metrics = update(state, batch, *step_args, axis_name=axis_name)
 
     def pick(key_path, old, new):
       start = stats_starts[path_str(key_path)]
@@ -347,7 +314,6 @@ def make_finetune_step(*, model: nn.Module, tx: optax.GradientTransformation,
   return parallel.compile(hold_frozen_stats(update, stats_starts))
 
 
-__all__ = ['HEAD', 'METHODS', 'TransferError', 'flatten', 'hold_frozen_stats', 'layer_order',
-           'layer_scales', 'load_pretrained', 'make_finetune_step', 'matches', 'merge_params',
-           'mismatches', 'partition_optimizer', 'path_str', 'unfreeze_steps',
-           'zero_frozen_grads']
+__all__ = ['HEAD', 'METHODS', 'TransferError', 'hold_frozen_stats', 'layer_order',
+           'layer_scales', 'load_pretrained', 'make_finetune_step', 'merge_params',
+           'mismatches', 'partition_optimizer', 'unfreeze_steps', 'zero_frozen_grads']

@@ -21,13 +21,13 @@ def _batches(count, n=32):
            'label': rng.integers(0, 10, n).astype(np.int32)} for _ in range(count)]
 
 
-def _run(parallel, make_step, model, tx, extras=(), steps=3):
+def _run(parallel, make_step, model, tx, step_args=(), steps=3):
   step = make_step(parallel)
   state = parallel.replicate(create_train_state(model, tx, seed=0, input_shape=SHAPE))
-  extras = tuple(parallel.place_teacher(e) for e in extras)
+  step_args = tuple(parallel.place_teacher(a) for a in step_args)
   losses_seen = []
   for batch in _batches(steps):
-    state, metrics = step(state, parallel.shard_batch(batch), *extras)
+    state, metrics = step(state, parallel.shard_batch(batch), *step_args)
     losses_seen.append(float(parallel.unreplicate(metrics)['loss']))
   return losses_seen, jax.device_get(parallel.unreplicate(state).params)
 

@@ -1,4 +1,4 @@
-"""Every Python snippet in README.md runs as written."""
+"""Every Python snippet in README.md runs as written; its tables match the code and results."""
 import os
 import re
 import subprocess
@@ -34,3 +34,17 @@ def test_readme_shows_the_checked_in_results(name):
   assert rows
   missing = [line for line in rows if line not in readme]
   assert not missing, f'README.md lacks these rows of experiments/results/{name}.md: {missing}'
+
+
+def test_readme_module_table_matches_the_package():
+  """The library table names every public module of jaxkd, and nothing that is not one."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    listed = set(re.findall(r'`jaxkd\.(\w+)`', f.read().split('## The library', 1)[1]
+                            .split('\n## ', 1)[0]))
+  package = os.path.join(ROOT, 'jaxkd')
+  modules = {name.removesuffix('.py') for name in os.listdir(package)
+             if not name.startswith('_') and (name.endswith('.py') or
+                                              os.path.isfile(os.path.join(package, name,
+                                                                          '__init__.py')))}
+  assert listed == modules, (f'missing from README: {sorted(modules - listed)}; '
+                             f'not modules: {sorted(listed - modules)}')

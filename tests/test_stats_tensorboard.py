@@ -1,62 +1,89 @@
-"""Seed statistics against textbook values; TensorBoard files against the record format."""
+"""Seed statistics against textbook values; TensorBoard files read back by TensorBoard."""
 import glob
-import struct
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from jaxkd import stats, tensorboard
 
 
-def test_t_distribution_matches_tables():
-  # Critical values from standard t tables: P(T > t) for df degrees of freedom.
-  assert stats.t_sf(2.132, 4) == pytest.approx(0.05, abs=2e-4)
-  assert stats.t_sf(2.776, 4) == pytest.approx(0.025, abs=2e-4)
-  assert stats.t_sf(2.228, 10) == pytest.approx(0.025, abs=2e-4)
-  assert stats.t_sf(1.0, 1) == pytest.approx(0.25)  # Cauchy: 1/2 - atan(1)/pi
-  assert stats.t_sf(0.0, 7) == pytest.approx(0.5)
-  assert stats.t_sf(-2.132, 4) == pytest.approx(0.95, abs=2e-4)
-  # I_0.5(2, 3) = sum_{j=2..4} C(4, j) / 16 = 11/16.
-  assert stats.betainc(2, 3, 0.5) == pytest.approx(11 / 16)
+def _differences_with_t(t, n):
+  """n paired differences (control 0) whose paired t statistic is `t`."""
+  spread = np.arange(n) - (n - 1) / 2
+  spread /= spread.std(ddof=1)  # sample std 1, so t = sqrt(n) * mean
+  return spread + t / np.sqrt(n), np.zeros(n)
+
+
+@pytest.mark.parametrize('t, df, p', [
+    # Critical values from standard t tables: P(T > t) for df degrees of freedom.
+    (2.132, 4, 0.05), (2.776, 4, 0.025), (2.228, 10, 0.025), (3.169, 10, 0.005),
+    (-2.132, 4, 0.95),
+    (1.0, 1, 0.25),  # Cauchy: 1/2 - atan(1)/pi
+    (0.0, 7, 0.5),
+])
+def test_paired_t_matches_tables(t, df, p):
+  result = stats.paired_test(*_differences_with_t(t, df + 1))
+  assert result['t'] == pytest.approx(t)
+  assert result['p_value'] == pytest.approx(p, abs=2e-4)
 
 
 def test_paired_test():
   result = stats.paired_test([0.90, 0.91, 0.92, 0.90, 0.915], [0.89, 0.905, 0.91, 0.899, 0.90])
   diff = np.array([0.01, 0.005, 0.01, 0.001, 0.015])
   t = diff.mean() / (diff.std(ddof=1) / np.sqrt(5))
+  assert t == pytest.approx(3.4226138716)
+  assert result['n'] == 5
   assert result['t'] == pytest.approx(t)
   assert result['mean_difference'] == pytest.approx(diff.mean())
-  assert result['p_value'] == pytest.approx(stats.t_sf(t, 4))
+  # P(T_4 > 3.4226) = 0.013358000412 (I_x(2, 1/2)/2 at x = 4 / (4 + t^2), in closed form).
+  x = 4 / (4 + t * t)
+  assert result['p_value'] == pytest.approx((1 - np.sqrt(1 - x) * (1 + x / 2)) / 2, rel=1e-12)
   assert result['p_value_sign_flip'] == pytest.approx(1 / 32)  # all five differences > 0
   assert stats.mean_std([1.0, 3.0]) == pytest.approx((2.0, np.sqrt(2)))
 
 
-def _read_records(path):
-  with open(path, 'rb') as f:
-    blob = f.read()
-  records, offset = [], 0
-  while offset < len(blob):
-    (length,) = struct.unpack('<Q', blob[offset:offset + 8])
-    (length_crc,) = struct.unpack('<I', blob[offset + 8:offset + 12])
-    payload = blob[offset + 12:offset + 12 + length]
-    (payload_crc,) = struct.unpack('<I', blob[offset + 12 + length:offset + 16 + length])
-    assert length_crc == tensorboard._masked_crc(blob[offset:offset + 8])
-    assert payload_crc == tensorboard._masked_crc(payload)
-    records.append(payload)
-    offset += 16 + length
-  return records
+def test_sign_flip_ties():
+  # Differences 1, 0, 1, 0: only the 4 of 16 patterns keeping both ones positive reach 1/2.
+  assert stats.paired_test([1, 2, 3, 4], [0, 2, 2, 4])['p_value_sign_flip'] == 0.25
+  # Differences -1, 5, -4, -1 points (sum -1): 8 patterns with +5 and 3 with -5 (sums 1, -1,
+  # -1) reach -1: 11/16. Two of the ties are exact only up to floating-point rounding.
+  result = stats.paired_test([0.85, 0.91, 0.81, 0.81], [0.86, 0.86, 0.85, 0.82])
+  assert result['p_value_sign_flip'] == 11 / 16
+
+
+def test_paired_test_edge_cases():
+  for treatment, control in (([], []), ([1.0], [0.0])):
+    result = stats.paired_test(treatment, control)
+    assert result['n'] == len(treatment)
+    assert np.isnan([result['t'], result['p_value'], result['p_value_sign_flip']]).all()
+  better = stats.paired_test([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])  # constant difference
+  assert (better['t'], better['p_value'], better['p_value_sign_flip']) == (np.inf, 0.0, 1 / 8)
+  worse = stats.paired_test([0.5, 1.5, 2.5], [1.0, 2.0, 3.0])
+  assert (worse['t'], worse['p_value'], worse['p_value_sign_flip']) == (-np.inf, 1.0, 1.0)
+  same = stats.paired_test([0.9, 0.8, 0.7], [0.9, 0.8, 0.7])  # identical: nothing shown
+  assert np.isnan(same['t']) and (same['p_value'], same['p_value_sign_flip']) == (1.0, 1.0)
+
+
+def _read(logdir):
+  accumulator = event_accumulator.EventAccumulator(str(logdir))
+  accumulator.Reload()
+  return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+          for tag in accumulator.Tags()['scalars']}
 
 
 def test_tensorboard_event_file(tmp_path):
-  assert tensorboard.crc32c(b'123456789') == 0xE3069283  # the CRC-32C check value
   writer = tensorboard.SummaryWriter(str(tmp_path))
-  writer.scalars(7, {'loss': 0.25, 'accuracy': 0.5, 'name': 'skipped'})
+  writer.scalars(7, {'loss': 0.25, 'accuracy': 0.5, 'name': 'skipped', 'done': True,
+                     'epoch': 1, 'curve': [0.1]})
+  writer.scalars(9, {'loss': 0.125})
+  # Readable before close: scalars() flushes.
+  expected = {'loss': [(7, 0.25), (9, 0.125)], 'accuracy': [(7, 0.5)], 'epoch': [(7, 1.0)]}
+  assert _read(tmp_path) == expected
   writer.close()
-  (path,) = glob.glob(str(tmp_path / 'events.out.tfevents.*'))
-  first, second = _read_records(path)
-  assert b'brain.Event:2' in first
-  # Event: field 2 (step) = 7; Summary values with tag and float simple_value.
-  assert b'\x10\x07' in second
-  assert b'loss' in second and struct.pack('<f', 0.25) in second
-  assert b'accuracy' in second and struct.pack('<f', 0.5) in second
-  assert b'name' not in second
+  # A second writer in the same second and directory gets its own file.
+  second = tensorboard.SummaryWriter(str(tmp_path))
+  second.scalars(11, {'loss': 0.0625})
+  second.close()
+  assert len(glob.glob(str(tmp_path / 'events.out.tfevents.*'))) == 2
+  assert _read(tmp_path) == {**expected, 'loss': [(7, 0.25), (9, 0.125), (11, 0.0625)]}

@@ -20,7 +20,8 @@ def _finish(workdir, accuracy=0.5):
 
 
 def test_finished_run_of_the_same_config_is_reused(tmp_path, monkeypatch):
-  monkeypatch.setattr(sweep.recipes, 'train', lambda config, workdir: pytest.fail('re-ran'))
+  monkeypatch.setitem(sweep.recipes.RECIPES, 'train',
+                      lambda config, workdir: pytest.fail('re-ran'))
   spec = _spec()
   workdir = tmp_path / 'table' / 'row' / 'seed0'
   sweep.check_run_config(spec, str(workdir))  # a new run stores its config

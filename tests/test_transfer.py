@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fakedata import make_fashion_mnist
-from jaxkd import checkpoint, models, recipes, transfer
+from jaxkd import checkpoint, models, paths, recipes, transfer
 from jaxkd.state import create_train_state, init_variables, tree_sha256
 from jaxkd.steps import make_train_step
 
@@ -60,7 +60,7 @@ def test_source_checkpoint_loads_into_a_new_head(tmp_path, name):
   target_init = init_variables(build(5), key=jax.random.key(7), input_shape=SHAPE)
   loaded, meta = transfer.load_pretrained(str(tmp_path), target_init, dont_load=HEAD)
   assert meta['model'] == name
-  flat, fresh, src = (transfer.flatten(t) for t in (loaded, target_init, source))
+  flat, fresh, src = (paths.flatten(t) for t in (loaded, target_init, source))
   assert set(flat) == set(fresh)
   for path, leaf in flat.items():
     expected = fresh[path] if path.startswith('params/head/') else src[path]
@@ -133,10 +133,10 @@ def test_loads_onto_another_device_mesh(tmp_path):
                                key=jax.random.key(0), input_shape=SHAPE)
   specs = {'params/dense1/kernel': P(None, 'data'), 'params/dense1/bias': P('data')}
   target_init = jax.tree_util.tree_map_with_path(
-      lambda p, x: jax.device_put(x, NamedSharding(mesh, specs.get(transfer.path_str(p), P()))),
+      lambda p, x: jax.device_put(x, NamedSharding(mesh, specs.get(paths.path_str(p), P()))),
       target_init)
   loaded, _ = transfer.load_pretrained(str(tmp_path), target_init, dont_load=HEAD)
-  flat, target, src = (transfer.flatten(t) for t in (loaded, target_init, source))
+  flat, target, src = (paths.flatten(t) for t in (loaded, target_init, source))
   for path, leaf in flat.items():
     assert leaf.sharding == target[path].sharding, path
     assert np.array_equal(leaf, target[path] if 'head' in path else src[path]), path
@@ -170,13 +170,13 @@ def test_frozen_parameters_unchanged_and_without_optimizer_state(method):
                                         stats_starts={})
   plain_fn = make_train_step(model=model, tx=tx)  # computes every gradient; tx drops some
   plain = _finetune_state(model, tx, variables)
-  before = transfer.flatten(jax.device_get(state.params))
+  before = paths.flatten(jax.device_get(state.params))
   for i in range(3):
     state, metrics = step_fn(state, _batch(i))
     plain, _ = plain_fn(plain, _batch(i))
-  after = transfer.flatten(jax.device_get(state.params))
+  after = paths.flatten(jax.device_get(state.params))
   # Skipping the frozen gradients changes no value.
-  for path, value in transfer.flatten(jax.device_get(plain.params)).items():
+  for path, value in paths.flatten(jax.device_get(plain.params)).items():
     np.testing.assert_allclose(after[path], value, rtol=1e-6, atol=1e-7, err_msg=path)
   frozen = {p for p in before if (p.startswith('dense1/') if method == 'freeze_dense1'
                                   else not p.startswith('head/'))}
@@ -206,8 +206,8 @@ def test_batchnorm_statistics_of_frozen_layers_stay_frozen(method):
   for i in range(3):
     state, _ = step_fn(state, _batch(i))
     history.append(jax.device_get(state))
-  stats = [transfer.flatten(s.batch_stats) for s in history]
-  params = [transfer.flatten(s.params) for s in history]
+  stats = [paths.flatten(s.batch_stats) for s in history]
+  params = [paths.flatten(s.params) for s in history]
   changed = lambda trees, step, path: not np.array_equal(trees[step - 1][path], trees[step][path])
   for step in (1, 2, 3):
     # bn is one layer below the head: it unfreezes at step 2 (its third update) when gradual.
@@ -234,8 +234,8 @@ def test_layer_decay_scales_each_group_update():
     grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
     updates, state = tx.update(grads, state, params)
     reference, plain_state = plain.update(grads, plain_state, params)
-    for path, update in transfer.flatten(updates).items():
-      expected = transfer.flatten(reference)[path] * factor[path.split('/')[0]]
+    for path, update in paths.flatten(updates).items():
+      expected = paths.flatten(reference)[path] * factor[path.split('/')[0]]
       np.testing.assert_allclose(update, expected, rtol=1e-6, atol=0, err_msg=path)
   assert transfer.layer_scales(order, 0.5) == factor
 
@@ -251,7 +251,7 @@ def test_gradual_unfreezing_opens_layers_from_the_head_down():
   starts = {'head': 0, 'dense2': 2, 'dense1': 4}
   for step in range(6):
     updates, state = tx.update(grads, state, params)
-    for path, update in transfer.flatten(updates).items():
+    for path, update in paths.flatten(updates).items():
       assert bool(jnp.any(update != 0)) == (step >= starts[path.split('/')[0]]), (step, path)
 
 
@@ -306,8 +306,8 @@ def test_finetune_then_distill_into_a_student_initialised_from_the_source(fake_d
   assert final['steps'] == 3 and final['method'] == 'ft'
   lp_vars, lp_meta = checkpoint.load_variables(str(tmp / 'ft' / 'lp'))
   source_vars, _ = checkpoint.load_variables(str(tmp / 'source'))
-  for path, leaf in transfer.flatten(lp_vars).items():  # LP trained the new head only
-    assert np.array_equal(leaf, transfer.flatten(source_vars)[path]) == ('head' not in path)
+  for path, leaf in paths.flatten(lp_vars).items():  # LP trained the new head only
+    assert np.array_equal(leaf, paths.flatten(source_vars)[path]) == ('head' not in path)
   assert lp_meta['classes'] == [5, 6, 7, 8, 9] and lp_meta['task'] == 'finetune'
 
   kd = _small(distill_fashion_mnist.get_config(), num_steps=3,

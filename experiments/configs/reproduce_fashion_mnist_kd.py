@@ -4,8 +4,22 @@
 
 LeNet-5 -> LeNet-5-Half (Nayak et al. 2019) and Hinton et al. 2015's MLP pair; rows teacher,
 student alone (hard labels) and KD student; plus a temperature sweep for the LeNet pair.
+This module is the table's whole description for `jaxkd.reproduce`: runs, rows, tests,
+published figures, Markdown and plots.
 """
 import ml_collections
+
+from jaxkd import reproduce, sweep
+from jaxkd.sweep import RunSpec
+
+NAME = 'fashion_mnist_kd'
+# Each row of the table and the model it trains.
+ROWS = {'teacher': 'LeNet-5', 'student': 'LeNet-5-Half alone', 'kd': 'LeNet-5-Half + KD',
+        'mlp_teacher': 'MLP 1200-1200 (dropout, jitter)', 'mlp_student': 'MLP 800-800 alone',
+        'mlp_kd': 'MLP 800-800 + KD (T=20)'}
+# Paired tests (treatment, control), each on both metrics.
+TESTS = (('kd', 'student'), ('mlp_kd', 'mlp_student'))
+TEST_METRICS = ('test_accuracy', 'best_val_test_accuracy')
 
 PROFILES = {
     # seeds, epochs, temperature-sweep seeds, steps cap (0 = none), which parts run, and the
@@ -57,8 +71,6 @@ def run_specs(config, root: str) -> list:
   """Every run of the tables, teachers before the students they teach."""
   from distill_fashion_mnist import get_config as distill_config
   from fashion_mnist import get_config as train_config
-
-  from jaxkd.sweep import RunSpec
 
   def common(run, pair, epochs, seed):
     run.seed = seed
@@ -124,3 +136,84 @@ def run_specs(config, root: str) -> list:
             distilled('lenet5_half', lenet, config.lenet_epochs, seed, teacher_dir,
                       lenet.augment, temperature), info={'temperature': temperature}))
   return specs
+
+
+# --- results -----------------------------------------------------------------------------------
+
+def _sweep_rows(records, sweep_seeds) -> list[dict]:
+  """Accuracy per temperature over the sweep seeds (the kd row supplies its own T)."""
+  points = [dict(r, table='sweep', row=None) for r in records
+            if r['table'] == 'temperature_sweep' or
+            (r['row'] == 'kd' and r['seed'] in sweep_seeds)]
+  rows = sweep.summarize(points, group=('temperature',))
+  return sorted(rows, key=lambda r: r['temperature'])
+
+
+def tabulate(records, config) -> dict:
+  rows_present = {r['row'] for r in records}
+  return dict(
+      runs=records, references=REFERENCES, summary=sweep.summarize(records),
+      tests=[sweep.compare(records, table=NAME, treatment=t, control=c, metric=m)
+             for t, c in TESTS if {t, c} <= rows_present for m in TEST_METRICS],
+      temperature_sweep=_sweep_rows(records, tuple(config.sweep_seeds)))
+
+
+def render(payload: dict) -> str:
+  cell = reproduce.cell
+  lines = reproduce.header(f"Fashion-MNIST distillation ({payload['profile']} profile)", payload)
+  lines += reproduce.markdown_table([
+      ('row', lambda r: r['row']),
+      ('model', lambda r: ROWS.get(r['row'], r['row'])),
+      ('seeds', lambda r: str(r['n'])),
+      ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
+      ('test errors / 10k', lambda r: cell(r, 'test_errors', count=True)),
+      ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
+      ('published', lambda r: reproduce.reference(payload['references'], r['row'])),
+  ], [row for row in payload['summary'] if row['table'] == NAME])
+  tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
+  if tests:
+    lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '']
+    lines += reproduce.markdown_table([
+        ('treatment', lambda t: t['treatment']), ('control', lambda t: t['control']),
+        ('metric', lambda t: t['metric']), ('seeds', lambda t: str(len(t['seeds']))),
+        ('mean diff (points)', lambda t: f"{100 * t['mean_difference']:+.2f}"),
+        ('t', lambda t: f"{t['t']:.2f}"), ('p (t-test)', lambda t: f"{t['p_value']:.3g}"),
+        ('p (sign-flip, exact)', lambda t: f"{t['p_value_sign_flip']:.3g}"),
+    ], tests)
+  else:
+    lines += ['', '(Paired tests need two seeds or more; the full profile runs five.)']
+  if payload['temperature_sweep']:
+    lines += ['', 'Temperature sweep, LeNet-5 -> LeNet-5-Half (the validation accuracy chooses T; '
+              'std only over several seeds):', '']
+    lines += reproduce.markdown_table([
+        ('T', lambda r: f"{r['temperature']:g}"), ('seeds', lambda r: str(r['n'])),
+        ('val acc % (best epoch)', lambda r: cell(r, 'best_val_accuracy')),
+        ('test acc % (last)', lambda r: cell(r, 'test_accuracy')),
+        ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
+    ], payload['temperature_sweep'])
+  return '\n'.join(lines + reproduce.plots_line(payload))
+
+
+def plot_files(name: str) -> dict:
+  return {'curves': f'{name}_curves.png', 'mlp_curves': f'{name}_mlp_curves.png',
+          'temperature': f'{name}_temperature.png'}
+
+
+def plot(records, specs, *, config, root: str, paths: dict) -> None:
+  by_row = reproduce.workdirs_by_row(specs, root, NAME)
+  reproduce.plot_curves(paths['curves'], by_row, ROWS, ('teacher', 'student', 'kd'),
+                        'LeNet-5 -> LeNet-5-Half on Fashion-MNIST')
+  if 'mlp_kd' in by_row:
+    reproduce.plot_curves(paths['mlp_curves'], by_row, ROWS,
+                          ('mlp_teacher', 'mlp_student', 'mlp_kd'),
+                          'MLP 1200 -> 800 on Fashion-MNIST')
+  sweep_rows = _sweep_rows(records, tuple(config.sweep_seeds))
+  if len(sweep_rows) > 1:
+    sweep.plot_lines(paths['temperature'],
+                     {'KD student, test (last epoch)':
+                      [(r['temperature'], 100 * r['test_accuracy_mean']) for r in sweep_rows],
+                      'KD student, validation (best epoch)':
+                      [(r['temperature'], 100 * r['best_val_accuracy_mean']) for r in sweep_rows
+                       if 'best_val_accuracy_mean' in r]},
+                     xlabel='temperature T', ylabel='test accuracy %', logx=True,
+                     title='LeNet-5-Half distilled from LeNet-5: accuracy vs T')

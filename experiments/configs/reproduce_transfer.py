@@ -14,8 +14,16 @@ like the head) was added after the first full run, in which every row that carri
 source's dense layers fell below scratch at 10 labels per class: shoes and bags are unlike
 any source class, and the dense layers' features for them are worse than a fresh start.
 It is a post-hoc row; the table says so.
+
+This module is the table's whole description for `jaxkd.reproduce`: runs, rows, tests,
+Markdown and plot.
 """
 import ml_collections
+
+from jaxkd import reproduce, sweep
+from jaxkd.sweep import RunSpec
+
+NAME = 'transfer'
 
 PROFILES = {
     'full': dict(seeds=(0, 1, 2, 3, 4), labels_per_class=(10, 100), source_epochs=10,
@@ -27,10 +35,18 @@ PROFILES = {
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 METHODS = ('scratch', 'lp', 'ft', 'lp_ft', 'frozen_half', 'ft_convs')
-ROWS = (*METHODS, 'student', 'kd')
 TEACHER_METHOD = 'lp_ft'  # the fine-tuned model the kd row distils (fixed in advance)
 FROZEN_HALF = ('conv1/.*', 'conv2/.*')  # LeNet-5's feature extractor: its first half
 DENSE = ('params/dense.*',)  # LeNet-5's dense layers below the head (ft_convs re-initialises)
+# Each row of the table and what it is.
+ROWS = {'scratch': 'LeNet-5 from scratch', 'lp': 'linear probe (head only)',
+        'ft': 'full fine-tune', 'lp_ft': 'LP, then full fine-tune',
+        'frozen_half': 'fine-tune, conv1-conv2 frozen',
+        'ft_convs': 'fine-tune, only conv1-conv2 carried over (post hoc)',
+        'student': 'LeNet-5-Half alone', 'kd': 'LeNet-5-Half + KD from LP-FT'}
+# Paired tests (treatment, control) on test accuracy, at each number of labels per class.
+TESTS = (('ft', 'scratch'), ('lp_ft', 'scratch'), ('lp_ft', 'ft'), ('ft_convs', 'scratch'),
+         ('kd', 'student'))
 
 
 def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
@@ -49,8 +65,6 @@ def run_specs(config, root: str) -> list:
   from distill_fashion_mnist import get_config as distill_config
   from fashion_mnist import get_config as train_config
   from finetune_fashion_mnist import get_config as finetune_config
-
-  from jaxkd.sweep import RunSpec
 
   def on_target(run, seed, per_class):
     run.seed = seed
@@ -99,3 +113,67 @@ def run_specs(config, root: str) -> list:
       specs += [*runs.values(), RunSpec(table, 'student', seed, 'train', student, info=info),
                 RunSpec(table, 'kd', seed, 'distill', kd, info=info)]
   return specs
+
+
+# --- results -----------------------------------------------------------------------------------
+
+def _table(per_class: int) -> str:
+  return f'transfer_{per_class}_per_class'
+
+
+def tabulate(records, config) -> dict:
+  tables = {r['table'] for r in records}
+  tests = [{**sweep.compare(records, table=_table(n), treatment=t, control=c),
+            'labels_per_class': n}
+           for n in config.labels_per_class if _table(n) in tables for t, c in TESTS]
+  return dict(runs=records, labels_per_class=list(config.labels_per_class),
+              summary=sweep.summarize(records), tests=[t for t in tests if t['seeds']])
+
+
+def render(payload: dict) -> str:
+  per_class = payload['labels_per_class']
+  lines = reproduce.header(
+      f"Fashion-MNIST transfer, classes 0-4 -> 5-9 ({payload['profile']} profile)", payload)
+  source = [r for r in payload['summary'] if r['table'] == 'transfer_source']
+  if source:
+    lines += [f"Source LeNet-5 on classes 0-4 (all their training images): "
+              f"{reproduce.cell(source[0], 'test_accuracy')} % "
+              f"test accuracy over {source[0]['n']} seeds.", '']
+  lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds, last step):', '']
+  cells = {(r['table'], r['row']): r for r in payload['summary']}
+
+  def accuracy(row: str, n: int) -> str:
+    r = cells.get((_table(n), row))
+    return f"{reproduce.cell(r, 'test_accuracy')} (n={r['n']})" if r else '-'
+
+  lines += reproduce.markdown_table(
+      [('row', lambda row: row), ('what', ROWS.get)] +
+      [(f'{n} labels / class', lambda row, n=n: accuracy(row, n)) for n in per_class], ROWS)
+  lines += ['', 'Paired tests across seeds (one-sided, treatment > control, test accuracy):', '']
+  lines += reproduce.markdown_table([
+      ('labels / class', lambda t: str(t['labels_per_class'])),
+      ('treatment', lambda t: t['treatment']), ('control', lambda t: t['control']),
+      ('seeds', lambda t: str(len(t['seeds']))),
+      ('mean diff (points)', lambda t: f"{100 * t['mean_difference']:+.2f}"),
+      ('p (t-test)', lambda t: f"{t['p_value']:.3g}"),
+      ('p (sign-flip, exact)', lambda t: f"{t['p_value_sign_flip']:.3g}"),
+  ], payload['tests'])
+  return '\n'.join(lines + reproduce.plots_line(payload))
+
+
+def plot_files(name: str) -> dict:
+  return {'labels': f'{name}_labels.png'}
+
+
+def plot(records, specs, *, config, root: str, paths: dict) -> None:
+  del specs, config, root
+  series = {}
+  for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
+    if row['labels_per_class'] is not None and row['row'] in ROWS:
+      series.setdefault(ROWS[row['row']], []).append(
+          (row['labels_per_class'], 100 * row['test_accuracy_mean']))
+  if any(len(points) > 1 for points in series.values()):
+    sweep.plot_lines(paths['labels'], {k: sorted(v) for k, v in series.items()}, logx=True,
+                     xlabel='labelled training images per class (target task)',
+                     ylabel='target test accuracy %',
+                     title='Fashion-MNIST 0-4 -> 5-9: transfer vs labels')

@@ -177,8 +177,8 @@ class InMemoryDataset:
       (single process; with several processes each yields its local batch, to
       be assembled with `jax.make_array_from_process_local_data`).
     shard_index, shard_count: this process's shard (default: JAX's process index/count).
-    extras: more per-example arrays (e.g. cached teacher logits), gathered into each batch
-      under their names alongside `image` and `label`.
+    columns: more per-example arrays (e.g. cached teacher logits), gathered into each
+      batch under their names alongside `image` and `label`.
   """
 
   def __init__(
@@ -195,16 +195,16 @@ class InMemoryDataset:
       batch_sharding: jax.sharding.Sharding | None = None,
       shard_index: int | None = None,
       shard_count: int | None = None,
-      extras: dict[str, np.ndarray] | None = None,
+      columns: dict[str, np.ndarray] | None = None,
   ):
     if images.ndim != 4 or images.dtype != np.uint8:
       raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype}"
                        f"{list(images.shape)}.")
     if labels.shape != images.shape[:1]:
       raise ValueError(f"labels must be [{len(images)}], got {list(labels.shape)}.")
-    for name, rows in (extras or {}).items():
+    for name, rows in (columns or {}).items():
       if len(rows) != len(images) or name in ("image", "label"):
-        raise ValueError(f"extras[{name!r}] must be a new name with one row per example "
+        raise ValueError(f"columns[{name!r}] must be a new name with one row per example "
                          f"({len(images)}), got {len(rows)} rows.")
     self.num_examples = len(images)
     self.batch_size = batch_size
@@ -215,7 +215,7 @@ class InMemoryDataset:
                        f"{batch_size} x {self.shard_count} shards.")
     self._images = jax.device_put(images, data_sharding)
     self._labels = jax.device_put(jnp.asarray(labels, jnp.int32), data_sharding)
-    self._extras = jax.device_put(dict(extras or {}), data_sharding)
+    self._columns = jax.device_put(dict(columns or {}), data_sharding)
     self._key = jax.random.key(seed)
     self._cached_order: tuple[int, jax.Array] | None = None
     mean, std = _channel_stats(mean, std)
@@ -241,11 +241,11 @@ class InMemoryDataset:
     offset = self.shard_index * batch_size
     global_batch = batch_size * self.shard_count
 
-    def batch_fn(images, labels, extras, order, step) -> Batch:
+    def batch_fn(images, labels, columns, order, step) -> Batch:
       idx = jax.lax.dynamic_slice_in_dim(order, step * global_batch + offset, batch_size)
       image = images[idx].astype(jnp.float32) * scale + shift
       return {"image": image, "label": labels[idx],
-              **{name: rows[idx] for name, rows in extras.items()}}
+              **{name: rows[idx] for name, rows in columns.items()}}
 
     return batch_fn
 
@@ -259,7 +259,7 @@ class InMemoryDataset:
     """Batch `step` (0 <= step < steps_per_epoch) of epoch `epoch`."""
     if not 0 <= step < self.steps_per_epoch:
       raise IndexError(f"step must be in [0, {self.steps_per_epoch}), got {step}.")
-    return self._batch_fn(self._images, self._labels, self._extras, self.order(epoch),
+    return self._batch_fn(self._images, self._labels, self._columns, self.order(epoch),
                           np.int32(step))
 
   def epoch(self, epoch_index: int, *, start_step: int = 0) -> Iterator[Batch]:

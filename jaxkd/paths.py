@@ -1,0 +1,45 @@
+"""'/'-joined paths into variable trees (`params/head/kernel`), and regex patterns over them.
+
+One spelling of a path for every module that names leaves: transfer (`dont_load`, `frozen`),
+the fine-tuning step, feature taps and tests.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+
+PyTree = Any
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_str(key_path) -> str:
+  """A JAX key path as a '/'-joined string: `params/head/kernel`."""
+  return '/'.join(_key_name(k) for k in key_path)
+
+
+def flatten(tree: PyTree, is_leaf: Callable | None = None) -> dict[str, Any]:
+  """`{'params/head/kernel': leaf, ...}` (empty sub-dicts have no entries)."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf)
+  return {path_str(path): leaf for path, leaf in leaves}
+
+
+def matches(path: str, patterns: Sequence[str]) -> bool:
+  """Whether `path` fully matches any of the regex `patterns`."""
+  return any(re.fullmatch(p, path) for p in patterns)
+
+
+def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+  """The patterns as a tuple, each compiled once (a bad regex raises `re.error` now)."""
+  if isinstance(patterns, str):
+    raise TypeError(f'Pass patterns as a sequence of regexes, not the string {patterns!r}.')
+  for p in patterns:
+    re.compile(p)
+  return tuple(patterns)

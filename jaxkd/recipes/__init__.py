@@ -1,0 +1,44 @@
+"""Experiment recipes: the edge where an ml_collections config becomes typed library calls.
+
+`experiments/*.py` parse flags and call one recipe, `RECIPES[name](config, workdir)`. A
+recipe is one module (`train`, `distill`, `finetune`) assembled from the shared builders
+(`builders`: task, model, optimizer, parallel mode, batches, evaluator, teachers), the run
+frame (`run`: checkpointer, the shared loop, final metrics and model) and the run's
+provenance (`provenance`). A new recipe is a new module registered in `RECIPES`.
+"""
+from jaxkd.recipes.builders import DTYPES as DTYPES
+from jaxkd.recipes.builders import Task as Task
+from jaxkd.recipes.builders import build_augment as build_augment
+from jaxkd.recipes.builders import build_model as build_model
+from jaxkd.recipes.builders import build_optimizer as build_optimizer
+from jaxkd.recipes.builders import build_parallel as build_parallel
+from jaxkd.recipes.builders import input_transform as input_transform
+from jaxkd.recipes.builders import load_init as load_init
+from jaxkd.recipes.builders import load_task as load_task
+from jaxkd.recipes.builders import load_teacher as load_teacher
+from jaxkd.recipes.builders import make_batches as make_batches
+from jaxkd.recipes.builders import make_evaluator as make_evaluator
+from jaxkd.recipes.builders import num_train_steps as num_train_steps
+from jaxkd.recipes.distill import distill as distill
+from jaxkd.recipes.finetune import finetune as finetune
+from jaxkd.recipes.provenance import best_epoch as best_epoch
+from jaxkd.recipes.provenance import cpu_model as cpu_model
+from jaxkd.recipes.provenance import enable_compilation_cache as enable_compilation_cache
+from jaxkd.recipes.provenance import machine as machine
+from jaxkd.recipes.provenance import run_metadata as run_metadata
+from jaxkd.recipes.provenance import write_json as write_json
+from jaxkd.recipes.run import checkpointing as checkpointing
+from jaxkd.recipes.run import finish as finish
+from jaxkd.recipes.run import fit_config as fit_config
+from jaxkd.recipes.train import train as train
+
+# name -> recipe(config, workdir) -> final metrics; what the CLI and table sweeps call.
+RECIPES = {'train': train, 'distill': distill, 'finetune': finetune}
+
+__all__ = [
+    'DTYPES', 'RECIPES', 'Task', 'best_epoch', 'build_augment', 'build_model',
+    'build_optimizer', 'build_parallel', 'checkpointing', 'cpu_model', 'distill',
+    'enable_compilation_cache', 'finetune', 'finish', 'fit_config', 'input_transform',
+    'load_init', 'load_task', 'load_teacher', 'machine', 'make_batches', 'make_evaluator',
+    'num_train_steps', 'run_metadata', 'train', 'write_json',
+]

@@ -1,0 +1,187 @@
+"""Config -> library objects: the task, model, optimizer, parallel mode, augmentation,
+batches, evaluator, initial variables and teachers that every recipe is assembled from."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkd import data, models, optim, transfer
+from jaxkd.augment import Augment
+from jaxkd.loop import eval_batches
+from jaxkd.parallel import Parallel
+from jaxkd.state import fresh_variables, tree_sha256
+from jaxkd.steps import make_eval_step, summarize_eval
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+VALIDATION_SEED = 0
+
+
+@dataclasses.dataclass
+class Task:
+  """A dataset split into train/test arrays (uint8 images, int32 labels) on the host."""
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  mean: Any
+  std: Any
+  val_images: np.ndarray | None = None  # held out from train (never the test set)
+  val_labels: np.ndarray | None = None
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    """One example's shape with a batch dimension of 1, for initialising models."""
+    return (1,) + self.train_images.shape[1:]
+
+  def normalize(self, images: np.ndarray) -> np.ndarray:
+    return ((images.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+
+
+def load_task(config) -> Task:
+  """Loads the config's dataset (optionally a subset of classes) as host arrays."""
+  info = data.info(config.dataset)
+  data_dir = config.get('data_dir') or None
+  train = data.load_arrays(config.dataset, 'train', data_dir=data_dir)
+  test = data.load_arrays(config.dataset, 'test', data_dir=data_dir)
+  num_classes = info.num_classes
+  classes = tuple(config.get('classes') or ())
+  if classes:
+    per_class = config.get('train_per_class') or None
+    train = data.subset_classes(*train, classes, per_class=per_class, seed=config.seed)
+    test = data.subset_classes(*test, classes)
+    num_classes = len(classes)
+  val = (None, None)
+  validation_size = config.get('validation_size', 0)
+  if validation_size:
+    if not 0 < validation_size < len(train[1]):
+      raise ValueError(f'validation_size={validation_size} must be in 1..{len(train[1]) - 1} '
+                       f'(the training split has {len(train[1])} examples).')
+    # One fixed split for every run and seed, so runs of a table share their validation set.
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train[1]))
+    held, kept = np.sort(order[:validation_size]), np.sort(order[validation_size:])
+    val = (train[0][held], train[1][held])
+    train = (train[0][kept], train[1][kept])
+  return Task(config.dataset, *train, *test, num_classes=num_classes,
+              mean=np.asarray(info.mean, np.float32), std=np.asarray(info.std, np.float32),
+              val_images=val[0], val_labels=val[1])
+
+
+def build_model(config, num_classes: int):
+  overrides = dict(config.get('model_overrides') or {})
+  dtype = config.get('dtype', 'float32')
+  if dtype != 'float32':
+    overrides['dtype'] = DTYPES[dtype]
+  return models.build(config.model, num_classes=num_classes, **overrides)
+
+
+def build_optimizer(config, total_steps: int):
+  """`(tx, schedule)` from `config.optimizer` for a run of `total_steps`."""
+  o = config.optimizer
+  schedule = optim.make_schedule(
+      name=o.schedule, learning_rate=o.learning_rate, total_steps=total_steps,
+      warmup_steps=o.get('warmup_steps', 0), boundaries=tuple(o.get('boundaries', ())),
+      decay_factor=o.get('decay_factor', 0.1))
+  tx = optim.make_optimizer(name=o.name, learning_rate=schedule, momentum=o.get('momentum', 0.9),
+                            nesterov=o.get('nesterov', False),
+                            weight_decay=o.get('weight_decay', 0.0),
+                            clip_norm=o.get('clip_norm', 0.0))
+  return tx, schedule
+
+
+def build_parallel(config) -> Parallel:
+  p = config.get('parallel') or {}
+  return Parallel(mode=p.get('mode', 'jit'), num_devices=p.get('num_devices') or None,
+                  shard_teacher=p.get('shard_teacher', False))
+
+
+def build_augment(config) -> Augment:
+  a = config.get('augment') or {}
+  return Augment(crop_padding=a.get('crop_padding', 0), flip=a.get('flip', False))
+
+
+def make_batches(task: Task, config, parallel: Parallel,
+                 columns: dict | None = None) -> tuple[Callable, int]:
+  """The in-memory fast path: the split lives on device, batches are gathered under jit,
+  each already placed where the step wants it (one process; several assemble theirs).
+  `columns` are more per-example arrays carried in each batch (cached teacher outputs)."""
+  dataset = data.InMemoryDataset(
+      task.train_images, task.train_labels, batch_size=config.batch_size, seed=config.seed,
+      mean=task.mean, std=task.std, columns=columns,
+      batch_sharding=parallel.batch_sharding() if jax.process_count() == 1 else None)
+  return (lambda epoch, start: dataset.epoch(epoch, start_step=start)), dataset.steps_per_epoch
+
+
+def num_train_steps(config, steps_per_epoch: int) -> int:
+  return config.get('num_steps') or config.num_epochs * steps_per_epoch
+
+
+def make_evaluator(model, task: Task, config, parallel: Parallel) -> Callable[[Any], dict]:
+  """`evaluate(variables) -> {'test_accuracy': ..., 'val_accuracy': ..., ...}` over the
+  whole test split and the validation split if there is one (padded last batches)."""
+  eval_step = make_eval_step(model=model, num_classes=task.num_classes, parallel=parallel)
+  batch_size = config.get('eval_batch_size', 1000)
+  batch_size -= batch_size % parallel.size
+  splits = {'test': (task.test_images, task.test_labels)}
+  if task.val_labels is not None:
+    splits['val'] = (task.val_images, task.val_labels)
+
+  def evaluate(variables) -> dict:
+    results = {}
+    for split, (images, labels) in splits.items():
+      total = None
+      for batch in eval_batches(images, labels, batch_size=batch_size, normalize=task.normalize):
+        sums = parallel.unreplicate(eval_step(variables, parallel.shard_batch(batch)))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+      summary = summarize_eval(jax.device_get(total))
+      results.update({f'{split}_{k}': v for k, v in summary.items()})
+    return results
+
+  return evaluate
+
+
+def load_init(model, config, task: Task, *, init_dir: str = '',
+              dont_load: Sequence[str] = ()) -> tuple[dict | None, dict]:
+  """Initial variables loaded from the checkpoint in `init_dir` (a WORKDIR), or None.
+
+  The model's fresh init (`jaxkd.state.fresh_variables`, as in `create_train_state`) with
+  every leaf not covered by `dont_load` taken from the checkpoint; plus what to record about
+  it (`init_dir`, `init_fingerprint`, the source's model and classes).
+  """
+  if not init_dir:
+    return None, {}
+  fresh = fresh_variables(model, seed=config.seed, input_shape=task.input_shape)
+  variables, meta = transfer.load_pretrained(init_dir, fresh, dont_load=tuple(dont_load))
+  return variables, {'init_dir': init_dir, 'init_fingerprint': tree_sha256(variables),
+                     'init_model': meta.get('model'), 'init_classes': meta.get('classes')}
+
+
+def load_teacher(directory: str, task: Task, config) -> tuple[Any, Any, dict]:
+  """A teacher written by a recipe (its WORKDIR or WORKDIR/final): (model, variables, meta)."""
+  from jaxkd import checkpoint  # local import: orbax is slow to import
+  final = os.path.join(directory, 'final')
+  variables, meta = checkpoint.load_variables(final if os.path.isdir(final) else directory)
+  classes = list(config.get('classes') or ())
+  if meta['dataset'] != task.name or list(meta.get('classes') or []) != classes:
+    raise ValueError(
+        f"Teacher {directory!r} was trained on {meta['dataset']} classes "
+        f"{meta.get('classes') or 'all'}, but this run is on {task.name} classes "
+        f"{classes or 'all'}; distil on the teacher's task or fine-tune the teacher first.")
+  model = models.build(meta['model'], num_classes=meta['num_classes'],
+                       **meta.get('model_overrides', {}))
+  return model, variables, meta
+
+
+def input_transform(task: Task, config) -> dict:
+  """What a teacher cache depends on besides the teacher: data, subset and normalisation."""
+  return {'classes': list(config.get('classes') or ()),
+          'train_per_class': config.get('train_per_class') or 0,
+          'subset_seed': config.seed if config.get('classes') else None,
+          'mean': np.asarray(task.mean).tolist(), 'std': np.asarray(task.std).tolist()}

@@ -1,0 +1,80 @@
+"""Distillation from one or several trained teachers, live or from a teacher-output cache."""
+from __future__ import annotations
+
+import time
+
+from jaxkd import cache, losses
+from jaxkd.distill import inference_apply, make_distill_step
+from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
+                                    build_parallel, input_transform, load_init, load_task,
+                                    load_teacher, make_batches, make_evaluator,
+                                    num_train_steps)
+from jaxkd.recipes.provenance import run_metadata
+from jaxkd.recipes.run import checkpointing, finish, fit_config
+from jaxkd.state import create_train_state, tree_sha256
+
+
+def distill(config, workdir: str) -> dict:
+  """Distils the teacher(s) in `config.teacher_dir` (comma-separated for several) into
+  `config.model`, live or from a teacher-output cache; writes final_metrics.json.
+
+  The student starts from `config.student_init_dir` (a WORKDIR, e.g. of a source task)
+  when set, minus the `config.dont_load` paths. Resumes from WORKDIR/checkpoints, and
+  refuses to when they were distilled from a different teacher.
+  """
+  start = time.perf_counter()
+  task = load_task(config)
+  parallel = build_parallel(config)
+  teacher_dirs = [d for d in config.teacher_dir.split(',') if d]
+  if not teacher_dirs:
+    raise ValueError('config.teacher_dir is empty; pass --config.teacher_dir=WORKDIR of a '
+                     'teacher trained with experiments/train.py.')
+  teachers = [load_teacher(d, task, config) for d in teacher_dirs]
+  k = config.kd
+  objective = losses.make_objective(
+      hard_weight=k.hard_weight, soft_weight=k.soft_weight, temperature=k.temperature,
+      teacher_weights=tuple(k.teacher_weights) or None, multi_teacher=k.multi_teacher,
+      num_teachers=len(teachers))
+  fingerprints = [tree_sha256(variables) for _, variables, _ in teachers]
+  student = build_model(config, task.num_classes)
+  init_vars, init_info = load_init(student, config, task,
+                                   init_dir=config.get('student_init_dir') or '',
+                                   dont_load=tuple(config.get('dont_load') or ()))
+  metadata = run_metadata(config, 'distill', task, teacher_fingerprints=fingerprints,
+                          teacher_dirs=teacher_dirs, kd=k.to_dict(), **init_info)
+  with checkpointing(config, workdir, metadata) as checkpointer:
+    augment = build_augment(config)
+    columns = None
+    if k.cache:
+      if len(teachers) != 1:
+        raise ValueError('A teacher cache holds one teacher; use a live teacher for several.')
+      (teacher_model, teacher_vars, _), = teachers
+      transform = input_transform(task, config)
+      teacher_cache = cache.compute(
+          inference_apply(teacher_model), teacher_vars, task.normalize(task.train_images),
+          dataset=task.name, split='train', transform=transform,
+          teacher_fingerprint=fingerprints[0], dtype=k.cache, topk=k.cache_topk or None,
+          temperature=k.temperature if k.cache_topk else None)
+      teacher_cache.check(dataset=task.name, split='train', transform=transform,
+                          teacher_fingerprint=fingerprints[0], augment=augment,
+                          temperature=k.temperature, num_examples=len(task.train_labels))
+      columns = teacher_cache.rows()
+    batches, steps_per_epoch = make_batches(task, config, parallel, columns)
+    num_steps = num_train_steps(config, steps_per_epoch)
+    tx, schedule = build_optimizer(config, num_steps)
+    state = create_train_state(student, tx, seed=config.seed, variables=init_vars,
+                               input_shape=task.input_shape)
+    step_fn = make_distill_step(
+        student=student, teachers=None if k.cache else [m for m, _, _ in teachers], tx=tx,
+        objective=objective, augment=augment, learning_rate_fn=schedule, parallel=parallel,
+        cached=bool(k.cache))
+    teacher_arg = () if k.cache else tuple(parallel.place_teacher(v) for _, v, _ in teachers)
+    evaluate = make_evaluator(student, task, config, parallel)
+    state = fit_config(config, workdir, checkpointer, state=parallel.replicate(state),
+                       step_fn=step_fn, batches=batches, steps_per_epoch=steps_per_epoch,
+                       num_steps=num_steps, parallel=parallel, step_args=(teacher_arg,),
+                       evaluate=evaluate, desc=f'distill {config.model}')
+  return finish(workdir, parallel.unreplicate(state), evaluate, config, num_steps,
+                time.perf_counter() - start, metadata=metadata,
+                extra={'teacher_fingerprints': fingerprints, 'teacher_dirs': teacher_dirs,
+                       'teacher_cache': k.cache or None, **init_info})

@@ -1,0 +1,91 @@
+"""What a run is and where it ran: run metadata, machine description, selection summaries
+read back from metrics.jsonl, and atomic JSON files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import jax
+
+from jaxkd import data
+
+
+def write_json(path: str, record: dict) -> None:
+  """Writes `record` to `path` atomically (a temporary file, then a rename)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+  device = jax.devices()[0]
+  return {'device_kind': device.device_kind, 'platform': device.platform,
+          'device_count': jax.device_count(), 'cpu': platform.processor() or platform.machine(),
+          'cores': os.cpu_count()}
+
+
+def run_metadata(config, task_name: str, task, **extra) -> dict:
+  """What a run is, stored next to its checkpoints and its final variables (JSON)."""
+  info = data.info(config.dataset)
+  classes = [int(c) for c in (config.get('classes') or ())]
+  class_names = [info.class_names[c] for c in classes] if classes else list(info.class_names)
+  return {
+      'task': task_name,
+      'model': config.model,
+      'model_overrides': dict(config.get('model_overrides') or {}),
+      'dtype': config.get('dtype', 'float32'),
+      'dataset': config.dataset,
+      'split': 'train',
+      'classes': classes,
+      'class_names': class_names,
+      'num_classes': task.num_classes,
+      'train_per_class': config.get('train_per_class') or 0,
+      'seed': config.seed,
+      'batch_size': config.batch_size,
+      **extra,
+  }
+
+
+def best_epoch(workdir: str) -> dict:
+  """From metrics.jsonl: the number of epochs run, and the test accuracy at the epoch of best
+  validation accuracy (model selection that never looks at the test set)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  result = {'epochs': max((r['epoch'] for r in records), default=0)}
+  evaluated = [r for r in records if 'val_accuracy' in r]
+  if evaluated:
+    best = max(evaluated, key=lambda r: r['val_accuracy'])  # first epoch wins ties
+    result.update(best_epoch=best['epoch'], best_val_accuracy=best['val_accuracy'],
+                  best_val_test_accuracy=best['test_accuracy'])
+  return result
+
+
+def enable_compilation_cache(directory: str | None = None) -> None:
+  """JAX's persistent compilation cache, so a second run of an experiment skips compiling.
+
+  Also quiets absl's INFO logging (Orbax logs every file operation at INFO).
+  """
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  directory = directory or os.environ.get(
+      'JAXKD_COMPILATION_CACHE', os.path.expanduser('~/.cache/jaxkd/jax_cache'))
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
