@@ -165,19 +165,26 @@ class Checkpointer:
       jaxkd/JAX/Orbax versions are added at each save.
     keep_last: how many of the newest checkpoints to keep.
     keep_best: how many of the best-ranked checkpoints to keep besides (0: none).
-    best_metric: key of the `metrics` passed to `save` that ranks checkpoints.
+    best_metric: key of the `metrics` passed to `save` that ranks checkpoints; a test-set
+      metric (`test_...`) is refused unless `allow_test_selection`.
     best_mode: 'max' or 'min': whether a larger `best_metric` is better.
+    allow_test_selection: permit ranking by a test-set metric (the caller records it).
     async_save: write in a background thread (False: `save` blocks until written).
   """
 
   def __init__(self, directory: str, *, metadata: dict, keep_last: int = 2, keep_best: int = 0,
-               best_metric: str = '', best_mode: str = 'max', async_save: bool = True):
+               best_metric: str = '', best_mode: str = 'max', allow_test_selection: bool = False,
+               async_save: bool = True):
     if keep_last < 1:
       raise ValueError(f'keep_last must be >= 1 (the newest checkpoint is never deleted), '
                        f'got {keep_last}.')
     if keep_best < 0 or (keep_best and not best_metric):
       raise ValueError(f'keep_best={keep_best} needs keep_best >= 0 and a best_metric to '
                        f'rank by (got {best_metric!r}).')
+    if keep_best and best_metric.startswith('test_') and not allow_test_selection:
+      raise ValueError(f'best_metric={best_metric!r} would select checkpoints on the test set; '
+                       "rank by a validation metric (e.g. 'val_accuracy'), or pass "
+                       'allow_test_selection=True to do it knowingly.')
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
     self.directory = os.path.abspath(directory)

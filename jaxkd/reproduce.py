@@ -86,6 +86,18 @@ def markdown_table(columns: Sequence[tuple[str, Callable[[Any], str]]],
   return lines
 
 
+def selection_lines(payload: dict, how: str) -> list[str]:
+  """What chose anything in the table (`how`, the table's own words), and every run that
+  ranked its checkpoints on test data (refused unless its config allowed it)."""
+  lines = ['', f'Model selection: {how}']
+  on_test = [f"{r['table']}/{r['row']} seed {r['seed']}" for r in payload['runs']
+             if r.get('test_selection')]
+  if on_test:
+    lines.append(f"Runs whose checkpoints were ranked on the TEST set (allow_test_selection): "
+                 f"{', '.join(on_test)}.")
+  return lines
+
+
 def plots_line(payload: dict) -> list[str]:
   return ['', 'Plots: ' + ', '.join(f'`{p}`' for p in payload['plots']), '']
 

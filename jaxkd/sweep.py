@@ -91,6 +91,8 @@ def run_record(spec: RunSpec, final: dict) -> dict:
       'epochs': final.get('epochs'),
       'wall_seconds': final.get('wall_seconds'),
       'params_sha256': final.get('params_sha256'),
+      # checkpoints ranked on test data (refused unless a config allowed it; then shown)
+      'test_selection': bool((final.get('selection') or {}).get('test_selection')),
   }
 
 

@@ -85,18 +85,18 @@ def test_keeps_last_n_and_best_k_and_never_the_latest(tmp_path):
   _, _, state = _state()
   accuracy = {2: 0.5, 4: 0.9, 6: 0.7, 8: 0.1}  # step 8 is the worst, and the latest
   with Checkpointer(tmp_path / 'ckpt', metadata=META, keep_last=2, keep_best=2,
-                    best_metric='test_accuracy') as ckpt:
+                    best_metric='val_accuracy') as ckpt:
     for step in range(1, 9):
-      metrics = {'test_accuracy': accuracy[step], 'test_loss': 1.0} if step in accuracy else None
+      metrics = {'val_accuracy': accuracy[step], 'val_loss': 1.0} if step in accuracy else None
       ckpt.save(step, state, metrics=metrics)
     ckpt.wait_until_finished()
     assert ckpt.all_steps() == [4, 6, 7, 8]
   assert sorted(int(n) for n in os.listdir(tmp_path / 'ckpt') if n.isdigit()) == [4, 6, 7, 8]
 
   with Checkpointer(tmp_path / 'min', metadata=META, keep_last=1, keep_best=1,
-                    best_metric='test_loss', best_mode='min') as ckpt:
+                    best_metric='val_loss', best_mode='min') as ckpt:
     for step, loss in enumerate([0.3, 0.1, 0.2, 0.4], start=1):
-      ckpt.save(step, state, metrics={'test_loss': loss})
+      ckpt.save(step, state, metrics={'val_loss': loss})
     ckpt.wait_until_finished()
     assert ckpt.all_steps() == [2, 4]
   with pytest.raises(ValueError, match='keep_last must be >= 1'):
@@ -154,9 +154,9 @@ def _fit_run(workdir, *, num_steps, on_step=None):
   labels = rng.integers(0, 10, 48).astype(np.int32)
   dataset = InMemoryDataset(images, labels, batch_size=8, mean=0.5, std=0.25, seed=0)
   step_fn = make_train_step(model=model, tx=tx)
-  evaluate = lambda s, epoch: {'test_accuracy': 0.1 * epoch}  # noqa: E731
+  evaluate = lambda s, epoch: {'val_accuracy': 0.1 * epoch}  # noqa: E731
   with Checkpointer(os.path.join(workdir, 'checkpoints'), metadata=META, keep_best=1,
-                    best_metric='test_accuracy') as ckpt:
+                    best_metric='val_accuracy') as ckpt:
     return fit(state=state, step_fn=step_fn,
                batches=lambda e, s: dataset.epoch(e, start_step=s),
                steps_per_epoch=dataset.steps_per_epoch, num_steps=num_steps, batch_size=8,

@@ -36,6 +36,7 @@ def get_config(model: str = 'lenet5') -> ml_collections.ConfigDict:
   config.checkpoint_every = 500  # steps; 0 = no checkpoints (and no resume)
   config.keep_last = 2  # newest checkpoints kept
   config.keep_best = 0  # best checkpoints kept besides, ranked at each epoch's evaluation
-  config.best_metric = 'test_accuracy'
+  config.best_metric = 'val_accuracy'  # needs validation_size > 0; never a test metric...
+  config.allow_test_selection = False  # ...unless this says so (and the run records it)
   config.best_mode = 'max'
   return config

@@ -191,6 +191,9 @@ def render(payload: dict) -> str:
         ('test acc % (last)', lambda r: cell(r, 'test_accuracy')),
         ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
     ], payload['temperature_sweep'])
+  lines += reproduce.selection_lines(
+      payload, 'the validation split alone (training images held out, the same for every run) '
+      'chooses the "best val epoch" and the temperature; the test set is only reported.')
   return '\n'.join(lines + reproduce.plots_line(payload))
 
 

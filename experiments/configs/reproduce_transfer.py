@@ -158,6 +158,9 @@ def render(payload: dict) -> str:
       ('p (t-test)', lambda t: f"{t['p_value']:.3g}"),
       ('p (sign-flip, exact)', lambda t: f"{t['p_value_sign_flip']:.3g}"),
   ], payload['tests'])
+  lines += reproduce.selection_lines(
+      payload, 'nothing is chosen on data: every row reports its last step, and the kd row\'s '
+      'teacher (LP-FT) was fixed before any result; the test set is only reported.')
   return '\n'.join(lines + reproduce.plots_line(payload))
 
 

@@ -22,4 +22,5 @@ def get_config(model: str = 'lenet5_half') -> ml_collections.ConfigDict:
   config.checkpoint_every = 20
   config.keep_last = 2
   config.keep_best = 1
+  config.validation_size = 100  # what ranks the best checkpoint (never the test set)
   return config

@@ -10,7 +10,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
                                     load_teacher, make_batches, make_evaluator,
                                     num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
-from jaxkd.recipes.run import checkpointing, finish, fit_config
+from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.state import create_train_state, tree_sha256
 
 
@@ -23,6 +23,7 @@ def distill(config, workdir: str) -> dict:
   refuses to when they were distilled from a different teacher.
   """
   start = time.perf_counter()
+  selection = selection_policy(config)
   task = load_task(config)
   parallel = build_parallel(config)
   teacher_dirs = [d for d in config.teacher_dir.split(',') if d]
@@ -40,7 +41,8 @@ def distill(config, workdir: str) -> dict:
   init_vars, init_info = load_init(student, config, task,
                                    init_dir=config.get('student_init_dir') or '',
                                    dont_load=tuple(config.get('dont_load') or ()))
-  metadata = run_metadata(config, 'distill', task, teacher_fingerprints=fingerprints,
+  metadata = run_metadata(config, 'distill', task, selection=selection,
+                          teacher_fingerprints=fingerprints,
                           teacher_dirs=teacher_dirs, kd=k.to_dict(), **init_info)
   with checkpointing(config, workdir, metadata) as checkpointer:
     augment = build_augment(config)

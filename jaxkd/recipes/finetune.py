@@ -13,7 +13,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
                                     build_parallel, load_init, load_task, make_batches,
                                     make_evaluator, num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
-from jaxkd.recipes.run import checkpointing, finish, fit_config
+from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.state import create_train_state, fresh_variables
 
 
@@ -33,6 +33,7 @@ def finetune(config, workdir: str) -> dict:
   if f.method not in methods:
     raise ValueError(f'Unknown finetune.method {f.method!r}; choose one of {list(methods)}.')
   dont_load = tuple(config.get('dont_load') or ())
+  selection_policy(config)  # refused before the LP stage runs, not after it
   if f.method != 'lp_ft':
     return _finetune_stage(config, workdir, method=f.method, init_dir=config.init_dir,
                            dont_load=dont_load)
@@ -53,13 +54,15 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
   """One fine-tuning run (LP or FT) from `init_dir` into `workdir`."""
   start = time.perf_counter()
   f = config.finetune
+  selection = selection_policy(config)
   task = load_task(config)
   parallel = build_parallel(config)
   model = build_model(config, task.num_classes)
   init_vars, init_info = load_init(model, config, task, init_dir=init_dir, dont_load=dont_load)
   recipe = {'method': method, 'frozen': list(f.frozen), 'layer_decay': f.layer_decay,
             'unfreeze_every': f.unfreeze_every}
-  metadata = run_metadata(config, 'finetune', task, finetune=recipe, **init_info)
+  metadata = run_metadata(config, 'finetune', task, selection=selection, finetune=recipe,
+                          **init_info)
   with checkpointing(config, workdir, metadata) as checkpointer:
     batches, steps_per_epoch = make_batches(task, config, parallel)
     num_steps = num_train_steps(config, steps_per_epoch)

@@ -39,8 +39,9 @@ def machine() -> dict:
           'cores': os.cpu_count()}
 
 
-def run_metadata(config, task_name: str, task, **extra) -> dict:
-  """What a run is, stored next to its checkpoints and its final variables (JSON)."""
+def run_metadata(config, task_name: str, task, *, selection: dict, **extra) -> dict:
+  """What a run is, stored next to its checkpoints and its final variables (JSON);
+  `selection` is the run's `selection_policy` (which split ranks its checkpoints)."""
   info = data.info(config.dataset)
   classes = [int(c) for c in (config.get('classes') or ())]
   class_names = [info.class_names[c] for c in classes] if classes else list(info.class_names)
@@ -57,6 +58,7 @@ def run_metadata(config, task_name: str, task, **extra) -> dict:
       'train_per_class': config.get('train_per_class') or 0,
       'seed': config.seed,
       'batch_size': config.batch_size,
+      'selection': selection,
       **extra,
   }
 

@@ -13,6 +13,37 @@ from jaxkd.recipes.provenance import best_epoch, machine, write_json
 from jaxkd.state import TrainState, tree_sha256
 
 
+SPLITS = ('val', 'test')  # what an evaluation measures: `val_*` and `test_*` metrics
+
+
+def selection_policy(config) -> dict:
+  """How the run chooses among its checkpoints, checked before any work: `keep_best > 0`
+  ranks by `best_metric`, a validation metric by default. A test metric is refused unless
+  `allow_test_selection` is set, and then recorded (`test_selection: True`) in the run's
+  metadata, final metrics and table rows.
+  """
+  keep_best = config.get('keep_best', 0)
+  if not keep_best:
+    return {'keep_best': 0, 'metric': None, 'split': None, 'mode': None,
+            'test_selection': False}
+  metric = config.get('best_metric') or 'val_accuracy'
+  split = metric.split('_', 1)[0]
+  if split not in SPLITS or metric == f'{split}_':
+    raise ValueError(f'best_metric={metric!r} is not an evaluation metric; use a validation '
+                     "metric such as 'val_accuracy' or 'val_loss'.")
+  if split == 'val' and not config.get('validation_size', 0):
+    raise ValueError(f'keep_best={keep_best} ranks checkpoints by {metric!r}, but there is no '
+                     'validation split: set validation_size > 0 (training images held out '
+                     'for model selection), or keep_best=0.')
+  allowed = bool(config.get('allow_test_selection', False))
+  if split == 'test' and not allowed:
+    raise ValueError(f'best_metric={metric!r} would select checkpoints on the test set; rank by '
+                     "a validation metric ('val_accuracy' with validation_size > 0), or set "
+                     'allow_test_selection=True to do it knowingly (the run records it).')
+  return {'keep_best': keep_best, 'metric': metric, 'split': split,
+          'mode': config.get('best_mode', 'max'), 'test_selection': split == 'test'}
+
+
 @contextlib.contextmanager
 def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
   """The run's `Checkpointer` in WORKDIR/checkpoints (None when `checkpoint_every` is 0),
@@ -25,11 +56,12 @@ def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
     yield None
     return
   from jaxkd import checkpoint  # local import: orbax is slow to import
+  selection = metadata['selection']
   checkpointer = checkpoint.Checkpointer(
       os.path.join(workdir, 'checkpoints'), metadata=metadata,
-      keep_last=config.get('keep_last', 2), keep_best=config.get('keep_best', 0),
-      best_metric=config.get('best_metric', 'test_accuracy'),
-      best_mode=config.get('best_mode', 'max'))
+      keep_last=config.get('keep_last', 2), keep_best=selection['keep_best'],
+      best_metric=selection['metric'] or '', best_mode=selection['mode'] or 'max',
+      allow_test_selection=selection['test_selection'])
   with checkpointer:
     yield checkpointer
 
@@ -61,6 +93,7 @@ def finish(workdir: str, state: TrainState, evaluate, config, num_steps: int,
       'model': config.model,
       'dataset': config.dataset,
       'machine': machine(),
+      'selection': metadata['selection'],
       **(extra or {}),
   }
   metadata = {**metadata, 'params_sha256': final['params_sha256'],

@@ -7,7 +7,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
                                     build_parallel, load_task, make_batches, make_evaluator,
                                     num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
-from jaxkd.recipes.run import checkpointing, finish, fit_config
+from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.state import create_train_state
 from jaxkd.steps import make_train_step
 
@@ -17,8 +17,9 @@ def train(config, workdir: str) -> dict:
   final_metrics.json and WORKDIR/final. Resumes from the newest checkpoint in
   WORKDIR/checkpoints."""
   start = time.perf_counter()
+  selection = selection_policy(config)
   task = load_task(config)
-  metadata = run_metadata(config, 'train', task)
+  metadata = run_metadata(config, 'train', task, selection=selection)
   with checkpointing(config, workdir, metadata) as checkpointer:
     parallel = build_parallel(config)
     model = build_model(config, task.num_classes)

@@ -1,0 +1,77 @@
+"""Model selection never sees the test set unless a config says so, and then it is recorded."""
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxkd import recipes, sweep
+from jaxkd.checkpoint import Checkpointer
+from jaxkd.recipes.provenance import best_epoch
+from jaxkd.recipes.run import selection_policy
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'experiments', 'configs'))
+from fashion_mnist import get_config  # noqa: E402
+
+
+def _config(**overrides):
+  config = get_config('lenet5_half')
+  config.update(overrides)
+  return config
+
+
+def test_default_ranking_is_on_the_validation_split():
+  policy = selection_policy(_config(keep_best=2, validation_size=500))
+  assert policy == {'keep_best': 2, 'metric': 'val_accuracy', 'split': 'val', 'mode': 'max',
+                    'test_selection': False}
+  assert selection_policy(_config())['split'] is None  # keep_best = 0: nothing is chosen
+
+
+@pytest.mark.parametrize('overrides, setting', [
+    (dict(keep_best=1), 'validation_size'),  # no validation split to rank on
+    (dict(keep_best=1, validation_size=500, best_metric='test_accuracy'),
+     'allow_test_selection'),
+    (dict(keep_best=1, validation_size=500, best_metric='accuracy'), 'best_metric'),
+])
+def test_refused_selection_names_the_setting(overrides, setting):
+  with pytest.raises(ValueError, match=setting):
+    selection_policy(_config(**overrides))
+
+
+def test_refused_before_any_data_is_read(tmp_path):
+  config = _config(keep_best=1, data_dir=str(tmp_path / 'no_data'))
+  with pytest.raises(ValueError, match='validation_size'):
+    recipes.train(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run') and not os.path.exists(tmp_path / 'no_data')
+
+
+def test_test_selection_when_allowed_is_recorded():
+  policy = selection_policy(_config(keep_best=1, best_metric='test_accuracy',
+                                    allow_test_selection=True))
+  assert policy['split'] == 'test' and policy['test_selection'] is True
+  spec = sweep.RunSpec('t', 'row', 0, 'train', ml_collections.ConfigDict())
+  final = {'test_accuracy': 0.5, 'test_count': 10, 'selection': policy}
+  assert sweep.run_record(spec, final)['test_selection'] is True
+  assert sweep.run_record(spec, {'test_accuracy': 0.5})['test_selection'] is False
+
+
+def test_checkpointer_refuses_a_test_metric(tmp_path):
+  with pytest.raises(ValueError, match='allow_test_selection'):
+    Checkpointer(tmp_path / 'ckpt', metadata={}, keep_best=1, best_metric='test_accuracy')
+  assert not os.path.exists(tmp_path / 'ckpt')
+  Checkpointer(tmp_path / 'ok', metadata={}, keep_best=1, best_metric='test_accuracy',
+               allow_test_selection=True).close()
+
+
+def test_best_epoch_is_chosen_by_validation_accuracy(tmp_path):
+  # Test accuracy peaks at epoch 1, validation accuracy at epoch 2: epoch 2 is reported.
+  records = [{'epoch': 1, 'val_accuracy': 0.80, 'test_accuracy': 0.95},
+             {'epoch': 2, 'val_accuracy': 0.90, 'test_accuracy': 0.70},
+             {'epoch': 3, 'val_accuracy': 0.85, 'test_accuracy': 0.90}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  result = best_epoch(str(tmp_path))
+  assert (result['best_epoch'], result['best_val_test_accuracy']) == (2, 0.70)
+  assert np.isclose(result['best_val_accuracy'], 0.90)
