@@ -41,7 +41,7 @@ demo: data
 	$(VPY) experiments/reproduce_fashion_mnist_kd.py --profile demo
 
 test: install-test
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -n auto $(PYTEST_ARGS)
 
 bench: install
 	$(VPY) -m pip install -q -e '.[bench]'

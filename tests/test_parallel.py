@@ -59,12 +59,17 @@ def test_distill_step_same_on_8_devices(distill_setup, parallel):
                got_params, ref_params)
 
 
-@pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
-def test_supervised_step_same_on_8_devices(mode):
+@pytest.fixture(scope='module')
+def supervised_setup():
   model = models.build('lenet5_half', num_classes=10)
   tx = optax.adam(1e-3)
   make = lambda p: make_train_step(model=model, tx=tx, augment=AUGMENT, parallel=p)
-  ref_losses, ref_params = _run(Parallel('jit', num_devices=1), make, model, tx)
+  return make, model, tx, _run(Parallel('jit', num_devices=1), make, model, tx)
+
+
+@pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
+def test_supervised_step_same_on_8_devices(supervised_setup, mode):
+  make, model, tx, (ref_losses, ref_params) = supervised_setup
   got_losses, got_params = _run(Parallel(mode), make, model, tx)
   np.testing.assert_allclose(got_losses, ref_losses, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -73,7 +78,7 @@ def test_supervised_step_same_on_8_devices(mode):
 
 def test_batchnorm_model_same_on_8_devices_under_jit():
   # Under jit XLA computes BatchNorm statistics over the global batch, as on one device.
-  model = models.build('resnet8', num_classes=10)
+  model = models.build('resnet8', num_classes=10, widths=(4, 4, 8, 8))  # narrow: fast
   tx = optax.sgd(0.1, momentum=0.9)
   make = lambda p: make_train_step(model=model, tx=tx, parallel=p)
   ref_losses, ref_params = _run(Parallel('jit', num_devices=1), make, model, tx, steps=2)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,8 +37,23 @@ def builder(
 ) -> LocalFileBuilder:
   """The TFDS builder of dataset `name`, writing under `data_dir`."""
   cls = _BUILDERS[info(name).name]
-  return cls(data_dir=os.fspath(default_data_dir(data_dir)), raw_dir=raw_dir,
-             allow_download=allow_download)
+  with _scratch_tempdir():
+    return cls(data_dir=os.fspath(default_data_dir(data_dir)), raw_dir=raw_dir,
+               allow_download=allow_download)
+
+
+@contextlib.contextmanager
+def _scratch_tempdir() -> Iterator[None]:
+  """Points `tempfile` at a folder removed on exit: TFDS's `DatasetInfo.initialize_from_bucket`
+  leaves an empty `tmp*tfds` folder in the system temp folder per builder of a dataset that
+  is not built yet."""
+  saved = tempfile.tempdir
+  with tempfile.TemporaryDirectory(prefix='jaxkd-tfds-') as scratch:
+    tempfile.tempdir = scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = saved
 
 
 def prepare(
