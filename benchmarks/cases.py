@@ -25,6 +25,23 @@ PAIRS = {
     'resnet': Pair('resnet56', 'resnet20', (32, 32, 3)),
 }
 MODES = ('student', 'online_kd', 'cached_kd', 'finetune', 'eval', 'teacher_forward')
+# One online-distillation mode per method family (`jaxkd.losses` terms beside cross-entropy,
+# the paper's weights): logit (dkd), batch relation (dist), learnable temperature (ctkd),
+# features (fitnet, at). Not in the PyTorch peer. Taps per pair: its middle and all stages.
+METHOD_MODES = ('dkd', 'dist', 'ctkd', 'fitnet', 'at')
+TAPS = {'mlp': ('dense1', ('dense1', 'dense2')), 'lenet': ('pool2', ('pool1', 'pool2')),
+        'resnet': ('stage2', ('stage1', 'stage2', 'stage3'))}
+
+
+def method_terms(pair_name: str, mode: str) -> dict:
+  """The objective of a method mode, by term name (`jaxkd.losses.build_objective`)."""
+  middle, stages = TAPS[pair_name]
+  terms = {'dkd': {'temperature': 4.0, 'target_weight': 1.0, 'non_target_weight': 8.0},
+           'dist': {'temperature': 1.0},
+           'ctkd': {'curriculum_steps': 100},
+           'fitnet': {'weight': 100.0, 'student_tap': middle, 'teacher_tap': middle},
+           'at': {'weight': 1000.0, 'student_taps': stages, 'teacher_taps': stages}}[mode]
+  return {'ce': {'weight': HARD_WEIGHT}, mode: {'weight': SOFT_WEIGHT, **terms}}
 NUM_CLASSES = 10
 LEARNING_RATE = 0.05
 # The peer's objective is written out in torch_peer.py with the same constants.
@@ -85,7 +102,7 @@ def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxC
   import jax
   import optax
   from jaxkd import losses, models
-  from jaxkd.distill import make_distill_step
+  from jaxkd.distill import create_distill_state, make_distill_step
   from jaxkd.state import create_train_state, init_variables, model_variables
   from jaxkd.steps import make_eval_step, make_train_step
 
@@ -99,7 +116,10 @@ def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxC
                                     temperature=TEMPERATURE)
   donate = True
   note = ''
-  if mode in ('online_kd', 'teacher_forward'):
+  if mode in METHOD_MODES:
+    pair_name = next(name for name, p in PAIRS.items() if p == pair)
+    objective = losses.build_objective(method_terms(pair_name, mode), num_teachers=1)
+  if mode in ('online_kd', 'teacher_forward', *METHOD_MODES):
     teacher_variables = init_variables(teacher, key=jax.random.key(1), input_shape=input_shape)
     teacher_variables = parallel.place_teacher(teacher_variables)
   if mode == 'teacher_forward':
@@ -115,7 +135,12 @@ def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxC
       init = init_variables(student, key=jax.random.key(0), input_shape=input_shape)
       tx, step, note = _finetune_step(student, tx, init['params'],
                                       init.get('batch_stats', {}), input_shape, parallel)
-    state = create_train_state(student, tx, seed=0, input_shape=input_shape)
+    if mode in METHOD_MODES:  # a DistillState when a term owns parameters (ctkd, fitnet)
+      state = create_distill_state(student, tx, objective, teachers=[teacher],
+                                   teacher_variables=[jax.device_get(teacher_variables)],
+                                   seed=0, input_shape=input_shape)
+    else:
+      state = create_train_state(student, tx, seed=0, input_shape=input_shape)
     counted = state.params
     if mode == 'eval':
       step = make_eval_step(model=student, num_classes=NUM_CLASSES, parallel=parallel)
@@ -126,7 +151,7 @@ def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxC
       if mode == 'student':
         step = make_train_step(model=student, tx=tx, parallel=parallel)
       args = [parallel.replicate(state), parallel.shard_batch(batch)]
-    elif mode == 'online_kd':
+    elif mode in ('online_kd', *METHOD_MODES):
       step = make_distill_step(student=student, teachers=teacher, tx=tx, objective=objective,
                                parallel=parallel)
       args = [parallel.replicate(state), parallel.shard_batch(batch), teacher_variables]
@@ -136,7 +161,7 @@ def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxC
       cached = dict(batch, teacher_logits=data['teacher_logits'])
       args = [parallel.replicate(state), parallel.shard_batch(cached), ()]
     else:
-      raise ValueError(f'Unknown mode {mode!r}; choose one of {MODES}.')
+      raise ValueError(f'Unknown mode {mode!r}; choose one of {MODES + METHOD_MODES}.')
   start = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - start

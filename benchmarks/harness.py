@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from cases import (BASELINE, PAIRS, _with_xla_layers, load_peer, make_data, make_jax_case,
-                   make_torch_case)
+from cases import (BASELINE, METHOD_MODES, MODES, PAIRS, _with_xla_layers, load_peer,
+                   make_data, make_jax_case, make_torch_case)
 from report import check_targets
 
 # The entry point the scaling runs start afresh.
@@ -118,7 +118,7 @@ def run_rows(args, *, pairs, modes, batch_size, peer_module, peak, parallel, jax
       if args.baseline_layers and pair_name != 'mlp':
         cases[BASELINE] = _with_xla_layers(
             lambda: make_jax_case(pair, mode, data, dtype=dtype, parallel=parallel))
-      if peer_module is not None:
+      if peer_module is not None and mode in MODES:
         cases['pytorch'] = make_torch_case(peer_module, pair, mode, data, device=torch_device)
         if cases['pytorch'].param_count != cases['jaxkd'].param_count:
           raise SystemExit(f'{pair_name}/{mode}: parameter counts differ (jaxkd '
@@ -156,7 +156,7 @@ def run_rows(args, *, pairs, modes, batch_size, peer_module, peak, parallel, jax
 
 
 # Modes whose step times the targets compare with each other (jaxkd only).
-RELATED_MODES = ('student', 'online_kd', 'cached_kd', 'teacher_forward')
+RELATED_MODES = ('student', 'online_kd', 'cached_kd', 'teacher_forward', *METHOD_MODES)
 
 
 def _progress(rows) -> str:

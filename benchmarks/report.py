@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from cases import BASELINE
+from cases import BASELINE, METHOD_MODES
 
 
 # --- targets and tables --------------------------------------------------------------------
@@ -33,6 +33,13 @@ def check_targets(rows: list[dict]) -> list[dict]:
       ratio = ms(online) / (ms(student) + ms(teacher))
       checks.append({'target': f'{pair}: online_kd step <= 1.05x (student + teacher forward)',
                      'value': ratio, 'goal': 1.05, 'passed': ratio <= 1.05})
+    for mode in METHOD_MODES:  # a method's step over plain online KD's
+      method = jax_rows.get((pair, mode))
+      if online and method:
+        goal = 1.2 if mode in ('fitnet', 'at') else 1.05
+        ratio = ms(method) / ms(online)
+        checks.append({'target': f'{pair}: {mode} step <= {goal}x online_kd step',
+                       'value': ratio, 'goal': goal, 'passed': ratio <= goal})
   return checks
 
 

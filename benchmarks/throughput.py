@@ -26,7 +26,7 @@ import os
 import shlex
 import sys
 
-from cases import MODES, PAIRS
+from cases import METHOD_MODES, MODES, PAIRS
 from harness import run
 from report import render
 
@@ -36,7 +36,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--pairs', default=None,
                       help=f'comma-separated, from {sorted(PAIRS)} (default: all; --quick: '
                            'mlp,lenet)')
-  parser.add_argument('--modes', default=','.join(MODES), help=f'comma-separated, from {MODES}')
+  parser.add_argument('--modes', default=','.join(MODES),
+                      help=f'comma-separated, from {MODES}, or the distillation methods '
+                           f'{METHOD_MODES} (online KD with that term; no PyTorch peer)')
   parser.add_argument('--batch-size', type=int, default=256, help='global batch size')
   parser.add_argument('--quick', action='store_true', help='few short windows (< 2 minutes)')
   parser.add_argument('--windows', type=int, default=None, help='timed windows per row')
@@ -72,7 +74,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
   if args.pairs is None:
     args.pairs = 'mlp,lenet' if args.quick else ','.join(PAIRS)
   args.pairs = _names(args.pairs, PAIRS, 'pair')
-  args.modes = _names(args.modes, MODES, 'mode')
+  args.modes = _names(args.modes, MODES + METHOD_MODES, 'mode')
   if args.windows is None:
     args.windows = 3 if args.quick else 7
   if args.warmup is None:

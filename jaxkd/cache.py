@@ -135,6 +135,11 @@ class TopKRows:
     return cls(batch['teacher_topk_logits'], batch['teacher_topk_indices'],
                batch['teacher_rest_log_mass'])
 
+  def top1(self) -> jax.Array:
+    """The teacher's top-1 class of each row (its largest stored logit's index)."""
+    best = jnp.argmax(self.topk_logits, axis=-1)[:, None]
+    return jnp.take_along_axis(self.indices, best, axis=-1)[:, 0]
+
   def logits_for(self, student_logits: jax.Array, *, temperature: float) -> jax.Array:
     """Full-width teacher logits for this student (see `topk_logits`)."""
     return topk_logits(student_logits, self.topk_logits, self.indices, self.rest_log_mass,

@@ -32,7 +32,7 @@ TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for a step still being writ
 # Metadata that must agree for a run to resume from a checkpoint: anything else (the number
 # of steps, logging) may change between the interrupted run and the resumed one.
 RESUME_KEYS = ('task', 'model', 'model_overrides', 'dataset', 'classes', 'train_per_class',
-               'seed', 'batch_size', 'init_fingerprint')
+               'seed', 'batch_size', 'init_fingerprint', 'objective')
 _STATE_ITEMS = ('state', 'data', 'metadata')
 _FINAL_ITEMS = ('variables', 'metadata')
 _HANDLERS = {'state': ocp.StandardCheckpointHandler, 'variables': ocp.StandardCheckpointHandler,

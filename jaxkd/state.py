@@ -34,6 +34,17 @@ class TrainState:
     return model_variables(self.params, self.batch_stats)
 
 
+@flax.struct.dataclass
+class DistillState(TrainState):
+  """A student's train state plus what its distillation objective owns: `loss_params`
+  (trained with the student: the optimizer sees `{'model': params, 'loss': loss_params}`)
+  and `loss_state` (updated by the terms). `params`, `variables` and everything exported
+  or fingerprinted are the student's alone."""
+
+  loss_params: PyTree
+  loss_state: PyTree
+
+
 def model_variables(params: PyTree, batch_stats: PyTree) -> dict:
   """`{'params': ..., 'batch_stats': ...}`, leaving out an empty `batch_stats`."""
   variables = {'params': params}

@@ -12,27 +12,51 @@ import optax
 from jaxkd import losses
 from jaxkd.augment import Augment
 from jaxkd.parallel import Parallel
-from jaxkd.state import TrainState, model_variables, step_key
+from jaxkd.models.features import features
+from jaxkd.state import DistillState, TrainState, model_variables, step_key
 
-# teacher_fn(teacher_variables, images, batch) -> teacher logits (a list, one per teacher),
-# or None when the objective needs no teacher.
-TeacherFn = Callable[[Sequence[Any], jax.Array, dict], Sequence[jax.Array] | None]
+# teacher_fn(teacher_variables, images, batch) -> the teachers' outputs (a list of
+# `losses.Outputs`, one per teacher, or what `complete_teacher` completes: top-k cache rows).
+TeacherFn = Callable[[Sequence[Any], jax.Array, dict], Any]
 
 
 class Objective(Protocol):
-  """What a step minimises: `jaxkd.losses.Objective` (from `make_objective`) is one."""
+  """What a step minimises (`jaxkd.losses.Objective` is one): terms over the student's and
+  teachers' outputs, the taps they read, and the parameters and state they own."""
 
-  def __call__(self, student_logits: jax.Array, labels: jax.Array | None,
-               teacher_logits: Sequence[jax.Array] | None, *,
-               step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`(per-example total [B], {component name: [B]})` at training step `step`."""
+  student_taps: tuple[str, ...]
+  owns_variables: bool
 
-  def hyperparams(self, step: jax.Array) -> dict[str, jax.Array]:
-    """The current weights (and temperature), float32 scalars, logged every step."""
+  def apply(self, student: losses.Outputs, teachers: Sequence[losses.Outputs] | None,
+            batch: dict, *, step: jax.Array, key: jax.Array | None, params: dict | None,
+            state: dict | None, axis_name: str | None
+            ) -> tuple[jax.Array, dict[str, jax.Array], dict]:
+    """`(per-example total [B], {component: [B]}, new loss state)` at training step `step`."""
+
+  def hyperparams(self, step: jax.Array, params: dict | None = None) -> dict[str, jax.Array]:
+    """The current weights (and temperatures), float32 scalars, logged every step."""
 
 
 def _pmean(tree, axis_name):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def student_forward(model: nn.Module, taps: Sequence[str]) -> Callable:
+  """`forward(variables, images, dropout_key) -> (Outputs, new batch_stats)` in train mode,
+  capturing the features at `taps` (none: a plain `apply`, nothing captured)."""
+
+  def forward(variables, images, dropout_key):
+    mutable = ['batch_stats'] if 'batch_stats' in variables else False
+    rngs = {'dropout': dropout_key}
+    if taps:
+      out = features(model, variables, images, taps, train=True, rngs=rngs, mutable=mutable)
+      (logits, feats), updates = out if mutable else (out, {})
+    else:
+      out = model.apply(variables, images, train=True, rngs=rngs, mutable=mutable)
+      (logits, updates), feats = (out if mutable else (out, {})), {}
+    return losses.Outputs(logits, feats), updates.get('batch_stats', {})
+
+  return forward
 
 
 def build_update(
@@ -49,13 +73,15 @@ def build_update(
   """The per-device student update `(state, batch, *teacher_variables, axis_name)`.
 
   Augments the batch once, runs the teachers (if any) on that same batch, differentiates
-  the objective's batch mean w.r.t. the student's parameters only, and applies `tx`.
-  `complete_teacher(student_logits, teacher_outputs) -> teacher logits`, when given, turns
-  what `teacher_fn` returned into full teacher logits inside the loss (top-k caches).
+  the objective's batch mean w.r.t. the student's parameters (and the objective's own, in a
+  `DistillState`: the optimizer sees `{'model': params, 'loss': loss_params}`), applies `tx`.
+  `complete_teacher(student_logits, teacher_outputs) -> [Outputs]`, when given, turns what
+  `teacher_fn` returned into full teacher outputs inside the loss (top-k caches).
   `grad_filter(grads, step) -> grads`, when given, runs before the cross-device mean and the
   optimizer (frozen parameters: zeros, so XLA drops their backward pass).
   Metrics are batch means (reduced over `axis_name` when given).
   """
+  forward = student_forward(model, objective.student_taps)
 
   def update(state: TrainState, batch: dict, *teacher_variables, axis_name=None):
     augment_key, dropout_key = jax.random.split(step_key(state.rng, state.step))
@@ -64,60 +90,68 @@ def build_update(
       offset = jax.lax.axis_index(axis_name) * batch['label'].shape[0]
       dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
     images = augment(augment_key, batch['image'], index_offset=offset)
-    labels = batch['label']
-    teacher_logits = None
+    batch = {**batch, 'image': images}
+    teacher_outputs = None
     if teacher_fn is not None:
-      teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_variables, images, batch))
+      teacher_outputs = jax.lax.stop_gradient(teacher_fn(teacher_variables, images, batch))
+    distilling = isinstance(state, DistillState)
+    trainable = {'model': state.params, 'loss': state.loss_params} if distilling else state.params
 
-    def loss_fn(params):
-      variables = model_variables(params, state.batch_stats)
-      mutable = ['batch_stats'] if state.batch_stats else False
-      out = model.apply(variables, images, train=True, rngs={'dropout': dropout_key},
-                        mutable=mutable)
-      logits, new_state = out if mutable else (out, {})
-      teacher = teacher_logits
+    def loss_fn(trainable):
+      params, loss_params = ((trainable['model'], trainable['loss']) if distilling
+                             else (trainable, None))
+      student, batch_stats = forward(model_variables(params, state.batch_stats), images,
+                                     dropout_key)
+      teachers = teacher_outputs
       if complete_teacher is not None:
-        teacher = complete_teacher(logits, teacher_logits)
-      per_example, components = objective(logits, labels, teacher, step=state.step)
-      aux = (logits, teacher, components, new_state.get('batch_stats', {}))
+        teachers = complete_teacher(student.logits, teacher_outputs)
+      per_example, components, loss_state = objective.apply(
+          student, teachers, batch, step=state.step, key=dropout_key, params=loss_params,
+          state=state.loss_state if distilling else None, axis_name=axis_name)
+      aux = (student.logits, teachers, components, batch_stats, loss_state)
       return jnp.mean(per_example), aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, teacher_logits, components, batch_stats)), grads = grad_fn(state.params)
+    (loss, (logits, teachers, components, batch_stats, loss_state)), grads = grad_fn(trainable)
     if grad_filter is not None:
       grads = grad_filter(grads, state.step)
     grads = _pmean(grads, axis_name)
     batch_stats = _pmean(batch_stats, axis_name)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
 
     predictions = jnp.argmax(logits, -1)
     metrics = {
         'loss': loss,
         **{f'{name}_loss': jnp.mean(value) for name, value in components.items()},
-        'accuracy': jnp.mean(predictions == labels),
+        'accuracy': jnp.mean(predictions == batch['label']),
         'grad_norm': optax.tree.norm(grads),
     }
-    if teacher_logits is not None:
-      metrics.update(_teacher_metrics(teacher_logits, predictions, labels))
+    if teachers is not None:
+      metrics.update(_teacher_metrics(teachers, predictions, batch['label']))
     metrics = _pmean(metrics, axis_name)
     if learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
-    metrics.update({k: jnp.asarray(v, jnp.float32)
-                    for k, v in objective.hyperparams(state.step).items()})
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in objective.hyperparams(
+        state.step, trainable['loss'] if distilling else None).items()})
+    new_state = state.replace(step=state.step + 1, batch_stats=batch_stats, opt_state=opt_state)
+    if distilling:
+      new_state = new_state.replace(params=trainable['model'], loss_params=trainable['loss'],
+                                    loss_state=loss_state)
+    else:
+      new_state = new_state.replace(params=trainable)
     return new_state, metrics
 
   return update
 
 
-def _teacher_metrics(teacher_logits, predictions, labels) -> dict:
+def _teacher_metrics(teachers, predictions, labels) -> dict:
   """Teacher accuracy and student/teacher top-1 agreement (per teacher if several)."""
   metrics = {}
-  for i, logits in enumerate(teacher_logits):
-    suffix = '' if len(teacher_logits) == 1 else str(i)
-    teacher_predictions = jnp.argmax(logits, -1)
+  for i, teacher in enumerate(teachers):
+    suffix = '' if len(teachers) == 1 else str(i)
+    teacher_predictions = (jnp.argmax(teacher.logits, -1) if teacher.top1 is None
+                           else teacher.top1)
     metrics[f'teacher{suffix}_accuracy'] = jnp.mean(teacher_predictions == labels)
     metrics[f'agreement{suffix}'] = jnp.mean(teacher_predictions == predictions)
   return metrics

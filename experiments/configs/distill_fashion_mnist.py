@@ -26,4 +26,8 @@ def get_config(student: str = 'lenet5_half') -> ml_collections.ConfigDict:
       cache='',  # '' = live teacher; 'float32' or 'float16' = precomputed teacher logits
       cache_topk=0,  # > 0: keep the top-k logits, the rest's mass in one bucket
   ))
+  # The objective by term name instead of the kd shorthand above (empty: hard + soft from kd),
+  # e.g. {'ce': {'weight': 1.0}, 'dkd': {'weight': 1.0, 'temperature': 4.0}}; named configs
+  # for every method: experiments/configs/kd_methods.py.
+  config.terms = ml_collections.ConfigDict()
   return config

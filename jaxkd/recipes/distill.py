@@ -4,14 +4,40 @@ from __future__ import annotations
 import time
 
 from jaxkd import cache, losses
-from jaxkd.distill import inference_apply, make_distill_step
+from jaxkd.distill import (create_distill_state, inference_apply, make_distill_step,
+                           topk_temperature)
 from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
                                     build_parallel, input_transform, load_init, load_task,
                                     load_teacher, make_batches, make_evaluator,
                                     num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
-from jaxkd.state import create_train_state, tree_sha256
+from jaxkd.state import tree_sha256
+
+
+def build_objective(config, *, num_teachers: int, steps_per_epoch: int) -> losses.Objective:
+  """The run's objective: `config.terms` by name when given (`{name: {'loss': ..., 'weight':
+  ..., **hyper-parameters}}`, see `jaxkd.losses.LOSSES`; a setting `<x>_epochs` becomes
+  `<x>_steps`), else the classic `config.kd` shorthand (hard + soft).
+  `config.label_smoothing` applies to every cross-entropy term that does not set its own."""
+  k = config.kd
+  smoothing = config.get('label_smoothing', 0.0)
+  terms = (config.get('terms') or {})
+  if terms:
+    spec = {}
+    for name, settings in terms.items():
+      settings = settings.to_dict() if hasattr(settings, 'to_dict') else dict(settings)
+      if settings.get('loss', name) == 'ce':
+        settings.setdefault('label_smoothing', smoothing)
+      for key in [k for k in settings if k.endswith('_epochs')]:
+        settings[key.removesuffix('_epochs') + '_steps'] = round(
+            settings.pop(key) * steps_per_epoch)
+      spec[name] = settings
+    return losses.build_objective(spec, num_teachers=num_teachers)
+  return losses.make_objective(
+      hard_weight=k.hard_weight, soft_weight=k.soft_weight, temperature=k.temperature,
+      teacher_weights=tuple(k.teacher_weights) or None, multi_teacher=k.multi_teacher,
+      num_teachers=num_teachers, label_smoothing=smoothing)
 
 
 def distill(config, workdir: str) -> dict:
@@ -32,18 +58,16 @@ def distill(config, workdir: str) -> dict:
                      'teacher trained with experiments/train.py.')
   teachers = [load_teacher(d, task, config) for d in teacher_dirs]
   k = config.kd
-  objective = losses.make_objective(
-      hard_weight=k.hard_weight, soft_weight=k.soft_weight, temperature=k.temperature,
-      teacher_weights=tuple(k.teacher_weights) or None, multi_teacher=k.multi_teacher,
-      num_teachers=len(teachers))
+  objective = build_objective(config, num_teachers=len(teachers),
+                              steps_per_epoch=len(task.train_labels) // config.batch_size)
   fingerprints = [tree_sha256(variables) for _, variables, _ in teachers]
   student = build_model(config, task.num_classes)
   init_vars, init_info = load_init(student, config, task,
                                    init_dir=config.get('student_init_dir') or '',
                                    dont_load=tuple(config.get('dont_load') or ()))
   metadata = run_metadata(config, 'distill', task, selection=selection,
-                          teacher_fingerprints=fingerprints,
-                          teacher_dirs=teacher_dirs, kd=k.to_dict(), **init_info)
+                          teacher_fingerprints=fingerprints, teacher_dirs=teacher_dirs,
+                          kd=k.to_dict(), objective=objective.describe(), **init_info)
   with checkpointing(config, workdir, metadata) as checkpointer:
     augment = build_augment(config)
     columns = None
@@ -56,16 +80,19 @@ def distill(config, workdir: str) -> dict:
           inference_apply(teacher_model), teacher_vars, task.normalize(task.train_images),
           dataset=task.name, split='train', transform=transform,
           teacher_fingerprint=fingerprints[0], dtype=k.cache, topk=k.cache_topk or None,
-          temperature=k.temperature if k.cache_topk else None)
+          temperature=topk_temperature(objective) if k.cache_topk else None)
       teacher_cache.check(dataset=task.name, split='train', transform=transform,
                           teacher_fingerprint=fingerprints[0], augment=augment,
-                          temperature=k.temperature, num_examples=len(task.train_labels))
+                          temperature=topk_temperature(objective) if k.cache_topk else None,
+                          num_examples=len(task.train_labels))
       columns = teacher_cache.rows()
     batches, steps_per_epoch = make_batches(task, config, parallel, columns)
     num_steps = num_train_steps(config, steps_per_epoch)
     tx, schedule = build_optimizer(config, num_steps)
-    state = create_train_state(student, tx, seed=config.seed, variables=init_vars,
-                               input_shape=task.input_shape)
+    state = create_distill_state(
+        student, tx, objective, teachers=[m for m, _, _ in teachers],
+        teacher_variables=[v for _, v, _ in teachers], seed=config.seed,
+        input_shape=task.input_shape, variables=init_vars)
     step_fn = make_distill_step(
         student=student, teachers=None if k.cache else [m for m, _, _ in teachers], tx=tx,
         objective=objective, augment=augment, learning_rate_fn=schedule, parallel=parallel,

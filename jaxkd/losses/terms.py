@@ -1,0 +1,508 @@
+"""Terms, the named parts of a distillation objective, and the objective that sums them.
+
+A term reads the student's and the teachers' outputs (logits, and the features at the module
+paths it taps), may own trainable parameters (a projector, a learnable temperature) and
+non-trainable state (a memory bank), created from shapes by `init`, and gives one value per
+example, or one per batch for a term that relates the examples of a batch (`per_example =
+False`). An `Objective` weighs its terms (constants or optax schedules) and adds them per
+example; the step reduces once:
+
+  objective = Objective.of(ce=(0.1, CrossEntropy()), kd=(0.9, KD(temperature=4.0)))
+  total_B, components, loss_state = objective.apply(student, teachers, batch, step=step)
+  loss = jnp.mean(total_B)
+
+A batch-level term's value is the same for every example of the batch, so the mean adds it
+once. Under `pmap`/`shard_map` such a term gathers its inputs over the data axis (`gather`)
+and gives every device the loss of the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, Callable, Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from jaxkd.losses.classification import cross_entropy
+from jaxkd.losses.kd import _upcast, kd_loss, kd_loss_from_probs
+from jaxkd.losses.logit.standardize import standardize_logits
+
+PyTree = Any
+# A constant, or an optax-style schedule `step -> value` (evaluated inside the step).
+Hyperparam = float | Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
+MULTI_TEACHER = ('sum', 'ensemble')
+
+
+@flax.struct.dataclass
+class Outputs:
+  """What a model gives the terms: logits `[B, C]` and its features by tapped module path;
+  `top1`, a teacher's own top-1 class when its logits are rebuilt (from a top-k cache)."""
+
+  logits: jax.Array
+  features: dict = flax.struct.field(default_factory=dict)
+  top1: jax.Array | None = None
+
+
+# --- hyper-parameters ----------------------------------------------------------------------------
+
+def is_constant_zero(value: Hyperparam | None) -> bool:
+  """True for a constant 0 (a schedule is never treated as zero)."""
+  return not callable(value) and value == 0
+
+
+def value_at(value: Hyperparam, step) -> jax.Array:
+  """A constant or a schedule evaluated at `step`, as a float32 scalar."""
+  return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
+
+
+def validated(name: str, value: Any, *, positive: bool) -> Hyperparam:
+  """Checks a weight (>= 0) or a temperature (> 0); a schedule is checked at step 0."""
+  kind = 'positive' if positive else 'non-negative'
+  if callable(value):
+    at_zero = value(0)
+    if jnp.ndim(at_zero) != 0:
+      raise ValueError(f'{name} schedule must return a scalar, got shape {jnp.shape(at_zero)}.')
+    number, where = float(at_zero), ' at step 0'
+  elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+    number, where = float(value), ''
+  else:
+    raise ValueError(
+        f'{name} must be a number or a schedule (callable of the step), got {value!r}.')
+  if not math.isfinite(number) or (number <= 0 if positive else number < 0):
+    raise ValueError(f'{name} must be finite and {kind}, got {number}{where}; pass a {kind} '
+                     f'{name}.')
+  return value
+
+
+def pick(kind: str, name: str, valid) -> str:
+  """Returns `name` if it is one of `valid`, else raises listing the valid names."""
+  if name not in valid:
+    raise ValueError(f'Unknown {kind} {name!r}; valid: {", ".join(map(repr, valid))}.')
+  return name
+
+
+def describe_value(value: Any) -> Any:
+  """A hyper-parameter as JSON: numbers and strings as they are, a schedule by its values at
+  a few steps (enough to tell two schedules apart when a run is resumed)."""
+  if callable(value):
+    return {'schedule': [float(value(s)) for s in (0, 1, 10, 100, 1000, 10000)]}
+  if isinstance(value, tuple):
+    return [describe_value(v) for v in value]
+  return value
+
+
+def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """The global batch of a per-device array under `pmap`/`shard_map` (as is under `jit`).
+
+  Its transpose sums the cotangents of every device's copy, so a loss computed identically
+  on each device and averaged by the step's `pmean` gets the single-device gradient."""
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+# --- the term protocol ---------------------------------------------------------------------------
+
+class Term:
+  """A part of an objective. Subclasses are frozen dataclasses of their hyper-parameters.
+
+  Class attributes (or properties) say what a term reads and owns:
+    student_taps, teacher_taps: module paths whose outputs it reads ('' = logits only).
+    per_example: False for a term that relates the examples of a batch (one value per batch).
+    needs_teacher, needs_labels: which inputs it reads.
+    owns_params, owns_state: whether `init` creates trainable parameters / state.
+  """
+
+  name = ''  # its key in `jaxkd.losses.LOSSES`
+  student_taps: tuple[str, ...] = ()
+  teacher_taps: tuple[str, ...] = ()
+  per_example = True
+  needs_teacher = True
+  needs_labels = False
+  owns_params = False
+  owns_state = False
+
+  def init(self, key: jax.Array, student: Outputs,
+           teachers: Sequence[Outputs]) -> tuple[PyTree, PyTree]:
+    """`(params, state)` from shapes: `student`/`teachers` hold `jax.ShapeDtypeStruct`s."""
+    del key, student, teachers
+    return {}, {}
+
+  def hyperparams(self, step, params: PyTree = None) -> dict[str, jax.Array]:
+    """Current values worth logging (a scheduled or learned temperature), float32 scalars;
+    `params` are the term's own (None when the caller has none to give)."""
+    del step, params
+    return {}
+
+  def describe(self) -> dict:
+    """What the term is, as JSON (stored with checkpoints; a resume compares it)."""
+    fields = {f.name: describe_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
+    return {'loss': self.name, **fields}
+
+  def __call__(self, student: Outputs, teachers: Sequence[Outputs], batch: dict, *,
+               step: jax.Array, key: jax.Array | None, params: PyTree, state: PyTree,
+               axis_name: str | None) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
+    """`(value [B] or scalar, parts {prefix: [B]}, new_state)`."""
+    raise NotImplementedError
+
+
+class LogitTerm(Term):
+  """A term over student and teacher logits, one value per example, with the options every
+  logit term has: `temperature` (constant or schedule), several teachers (`multi_teacher`
+  'sum' of per-teacher losses or 'ensemble' of their softened distributions is the KD term's;
+  the others sum with `teacher_weights`), and logit standardisation (Sun et al. 2024)."""
+
+  def __post_init__(self):
+    """Checks what every logit term has: a temperature > 0 (unless None: the term is never
+    computed) and non-negative `*_weight` hyper-parameters."""
+    if self._temperature is not None:
+      validated('temperature', self._temperature, positive=True)
+    for f in dataclasses.fields(self):
+      if f.name.endswith('_weight') and f.name != 'mixing_weight':
+        validated(f.name, getattr(self, f.name), positive=False)
+
+  def per_teacher(self, student_logits: jax.Array, teacher_logits: jax.Array,
+                  labels: jax.Array | None, temperature: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  @property
+  def _temperature(self) -> Hyperparam | None:
+    return getattr(self, 'temperature', None)
+
+  def hyperparams(self, step, params=None) -> dict[str, jax.Array]:
+    del params
+    t = self._temperature
+    return {} if t is None else {'temperature': value_at(t, step)}
+
+  def _prepare(self, logits: jax.Array) -> jax.Array:
+    logits = _upcast(logits)
+    return standardize_logits(logits) if getattr(self, 'standardize', False) else logits
+
+  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
+    del key, params, axis_name
+    t = self._temperature
+    temperature = None if t is None else value_at(t, step)
+    student_logits = self._prepare(student.logits)
+    labels = batch.get('label')
+    teacher_logits = [self._prepare(teacher.logits) for teacher in teachers]
+    weights = teacher_weights(getattr(self, 'teacher_weights', None), len(teachers))
+    per_teacher = [self.per_teacher(student_logits, logits, labels, temperature)
+                   for logits in teacher_logits]
+    value = sum(w * part for w, part in zip(weights, per_teacher))
+    parts = {f'teacher{i}': part for i, part in enumerate(per_teacher)} if len(teachers) > 1 else {}
+    return value, parts, state
+
+
+def teacher_weights(weights: tuple[float, ...] | None, count: int) -> tuple[float, ...]:
+  """Normalised per-teacher weights for `count` teachers (equal when None)."""
+  if weights is None:
+    return (1.0 / count,) * count
+  if len(weights) != count:
+    raise ValueError(f'teacher_weights has {len(weights)} entries but {count} teacher_logits '
+                     'were given; pass one weight per teacher.')
+  return weights
+
+
+def normalised_teacher_weights(teacher_weights, num_teachers) -> tuple[float, ...] | None:
+  """Validates per-teacher weights and returns them divided by their sum (None: equal)."""
+  if teacher_weights is None:
+    return None
+  try:
+    weights = tuple(float(w) for w in teacher_weights)
+  except (TypeError, ValueError):
+    raise ValueError(f'teacher_weights must be a sequence of numbers, got '
+                     f'{teacher_weights!r}.') from None
+  if not weights:
+    raise ValueError('teacher_weights is empty; pass one weight per teacher, or None for '
+                     'equal weights.')
+  if num_teachers is not None and len(weights) != num_teachers:
+    raise ValueError(f'teacher_weights has {len(weights)} entries but num_teachers is '
+                     f'{num_teachers}; pass one weight per teacher.')
+  if any(not math.isfinite(w) or w < 0 for w in weights):
+    raise ValueError(f'teacher_weights must be finite and non-negative, got {weights}.')
+  total = sum(weights)
+  if total == 0:
+    raise ValueError('teacher_weights are all 0; give at least one teacher a positive '
+                     'weight.')
+  return tuple(w / total for w in weights)
+
+
+# --- the two classic terms -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CrossEntropy(Term):
+  """Hard-label cross-entropy with optional label smoothing (`jaxkd.losses.cross_entropy`)."""
+
+  label_smoothing: float = 0.0
+
+  name = 'ce'
+  needs_teacher = False
+  needs_labels = True
+
+  def __post_init__(self):
+    s = self.label_smoothing
+    if not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0.0 <= s <= 1.0:
+      raise ValueError(f'label_smoothing must be a float in [0, 1], got {s!r}.')
+
+  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
+    del teachers, step, key, params, axis_name
+    return cross_entropy(student.logits, batch['label'],
+                         label_smoothing=self.label_smoothing), {}, state
+
+
+@dataclasses.dataclass(frozen=True)
+class KD(LogitTerm):
+  r"""Hinton et al.'s soft-target loss, ``T^2 KL(softmax(z_t/T) || softmax(z_s/T))``
+  (`jaxkd.losses.kd_loss`). With several teachers, 'sum' adds the per-teacher losses with
+  `teacher_weights` (normalised), 'ensemble' distils from the weighted average of their
+  softened distributions (Hinton et al. 2015, sec. 2). `temperature=None` is allowed only
+  for a term that is never computed (weight 0, the supervised shorthand)."""
+
+  temperature: Hyperparam | None = None
+  teacher_weights: tuple[float, ...] | None = None
+  multi_teacher: str = 'sum'
+  standardize: bool = False
+  scale_by_temperature_squared: bool = True
+
+  name = 'kd'
+
+  def __post_init__(self):
+    super().__post_init__()
+    pick('multi_teacher', self.multi_teacher, MULTI_TEACHER)
+
+  def per_teacher(self, student_logits, teacher_logits, labels, temperature):
+    del labels
+    return kd_loss(student_logits, teacher_logits, temperature=temperature,
+                   scale_by_temperature_squared=self.scale_by_temperature_squared)
+
+  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
+    zeros = jnp.zeros(student.logits.shape[:-1], jnp.float32)
+    if self.temperature is None:
+      return zeros, {}, state
+    if self.multi_teacher != 'ensemble' or len(teachers) < 2:
+      return super().__call__(student, teachers, batch, step=step, key=key, params=params,
+                              state=state, axis_name=axis_name)
+    temperature = value_at(self.temperature, step)
+    weights = teacher_weights(self.teacher_weights, len(teachers))
+    probs = sum(w * jax.nn.softmax(self._prepare(t.logits) / temperature, axis=-1)
+                for w, t in zip(weights, teachers))
+    return kd_loss_from_probs(
+        self._prepare(student.logits), probs, temperature=temperature,
+        scale_by_temperature_squared=self.scale_by_temperature_squared), {}, state
+
+
+# --- the objective -------------------------------------------------------------------------------
+
+def _shape(shape) -> tuple[int, ...]:
+  return tuple(int(d) for d in shape)
+
+
+def check_num_classes(student_logits_shape: Sequence[int],
+                      teacher_logits_shape: Sequence[int] | Sequence[Sequence[int]]) -> None:
+  """Raises `ValueError` unless student and teacher(s) have the same number of classes.
+
+  Args:
+    student_logits_shape: the student's logits shape ``[..., C]``.
+    teacher_logits_shape: one teacher's logits shape ``[..., C]``, or a sequence of them
+      (one per teacher).
+  """
+  shapes = teacher_logits_shape
+  if all(isinstance(d, numbers.Integral) for d in shapes):
+    shapes = [shapes]
+  student_logits_shape = _shape(student_logits_shape)
+  if not student_logits_shape:
+    raise ValueError('student_logits must have a class axis, got a scalar shape ().')
+  num_classes = student_logits_shape[-1]
+  for i, shape in enumerate(shapes):
+    shape = _shape(shape)
+    if not shape or shape[-1] != num_classes:
+      which = 'teacher_logits' if len(shapes) == 1 else f'teacher_logits[{i}]'
+      raise ValueError(
+          f'{which} has {shape[-1] if shape else "no"} classes (shape {shape}) but '
+          f'student_logits has {num_classes} (shape {student_logits_shape}); give the '
+          'student and every teacher the same output classes (same head size and order).')
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Named, weighted terms added per example. Build with `Objective.of`, `make_objective`
+  (the classic hard + soft shorthand) or `jaxkd.losses.build_objective` (terms by name).
+
+  `terms` holds `(name, weight, term)`; `num_teachers`, if known, is checked at each call.
+  """
+
+  terms: tuple[tuple[str, Hyperparam, Term], ...]
+  num_teachers: int | None = None
+
+  @classmethod
+  def of(cls, num_teachers: int | None = None, **terms: tuple[Hyperparam, Term]) -> 'Objective':
+    """`Objective.of(ce=(0.1, CrossEntropy()), kd=(0.9, KD(temperature=4.0)))`."""
+    checked = []
+    for name, (weight, term) in terms.items():
+      if not isinstance(term, Term):
+        raise ValueError(f'Term {name!r} must be a jaxkd.losses Term (e.g. from LOSSES), got '
+                         f'{term!r}.')
+      checked.append((name, validated(f'{name}_weight', weight, positive=False), term))
+    if not checked:
+      raise ValueError('An objective needs at least one term.')
+    if all(is_constant_zero(w) for _, w, _ in checked):
+      names = ' and '.join(f'{name}_weight' for name, _, _ in checked)
+      raise ValueError(f'{names} are all 0, so the objective is identically zero; set at '
+                       'least one of them > 0.')
+    if num_teachers is not None and (not isinstance(num_teachers, numbers.Integral)
+                                     or num_teachers < 1):
+      raise ValueError(f'num_teachers must be a positive int, got {num_teachers!r}.')
+    return cls(tuple(checked), None if num_teachers is None else int(num_teachers))
+
+  def _active(self):
+    return [(name, w, term) for name, w, term in self.terms if not is_constant_zero(w)]
+
+  @property
+  def needs_teacher(self) -> bool:
+    """Whether the total depends on teacher outputs (a term with a weight not constant 0)."""
+    return any(term.needs_teacher for _, _, term in self._active())
+
+  @property
+  def needs_labels(self) -> bool:
+    """Whether the total depends on labels."""
+    return any(term.needs_labels for _, _, term in self._active())
+
+  @property
+  def student_taps(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p for _, _, t in self.terms for p in t.student_taps))
+
+  @property
+  def teacher_taps(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p for _, _, t in self.terms for p in t.teacher_taps))
+
+  @property
+  def owns_variables(self) -> bool:
+    """Whether any term has trainable parameters or state (a `DistillState` is needed)."""
+    return any(t.owns_params or t.owns_state for _, _, t in self.terms)
+
+  def term(self, name: str) -> Term:
+    for term_name, _, term in self.terms:
+      if term_name == name:
+        return term
+    raise KeyError(f'No term {name!r}; terms: {[n for n, _, _ in self.terms]}')
+
+  def init(self, key: jax.Array, student: Outputs,
+           teachers: Sequence[Outputs]) -> tuple[dict, dict]:
+    """`(params, state)` by term name, for the terms that own any (from shapes)."""
+    params, state = {}, {}
+    for i, (name, _, term) in enumerate(self.terms):
+      if term.owns_params or term.owns_state:
+        params[name], state[name] = term.init(jax.random.fold_in(key, i), student, teachers)
+    return params, state
+
+  def hyperparams(self, step, params: dict | None = None) -> dict[str, jax.Array]:
+    """`<name>_weight` of every term, and each term's own values (`temperature`, ...), under
+    their own names when no other term reports the same, else as `<name>_<value>`.
+    `params` (by term name) let a term report learned values."""
+    params = params or {}
+    values = {f'{name}_weight': value_at(w, step) for name, w, _ in self.terms}
+    own = [(name, term.hyperparams(step, params.get(name))) for name, _, term in self.terms]
+    counts: dict[str, int] = {}
+    for _, hps in own:
+      for key in hps:
+        counts[key] = counts.get(key, 0) + 1
+    for name, hps in own:
+      values.update({(key if counts[key] == 1 else f'{name}_{key}'): v for key, v in hps.items()})
+    return values
+
+  def describe(self) -> dict:
+    """The objective as JSON: each term's loss, weight and hyper-parameters, its taps."""
+    return {name: {'weight': describe_value(w), **term.describe(),
+                   'student_taps': list(term.student_taps),
+                   'teacher_taps': list(term.teacher_taps)}
+            for name, w, term in self.terms}
+
+  def check_shapes(self, student_logits_shape: Sequence[int],
+                   labels_shape: Sequence[int] | None = None,
+                   teacher_logits_shapes: Sequence[Sequence[int]] = ()) -> None:
+    """Raises `ValueError` if the shapes cannot go together (callable before tracing)."""
+    student_logits_shape = _shape(student_logits_shape)
+    teacher_logits_shapes = [_shape(s) for s in teacher_logits_shapes]
+    if teacher_logits_shapes:
+      check_num_classes(student_logits_shape, teacher_logits_shapes)
+    examples = student_logits_shape[:-1]
+    for i, shape in enumerate(teacher_logits_shapes):
+      if shape[:-1] != examples:
+        raise ValueError(f'teacher_logits[{i}] shape {shape} and student_logits shape '
+                         f'{student_logits_shape} differ outside the class axis; feed the '
+                         'teacher the same batch as the student.')
+    if labels_shape is not None and _shape(labels_shape) != examples:
+      raise ValueError(f'labels shape {_shape(labels_shape)} does not match '
+                       f'student_logits shape {student_logits_shape} without its class axis.')
+    given = len(teacher_logits_shapes)
+    if given and self.num_teachers is not None and given != self.num_teachers:
+      raise ValueError(f'num_teachers is {self.num_teachers} but {given} teacher_logits '
+                       'were given; pass every teacher, or fix num_teachers.')
+    for _, _, term in self.terms:
+      weights = getattr(term, 'teacher_weights', None)
+      if given and weights is not None and given != len(weights):
+        raise ValueError(f'teacher_weights has {len(weights)} entries but {given} '
+                         'teacher_logits were given; pass one weight per teacher.')
+
+  def apply(self, student: Outputs, teachers: Sequence[Outputs] | None, batch: dict, *,
+            step: jax.typing.ArrayLike, key: jax.Array | None = None,
+            params: dict | None = None, state: dict | None = None,
+            axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array], dict]:
+    """Per-example total, each term's value (unweighted) and the terms' new state.
+
+    Returns:
+      ``(total [B], components, state)``: float32 ``total = sum_i w_i(step) * term_i``
+      (terms with a constant-0 weight are left out), ``components[name]`` ``[B]`` (zeros
+      when its inputs are absent; a batch-level term's value repeated), plus
+      ``'<prefix>_<name>'`` parts (per-teacher losses of a 'sum' over several teachers).
+    """
+    teachers = list(teachers or [])
+    labels = batch.get('label')
+    for name, _, term in self._active():
+      if term.needs_teacher and not teachers:
+        raise ValueError(f'{name}_weight is not zero but no teacher_logits were given; pass '
+                         f'teacher_logits or build the objective with {name}_weight=0.')
+      if term.needs_labels and labels is None:
+        raise ValueError(f'{name}_weight is not zero but labels is None; pass labels or '
+                         f'build the objective with {name}_weight=0.')
+    self.check_shapes(student.logits.shape, None if labels is None else jnp.shape(labels),
+                      [t.logits.shape for t in teachers])
+    params, state = params or {}, dict(state or {})
+    examples = student.logits.shape[:-1]
+    total = jnp.zeros(examples, jnp.float32)
+    components = {}
+    for i, (name, weight, term) in enumerate(self.terms):
+      if (term.needs_teacher and not teachers) or (term.needs_labels and labels is None):
+        components[name] = jnp.zeros(examples, jnp.float32)
+        continue
+      value, parts, new_state = term(
+          student, teachers, batch, step=step,
+          key=None if key is None else jax.random.fold_in(key, i), params=params.get(name, {}),
+          state=state.get(name, {}), axis_name=axis_name)
+      if name in state:
+        state[name] = new_state
+      components[name] = jnp.broadcast_to(jnp.asarray(value, jnp.float32), examples)
+      components.update({f'{prefix}_{name}': part for prefix, part in parts.items()})
+      if not is_constant_zero(weight):
+        total = total + value_at(weight, step) * components[name]
+    return total, components, state
+
+  def __call__(self, student_logits: jax.Array, labels: jax.Array | None,
+               teacher_logits: jax.Array | Sequence[jax.Array] | None = None, *,
+               step: jax.typing.ArrayLike) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`apply` for objectives over logits alone: ``(total [B], components)``."""
+    if self.owns_variables or self.student_taps or self.teacher_taps:
+      raise ValueError('This objective reads features or owns parameters/state; call '
+                       'objective.apply(student_outputs, teacher_outputs, batch, ...) instead.')
+    if teacher_logits is None:
+      teachers = []
+    elif isinstance(teacher_logits, (list, tuple)):
+      teachers = list(teacher_logits)
+    else:
+      teachers = [teacher_logits]
+    batch = {} if labels is None else {'label': labels}
+    total, components, _ = self.apply(
+        Outputs(jnp.asarray(student_logits)), [Outputs(jnp.asarray(t)) for t in teachers],
+        batch, step=step)
+    return total, components

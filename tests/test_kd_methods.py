@@ -1,0 +1,48 @@
+"""Every named method config builds its objective with the paper's defaults, and a config of
+two methods trains end to end through the distill recipe's objective builder."""
+import os
+import sys
+
+import pytest
+
+from jaxkd import losses
+from jaxkd.recipes.distill import build_objective
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'experiments', 'configs'))
+import kd_methods  # noqa: E402
+
+
+@pytest.mark.parametrize('name', sorted(kd_methods.METHODS))
+def test_named_config_builds_its_objective(name):
+  config = kd_methods.get_config(name)
+  objective = build_objective(config, num_teachers=1, steps_per_epoch=50)
+  described = objective.describe()
+  ce_weight, terms = kd_methods.METHODS[name]
+  assert described['ce']['weight'] == ce_weight and described['ce']['loss'] == 'ce'
+  for term, settings in terms.items():
+    assert described[term]['loss'] == term
+    for key, value in settings.items():
+      if key.endswith('_epochs'):  # counted in steps by the recipe: 50 per epoch here
+        assert described[term][key.removesuffix('_epochs') + '_steps'] == value * 50
+      elif key != 'weight':
+        got = described[term][key]
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == (
+            list(value) if isinstance(value, tuple) else value)
+
+
+def test_methods_combine_and_unknown_ones_are_listed():
+  config = kd_methods.get_config('dkd+fitnet')
+  assert set(config.terms) == {'ce', 'dkd', 'fitnet'} and config.terms.ce.weight == 1.0
+  with pytest.raises(ValueError, match=r"Unknown method\(s\) \['crd'\]; valid: \['at'"):
+    kd_methods.get_config('kd+crd')
+
+
+def test_label_smoothing_reaches_the_cross_entropy_terms():
+  config = kd_methods.get_config('dkd')
+  config.label_smoothing = 0.1
+  assert build_objective(config, num_teachers=1, steps_per_epoch=1).term('ce').label_smoothing == 0.1
+  shorthand = kd_methods.distill_config('lenet5_half')
+  shorthand.label_smoothing = 0.2
+  objective = build_objective(shorthand, num_teachers=1, steps_per_epoch=1)
+  assert objective.term('hard').label_smoothing == 0.2
