@@ -99,6 +99,8 @@ def selection_lines(payload: dict, how: str) -> list[str]:
 
 
 def plots_line(payload: dict) -> list[str]:
+  if not payload['plots']:
+    return ['']
   return ['', 'Plots: ' + ', '.join(f'`{p}`' for p in payload['plots']), '']
 
 

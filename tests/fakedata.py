@@ -44,4 +44,6 @@ def fashion_mnist_env(folder, **kwargs):
   make_fashion_mnist(folder / "raw", learnable=True, **kwargs)
   return dict(os.environ, JAXKD_FASHION_MNIST_DIR=str(folder / "raw"),
               JAXKD_DATA_DIR=str(folder / "tfds"), JAXKD_OFFLINE="1",
-              JAXKD_COMPILATION_CACHE=str(folder / "jax_cache"), JAX_PLATFORMS="cpu")
+              JAXKD_COMPILATION_CACHE=str(folder / "jax_cache"), JAX_PLATFORMS="cpu",
+              # every program cached: the runs of one test share theirs
+              JAXKD_CACHE_MIN_COMPILE_SECS="0")

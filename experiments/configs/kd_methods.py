@@ -25,7 +25,7 @@ METHODS = {
     'jsd': (0.1, {'jsd': dict(weight=0.9, temperature=1.0, mixing_weight=0.5)}),
     # Zhao et al. 2022 (mdistiller DKD): CE 1, alpha 1, beta 8, T 4, 20 warm-up epochs.
     'dkd': (1.0, {'dkd': dict(weight=1.0, temperature=4.0, target_weight=1.0,
-                              non_target_weight=8.0, warmup_epochs=20)}),
+                              non_target_weight=8.0, warmup_epochs=20.0)}),
     # Huang et al. 2022 (reference implementation's defaults): beta = gamma = 1, tau = 1.
     'dist': (1.0, {'dist': dict(weight=1.0, temperature=1.0, inter_weight=1.0,
                                 intra_weight=1.0)}),
@@ -38,7 +38,7 @@ METHODS = {
     # Li et al. 2023 (zhengli97/CTKD): T in [1, 21], reversal 0 -> 1 over 10 epochs, KD
     # weights 0.1 / 0.9.
     'ctkd': (0.1, {'ctkd': dict(weight=0.9, min_temperature=1.0, temperature_range=20.0,
-                                max_reversal=1.0, curriculum_epochs=10)}),
+                                max_reversal=1.0, curriculum_epochs=10.0)}),
     # KD with logit standardisation, Sun et al. 2024: base T 2, KD weight 9, CE 0.1.
     'kd_ls': (0.1, {'kd': dict(weight=9.0, temperature=2.0, standardize=True)}),
     # Romero et al. 2015 (mdistiller FITNET): hint weight 100, CE 1; a middle stage.

@@ -83,11 +83,13 @@ def best_epoch(workdir: str) -> dict:
 def enable_compilation_cache(directory: str | None = None) -> None:
   """JAX's persistent compilation cache, so a second run of an experiment skips compiling.
 
-  Also quiets absl's INFO logging (Orbax logs every file operation at INFO).
+  Programs that compile in under `$JAXKD_CACHE_MIN_COMPILE_SECS` (default 0.5 s) are not
+  stored. Also quiets absl's INFO logging (Orbax logs every file operation at INFO).
   """
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   directory = directory or os.environ.get(
       'JAXKD_COMPILATION_CACHE', os.path.expanduser('~/.cache/jaxkd/jax_cache'))
   jax.config.update('jax_compilation_cache_dir', directory)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(os.environ.get('JAXKD_CACHE_MIN_COMPILE_SECS', 0.5)))
