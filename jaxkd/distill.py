@@ -73,7 +73,6 @@ def make_distill_step(
     The compiled step. Metrics: loss, each component's mean, accuracy, teacher accuracy,
     agreement (student/teacher top-1), grad_norm, learning_rate and the objective's weights.
   """
-  complete_teacher = None
   if cached:
     if teachers is not None:
       raise ValueError('cached=True trains from batch["teacher_logits"]; pass teachers=None.')
@@ -95,6 +94,7 @@ def make_distill_step(
       return [losses.Outputs(outputs.logits_for(student_logits, temperature=temperature),
                              top1=outputs.top1())]
   else:
+    complete_teacher = None
     if teachers is None:
       raise ValueError('No teachers given; pass teachers=... or cached=True.')
     multi = isinstance(teachers, (list, tuple))

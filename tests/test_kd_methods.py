@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from jaxkd import losses
 from jaxkd.recipes.distill import build_objective
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

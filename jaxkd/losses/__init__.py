@@ -29,6 +29,8 @@ from jaxkd.losses.logit_terms import NKD as NKD
 from jaxkd.losses.logit_terms import TTM as TTM
 from jaxkd.losses.logit_terms import WTTM as WTTM
 from jaxkd.losses.logit_terms import ReverseKL as ReverseKL
+from jaxkd.losses.objective import Objective as Objective
+from jaxkd.losses.objective import check_num_classes as check_num_classes
 from jaxkd.losses.objective import make_objective as make_objective
 from jaxkd.losses.registry import LOSSES as LOSSES
 from jaxkd.losses.registry import build_objective as build_objective
@@ -38,10 +40,8 @@ from jaxkd.losses.terms import MULTI_TEACHER as MULTI_TEACHER
 from jaxkd.losses.terms import CrossEntropy as CrossEntropy
 from jaxkd.losses.terms import Hyperparam as Hyperparam
 from jaxkd.losses.terms import LogitTerm as LogitTerm
-from jaxkd.losses.terms import Objective as Objective
 from jaxkd.losses.terms import Outputs as Outputs
 from jaxkd.losses.terms import Term as Term
-from jaxkd.losses.terms import check_num_classes as check_num_classes
 from jaxkd.losses.terms import gather as gather
 from jaxkd.losses.terms import is_constant_zero as is_constant_zero
 

@@ -1,4 +1,4 @@
-"""The classic objective: hard-label cross-entropy + soft (distillation) loss, per example.
+"""The objective: named, weighted terms added per example, and the classic shorthand.
 
 `make_objective(hard_weight=, soft_weight=, temperature=)` is the shorthand for the terms
 `hard` (`ce`) and `soft` (`kd`) of a `jaxkd.losses.Objective`, with the metric names the
@@ -10,12 +10,234 @@ steps log (`hard_loss`, `soft_loss`, `hard_weight`, `soft_weight`, `temperature`
 """
 from __future__ import annotations
 
+import dataclasses
+import numbers
 from typing import Sequence
 
-from jaxkd.losses.terms import (KD, CrossEntropy, Hyperparam, Objective, is_constant_zero,
-                                normalised_teacher_weights, validated)
+import jax
+import jax.numpy as jnp
 
-__all__ = ['make_objective']
+from jaxkd.losses.terms import (KD, CrossEntropy, Hyperparam, Outputs, Term, describe_value,
+                                is_constant_zero, normalised_teacher_weights, validated,
+                                value_at)
+
+__all__ = ['Objective', 'check_num_classes', 'make_objective']
+
+
+# --- the objective -------------------------------------------------------------------------------
+
+def _shape(shape) -> tuple[int, ...]:
+  return tuple(int(d) for d in shape)
+
+
+def check_num_classes(student_logits_shape: Sequence[int],
+                      teacher_logits_shape: Sequence[int] | Sequence[Sequence[int]]) -> None:
+  """Raises `ValueError` unless student and teacher(s) have the same number of classes.
+
+  Args:
+    student_logits_shape: the student's logits shape ``[..., C]``.
+    teacher_logits_shape: one teacher's logits shape ``[..., C]``, or a sequence of them
+      (one per teacher).
+  """
+  shapes = teacher_logits_shape
+  if all(isinstance(d, numbers.Integral) for d in shapes):
+    shapes = [shapes]
+  student_logits_shape = _shape(student_logits_shape)
+  if not student_logits_shape:
+    raise ValueError('student_logits must have a class axis, got a scalar shape ().')
+  num_classes = student_logits_shape[-1]
+  for i, shape in enumerate(shapes):
+    shape = _shape(shape)
+    if not shape or shape[-1] != num_classes:
+      which = 'teacher_logits' if len(shapes) == 1 else f'teacher_logits[{i}]'
+      raise ValueError(
+          f'{which} has {shape[-1] if shape else "no"} classes (shape {shape}) but '
+          f'student_logits has {num_classes} (shape {student_logits_shape}); give the '
+          'student and every teacher the same output classes (same head size and order).')
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Named, weighted terms added per example. Build with `Objective.of`, `make_objective`
+  (the classic hard + soft shorthand) or `jaxkd.losses.build_objective` (terms by name).
+
+  `terms` holds `(name, weight, term)`; `num_teachers`, if known, is checked at each call.
+  """
+
+  terms: tuple[tuple[str, Hyperparam, Term], ...]
+  num_teachers: int | None = None
+
+  @classmethod
+  def of(cls, num_teachers: int | None = None, **terms: tuple[Hyperparam, Term]) -> 'Objective':
+    """`Objective.of(ce=(0.1, CrossEntropy()), kd=(0.9, KD(temperature=4.0)))`."""
+    checked = []
+    for name, (weight, term) in terms.items():
+      if not isinstance(term, Term):
+        raise ValueError(f'Term {name!r} must be a jaxkd.losses Term (e.g. from LOSSES), got '
+                         f'{term!r}.')
+      checked.append((name, validated(f'{name}_weight', weight, positive=False), term))
+    if not checked:
+      raise ValueError('An objective needs at least one term.')
+    if all(is_constant_zero(w) for _, w, _ in checked):
+      names = ' and '.join(f'{name}_weight' for name, _, _ in checked)
+      raise ValueError(f'{names} are all 0, so the objective is identically zero; set at '
+                       'least one of them > 0.')
+    if num_teachers is not None and (not isinstance(num_teachers, numbers.Integral)
+                                     or num_teachers < 1):
+      raise ValueError(f'num_teachers must be a positive int, got {num_teachers!r}.')
+    return cls(tuple(checked), None if num_teachers is None else int(num_teachers))
+
+  def _active(self):
+    return [(name, w, term) for name, w, term in self.terms if not is_constant_zero(w)]
+
+  @property
+  def needs_teacher(self) -> bool:
+    """Whether the total depends on teacher outputs (a term with a weight not constant 0)."""
+    return any(term.needs_teacher for _, _, term in self._active())
+
+  @property
+  def needs_labels(self) -> bool:
+    """Whether the total depends on labels."""
+    return any(term.needs_labels for _, _, term in self._active())
+
+  @property
+  def student_taps(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p for _, _, t in self.terms for p in t.student_taps))
+
+  @property
+  def teacher_taps(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p for _, _, t in self.terms for p in t.teacher_taps))
+
+  @property
+  def owns_variables(self) -> bool:
+    """Whether any term has trainable parameters or state (a `DistillState` is needed)."""
+    return any(t.owns_params or t.owns_state for _, _, t in self.terms)
+
+  def term(self, name: str) -> Term:
+    for term_name, _, term in self.terms:
+      if term_name == name:
+        return term
+    raise KeyError(f'No term {name!r}; terms: {[n for n, _, _ in self.terms]}')
+
+  def init(self, key: jax.Array, student: Outputs,
+           teachers: Sequence[Outputs]) -> tuple[dict, dict]:
+    """`(params, state)` by term name, for the terms that own any (from shapes)."""
+    params, state = {}, {}
+    for i, (name, _, term) in enumerate(self.terms):
+      if term.owns_params or term.owns_state:
+        params[name], state[name] = term.init(jax.random.fold_in(key, i), student, teachers)
+    return params, state
+
+  def hyperparams(self, step, params: dict | None = None) -> dict[str, jax.Array]:
+    """`<name>_weight` of every term, and each term's own values (`temperature`, ...), under
+    their own names when no other term reports the same, else as `<name>_<value>`.
+    `params` (by term name) let a term report learned values."""
+    params = params or {}
+    values = {f'{name}_weight': value_at(w, step) for name, w, _ in self.terms}
+    own = [(name, term.hyperparams(step, params.get(name))) for name, _, term in self.terms]
+    counts: dict[str, int] = {}
+    for _, hps in own:
+      for key in hps:
+        counts[key] = counts.get(key, 0) + 1
+    for name, hps in own:
+      values.update({(key if counts[key] == 1 else f'{name}_{key}'): v for key, v in hps.items()})
+    return values
+
+  def describe(self) -> dict:
+    """The objective as JSON: each term's loss, weight and hyper-parameters, its taps."""
+    return {name: {'weight': describe_value(w), **term.describe(),
+                   'student_taps': list(term.student_taps),
+                   'teacher_taps': list(term.teacher_taps)}
+            for name, w, term in self.terms}
+
+  def check_shapes(self, student_logits_shape: Sequence[int],
+                   labels_shape: Sequence[int] | None = None,
+                   teacher_logits_shapes: Sequence[Sequence[int]] = ()) -> None:
+    """Raises `ValueError` if the shapes cannot go together (callable before tracing)."""
+    student_logits_shape = _shape(student_logits_shape)
+    teacher_logits_shapes = [_shape(s) for s in teacher_logits_shapes]
+    if teacher_logits_shapes:
+      check_num_classes(student_logits_shape, teacher_logits_shapes)
+    examples = student_logits_shape[:-1]
+    for i, shape in enumerate(teacher_logits_shapes):
+      if shape[:-1] != examples:
+        raise ValueError(f'teacher_logits[{i}] shape {shape} and student_logits shape '
+                         f'{student_logits_shape} differ outside the class axis; feed the '
+                         'teacher the same batch as the student.')
+    if labels_shape is not None and _shape(labels_shape) != examples:
+      raise ValueError(f'labels shape {_shape(labels_shape)} does not match '
+                       f'student_logits shape {student_logits_shape} without its class axis.')
+    given = len(teacher_logits_shapes)
+    if given and self.num_teachers is not None and given != self.num_teachers:
+      raise ValueError(f'num_teachers is {self.num_teachers} but {given} teacher_logits '
+                       'were given; pass every teacher, or fix num_teachers.')
+    for _, _, term in self.terms:
+      weights = getattr(term, 'teacher_weights', None)
+      if given and weights is not None and given != len(weights):
+        raise ValueError(f'teacher_weights has {len(weights)} entries but {given} '
+                         'teacher_logits were given; pass one weight per teacher.')
+
+  def apply(self, student: Outputs, teachers: Sequence[Outputs] | None, batch: dict, *,
+            step: jax.typing.ArrayLike, key: jax.Array | None = None,
+            params: dict | None = None, state: dict | None = None,
+            axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array], dict]:
+    """Per-example total, each term's value (unweighted) and the terms' new state.
+
+    Returns:
+      ``(total [B], components, state)``: float32 ``total = sum_i w_i(step) * term_i``
+      (terms with a constant-0 weight are left out), ``components[name]`` ``[B]`` (zeros
+      when its inputs are absent; a batch-level term's value repeated), plus
+      ``'<prefix>_<name>'`` parts (per-teacher losses of a 'sum' over several teachers).
+    """
+    teachers = list(teachers or [])
+    labels = batch.get('label')
+    for name, _, term in self._active():
+      if term.needs_teacher and not teachers:
+        raise ValueError(f'{name}_weight is not zero but no teacher_logits were given; pass '
+                         f'teacher_logits or build the objective with {name}_weight=0.')
+      if term.needs_labels and labels is None:
+        raise ValueError(f'{name}_weight is not zero but labels is None; pass labels or '
+                         f'build the objective with {name}_weight=0.')
+    self.check_shapes(student.logits.shape, None if labels is None else jnp.shape(labels),
+                      [t.logits.shape for t in teachers])
+    params, state = params or {}, dict(state or {})
+    examples = student.logits.shape[:-1]
+    total = jnp.zeros(examples, jnp.float32)
+    components = {}
+    for i, (name, weight, term) in enumerate(self.terms):
+      if (term.needs_teacher and not teachers) or (term.needs_labels and labels is None):
+        components[name] = jnp.zeros(examples, jnp.float32)
+        continue
+      value, parts, new_state = term(
+          student, teachers, batch, step=step,
+          key=None if key is None else jax.random.fold_in(key, i), params=params.get(name, {}),
+          state=state.get(name, {}), axis_name=axis_name)
+      if name in state:
+        state[name] = new_state
+      components[name] = jnp.broadcast_to(jnp.asarray(value, jnp.float32), examples)
+      components.update({f'{prefix}_{name}': part for prefix, part in parts.items()})
+      if not is_constant_zero(weight):
+        total = total + value_at(weight, step) * components[name]
+    return total, components, state
+
+  def __call__(self, student_logits: jax.Array, labels: jax.Array | None,
+               teacher_logits: jax.Array | Sequence[jax.Array] | None = None, *,
+               step: jax.typing.ArrayLike) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`apply` for objectives over logits alone: ``(total [B], components)``."""
+    if self.owns_variables or self.student_taps or self.teacher_taps:
+      raise ValueError('This objective reads features or owns parameters/state; call '
+                       'objective.apply(student_outputs, teacher_outputs, batch, ...) instead.')
+    if teacher_logits is None:
+      teachers = []
+    elif isinstance(teacher_logits, (list, tuple)):
+      teachers = list(teacher_logits)
+    else:
+      teachers = [teacher_logits]
+    batch = {} if labels is None else {'label': labels}
+    total, components, _ = self.apply(
+        Outputs(jnp.asarray(student_logits)), [Outputs(jnp.asarray(t)) for t in teachers],
+        batch, step=step)
+    return total, components
 
 
 def make_objective(

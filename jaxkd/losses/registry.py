@@ -6,7 +6,8 @@ from typing import Any, Mapping
 
 from jaxkd.losses.feature_terms import AT, FitNet
 from jaxkd.losses.logit_terms import CTKD, DIST, DKD, JSD, NKD, TTM, WTTM, ReverseKL
-from jaxkd.losses.terms import KD, CrossEntropy, Objective, Term, normalised_teacher_weights
+from jaxkd.losses.objective import Objective
+from jaxkd.losses.terms import KD, CrossEntropy, Term, normalised_teacher_weights
 
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).
 LOSSES: Mapping[str, type[Term]] = {
