@@ -1,4 +1,5 @@
-"""Knowledge distillation from a teacher trained with experiments/train.py.
+"""Knowledge distillation from a teacher trained with experiments/train.py (any method:
+experiments/configs/kd_methods.py:NAME).
 
     python experiments/distill.py --config experiments/configs/distill_fashion_mnist.py \
         --config.teacher_dir=workdirs/teacher --workdir workdirs/kd
