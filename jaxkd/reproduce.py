@@ -86,6 +86,21 @@ def markdown_table(columns: Sequence[tuple[str, Callable[[Any], str]]],
   return lines
 
 
+def paired_test_columns(*, first: Sequence[tuple[str, Callable]] = (), metric: bool = False,
+                        t_statistic: bool = False) -> list[tuple[str, Callable]]:
+  """The columns of a table of paired tests (rows of `jaxkd.sweep.compare`): `first`, then
+  treatment, control, [metric], seeds, mean difference, [t], the t-test and sign-flip p."""
+  columns = [*first, ('treatment', lambda t: t['treatment']), ('control', lambda t: t['control'])]
+  if metric:
+    columns.append(('metric', lambda t: t['metric']))
+  columns += [('seeds', lambda t: str(len(t['seeds']))),
+              ('mean diff (points)', lambda t: f"{100 * t['mean_difference']:+.2f}")]
+  if t_statistic:
+    columns.append(('t', lambda t: f"{t['t']:.2f}"))
+  return columns + [('p (t-test)', lambda t: f"{t['p_value']:.3g}"),
+                    ('p (sign-flip, exact)', lambda t: f"{t['p_value_sign_flip']:.3g}")]
+
+
 def selection_lines(payload: dict, how: str) -> list[str]:
   """What chose anything in the table (`how`, the table's own words), and every run that
   ranked its checkpoints on test data (refused unless its config allowed it)."""

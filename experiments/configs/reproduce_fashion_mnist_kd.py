@@ -173,13 +173,8 @@ def render(payload: dict) -> str:
   tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
   if tests:
     lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '']
-    lines += reproduce.markdown_table([
-        ('treatment', lambda t: t['treatment']), ('control', lambda t: t['control']),
-        ('metric', lambda t: t['metric']), ('seeds', lambda t: str(len(t['seeds']))),
-        ('mean diff (points)', lambda t: f"{100 * t['mean_difference']:+.2f}"),
-        ('t', lambda t: f"{t['t']:.2f}"), ('p (t-test)', lambda t: f"{t['p_value']:.3g}"),
-        ('p (sign-flip, exact)', lambda t: f"{t['p_value_sign_flip']:.3g}"),
-    ], tests)
+    lines += reproduce.markdown_table(
+        reproduce.paired_test_columns(metric=True, t_statistic=True), tests)
   else:
     lines += ['', '(Paired tests need two seeds or more; the full profile runs five.)']
   if payload['temperature_sweep']:
