@@ -45,3 +45,14 @@ def test_label_smoothing_reaches_the_cross_entropy_terms():
   shorthand.label_smoothing = 0.2
   objective = build_objective(shorthand, num_teachers=1, steps_per_epoch=1)
   assert objective.term('hard').label_smoothing == 0.2
+
+
+def test_unknown_term_is_refused_before_any_data_or_teacher_is_read(tmp_path):
+  from jaxkd import recipes
+  config = kd_methods.get_config('dkd')
+  config.terms.dkd.alpha = 1.0  # not a setting of dkd
+  config.teacher_dir = str(tmp_path / 'no_teacher')
+  config.data_dir = str(tmp_path / 'no_data')
+  with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['alpha'\] for loss 'dkd'"):
+    recipes.distill(config, str(tmp_path / 'run'))
+  assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.feature import attention_transfer_loss, hint_loss
-from jaxkd.losses.terms import Term, teacher_weights
+from jaxkd.losses.terms import Term, combine_teachers
 
 
 def _pool_to(features: jax.Array, height: int, width: int) -> jax.Array:
@@ -106,11 +106,8 @@ class AT(Term):
 
   def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
     del batch, step, key, params, axis_name
-    weights = teacher_weights(self.teacher_weights, len(teachers))
     per_teacher = [
         sum(attention_transfer_loss(student.features[s], teacher.features[t], power=self.power)
             for s, t in zip(self.student_taps, self.teacher_taps))
         for teacher in teachers]
-    value = sum(w * part for w, part in zip(weights, per_teacher))
-    parts = {f'teacher{i}': p for i, p in enumerate(per_teacher)} if len(teachers) > 1 else {}
-    return value, parts, state
+    return (*combine_teachers(self.teacher_weights, per_teacher), state)

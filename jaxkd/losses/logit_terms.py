@@ -16,8 +16,7 @@ import jax.numpy as jnp
 from jaxkd.losses.kd import kd_loss
 from jaxkd.losses.logit import (dist_loss, dkd_loss, gradient_reversal, jsd_loss, nkd_loss,
                                 reverse_kl_loss, ttm_loss, wttm_loss)
-from jaxkd.losses.terms import (Hyperparam, LogitTerm, gather, teacher_weights, validated,
-                                value_at)
+from jaxkd.losses.terms import Hyperparam, LogitTerm, validated
 
 
 def _positive_int(name: str, value) -> None:
@@ -163,16 +162,9 @@ class DIST(LogitTerm):
   name = 'dist'
   per_example = False
 
-  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
-    del batch, key, params
-    temperature = value_at(self.temperature, step)
-    student_logits = gather(self._prepare(student.logits), axis_name)
-    weights = teacher_weights(self.teacher_weights, len(teachers))
-    parts = [dist_loss(student_logits, gather(self._prepare(t.logits), axis_name),
-                       temperature=temperature, inter_weight=self.inter_weight,
-                       intra_weight=self.intra_weight) for t in teachers]
-    value = sum(w * part for w, part in zip(weights, parts))
-    return value, ({f'teacher{i}': p for i, p in enumerate(parts)} if len(parts) > 1 else {}), state
+  def per_teacher(self, student_logits, teacher_logits, labels, temperature):
+    return dist_loss(student_logits, teacher_logits, temperature=temperature,
+                     inter_weight=self.inter_weight, intra_weight=self.intra_weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,15 +214,8 @@ class CTKD(LogitTerm):
       values['temperature'] = self.temperature_of(params['temperature_logit'], step)
     return values
 
+  def temperature_value(self, step, params):
+    return self.temperature_of(params['temperature_logit'], step)
+
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return kd_loss(student_logits, teacher_logits, temperature=temperature)
-
-  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
-    temperature = self.temperature_of(params['temperature_logit'], step)
-    student_logits = self._prepare(student.logits)
-    weights = teacher_weights(self.teacher_weights, len(teachers))
-    parts = [self.per_teacher(student_logits, self._prepare(t.logits), None, temperature)
-             for t in teachers]
-    value = sum(w * part for w, part in zip(weights, parts))
-    parts = {f'teacher{i}': p for i, p in enumerate(parts)} if len(parts) > 1 else {}
-    return value, parts, state

@@ -179,29 +179,36 @@ class LogitTerm(Term):
     logits = _upcast(logits)
     return standardize_logits(logits) if getattr(self, 'standardize', False) else logits
 
-  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
-    del key, params, axis_name
+  def temperature_value(self, step, params) -> jax.Array | None:
+    """The temperature at `step` (a learned one reads the term's `params`)."""
+    del params
     t = self._temperature
-    temperature = None if t is None else value_at(t, step)
-    student_logits = self._prepare(student.logits)
-    labels = batch.get('label')
-    teacher_logits = [self._prepare(teacher.logits) for teacher in teachers]
-    weights = teacher_weights(getattr(self, 'teacher_weights', None), len(teachers))
-    per_teacher = [self.per_teacher(student_logits, logits, labels, temperature)
-                   for logits in teacher_logits]
-    value = sum(w * part for w, part in zip(weights, per_teacher))
-    parts = {f'teacher{i}': part for i, part in enumerate(per_teacher)} if len(teachers) > 1 else {}
-    return value, parts, state
+    return None if t is None else value_at(t, step)
+
+  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
+    """Each teacher's loss, combined with `teacher_weights`; a batch-level term (`per_example
+    = False`) sees the global batch's logits."""
+    del key
+    temperature = self.temperature_value(step, params)
+    prepare = lambda logits: gather(self._prepare(logits), None if self.per_example else axis_name)
+    student_logits = prepare(student.logits)
+    per_teacher = [self.per_teacher(student_logits, prepare(teacher.logits), batch.get('label'),
+                                    temperature) for teacher in teachers]
+    return (*combine_teachers(getattr(self, 'teacher_weights', None), per_teacher), state)
 
 
-def teacher_weights(weights: tuple[float, ...] | None, count: int) -> tuple[float, ...]:
-  """Normalised per-teacher weights for `count` teachers (equal when None)."""
+def combine_teachers(weights: tuple[float, ...] | None,
+                     per_teacher: Sequence[jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`(sum_i w_i * loss_i, {'teacher<i>': loss_i})` over the teachers (parts only for several),
+  with normalised `weights` (equal when None)."""
+  count = len(per_teacher)
   if weights is None:
-    return (1.0 / count,) * count
+    weights = (1.0 / count,) * count
   if len(weights) != count:
     raise ValueError(f'teacher_weights has {len(weights)} entries but {count} teacher_logits '
                      'were given; pass one weight per teacher.')
-  return weights
+  value = sum(w * part for w, part in zip(weights, per_teacher))
+  return value, ({f'teacher{i}': part for i, part in enumerate(per_teacher)} if count > 1 else {})
 
 
 def normalised_teacher_weights(teacher_weights, num_teachers) -> tuple[float, ...] | None:
@@ -284,7 +291,7 @@ class KD(LogitTerm):
       return super().__call__(student, teachers, batch, step=step, key=key, params=params,
                               state=state, axis_name=axis_name)
     temperature = value_at(self.temperature, step)
-    weights = teacher_weights(self.teacher_weights, len(teachers))
+    weights = self.teacher_weights or (1.0 / len(teachers),) * len(teachers)
     probs = sum(w * jax.nn.softmax(self._prepare(t.logits) / temperature, axis=-1)
                 for w, t in zip(weights, teachers))
     return kd_loss_from_probs(

@@ -50,12 +50,14 @@ def distill(config, workdir: str) -> dict:
   """
   start = time.perf_counter()
   selection = selection_policy(config)
-  task = load_task(config)
-  parallel = build_parallel(config)
   teacher_dirs = [d for d in config.teacher_dir.split(',') if d]
   if not teacher_dirs:
     raise ValueError('config.teacher_dir is empty; pass --config.teacher_dir=WORKDIR of a '
                      'teacher trained with experiments/train.py.')
+  # An unknown loss or setting is refused now, before any data or teacher is read.
+  build_objective(config, num_teachers=len(teacher_dirs), steps_per_epoch=1)
+  task = load_task(config)
+  parallel = build_parallel(config)
   teachers = [load_teacher(d, task, config) for d in teacher_dirs]
   k = config.kd
   objective = build_objective(config, num_teachers=len(teachers),
@@ -76,15 +78,15 @@ def distill(config, workdir: str) -> dict:
         raise ValueError('A teacher cache holds one teacher; use a live teacher for several.')
       (teacher_model, teacher_vars, _), = teachers
       transform = input_transform(task, config)
+      temperature = topk_temperature(objective) if k.cache_topk else None
       teacher_cache = cache.compute(
           inference_apply(teacher_model), teacher_vars, task.normalize(task.train_images),
           dataset=task.name, split='train', transform=transform,
           teacher_fingerprint=fingerprints[0], dtype=k.cache, topk=k.cache_topk or None,
-          temperature=topk_temperature(objective) if k.cache_topk else None)
+          temperature=temperature)
       teacher_cache.check(dataset=task.name, split='train', transform=transform,
                           teacher_fingerprint=fingerprints[0], augment=augment,
-                          temperature=topk_temperature(objective) if k.cache_topk else None,
-                          num_examples=len(task.train_labels))
+                          temperature=temperature, num_examples=len(task.train_labels))
       columns = teacher_cache.rows()
     batches, steps_per_epoch = make_batches(task, config, parallel, columns)
     num_steps = num_train_steps(config, steps_per_epoch)
