@@ -95,28 +95,37 @@ def make_distill_step(
                              top1=outputs.top1())]
   else:
     complete_teacher = None
-    if teachers is None:
-      raise ValueError('No teachers given; pass teachers=... or cached=True.')
-    multi = isinstance(teachers, (list, tuple))
-    forwards = [teacher_forward(t, objective.teacher_taps)
-                for t in (teachers if multi else [teachers])]
-    if not forwards:
-      raise ValueError('teachers is an empty sequence; pass at least one teacher.')
-
-    def teacher_fn(teacher_variables, images, batch):
-      del batch
-      variables = teacher_variables[0]
-      if not multi:
-        variables = [variables]
-      if len(variables) != len(forwards):
-        raise ValueError(f'{len(forwards)} teachers but {len(variables)} variable trees; pass '
-                         f'teacher_variables as a tuple with one tree per teacher.')
-      return [forward(v, images) for forward, v in zip(forwards, variables)]
+    teacher_fn = live_teacher_fn(teachers, objective.teacher_taps)
 
   update = build_update(model=student, tx=tx, objective=objective, augment=augment,
                         teacher_fn=teacher_fn, learning_rate_fn=learning_rate_fn,
                         complete_teacher=complete_teacher)
   return parallel.compile(update, num_step_args=1)
+
+
+def live_teacher_fn(teachers: nn.Module | ApplyFn | Sequence[nn.Module | ApplyFn] | None,
+                    taps: Sequence[str]) -> Callable:
+  """`teacher_fn(teacher_variables, images, batch) -> [Outputs]` running live teachers in
+  inference mode; `teacher_variables[0]` is one tree, or a tuple of one per teacher when
+  `teachers` is a sequence."""
+  if teachers is None:
+    raise ValueError('No teachers given; pass teachers=... or cached=True.')
+  multi = isinstance(teachers, (list, tuple))
+  forwards = [teacher_forward(t, taps) for t in (teachers if multi else [teachers])]
+  if not forwards:
+    raise ValueError('teachers is an empty sequence; pass at least one teacher.')
+
+  def teacher_fn(teacher_variables, images, batch):
+    del batch
+    variables = teacher_variables[0]
+    if not multi:
+      variables = [variables]
+    if len(variables) != len(forwards):
+      raise ValueError(f'{len(forwards)} teachers but {len(variables)} variable trees; pass '
+                       f'teacher_variables as a tuple with one tree per teacher.')
+    return [forward(v, images) for forward, v in zip(forwards, variables)]
+
+  return teacher_fn
 
 
 def teacher_forward(model: nn.Module | ApplyFn, taps: Sequence[str]) -> Callable:

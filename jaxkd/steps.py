@@ -37,8 +37,21 @@ class Objective(Protocol):
     """The current weights (and temperatures), float32 scalars, logged every step."""
 
 
-def _pmean(tree, axis_name):
+def pmean(tree, axis_name: str | None):
+  """`lax.pmean` over `axis_name` (identity under jit, where XLA reduces)."""
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def augmented_batch(state: TrainState, batch: dict, augment: Augment,
+                    axis_name: str | None) -> tuple[dict, jax.Array]:
+  """The step's batch, augmented once (each shard by its place in the global batch), and
+  the step's dropout key (each shard its own draw)."""
+  augment_key, dropout_key = jax.random.split(step_key(state.rng, state.step))
+  offset = 0
+  if axis_name is not None:
+    offset = jax.lax.axis_index(axis_name) * batch['label'].shape[0]
+    dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+  return {**batch, 'image': augment(augment_key, batch['image'], index_offset=offset)}, dropout_key
 
 
 def student_forward(model: nn.Module, taps: Sequence[str]) -> Callable:
@@ -84,13 +97,8 @@ def build_update(
   forward = student_forward(model, objective.student_taps)
 
   def update(state: TrainState, batch: dict, *teacher_variables, axis_name=None):
-    augment_key, dropout_key = jax.random.split(step_key(state.rng, state.step))
-    offset = 0
-    if axis_name is not None:  # this shard's place in the global batch; its own dropout draw
-      offset = jax.lax.axis_index(axis_name) * batch['label'].shape[0]
-      dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-    images = augment(augment_key, batch['image'], index_offset=offset)
-    batch = {**batch, 'image': images}
+    batch, dropout_key = augmented_batch(state, batch, augment, axis_name)
+    images = batch['image']
     teacher_outputs = None
     if teacher_fn is not None:
       teacher_outputs = jax.lax.stop_gradient(teacher_fn(teacher_variables, images, batch))
@@ -115,8 +123,8 @@ def build_update(
     (loss, (logits, teachers, components, batch_stats, loss_state)), grads = grad_fn(trainable)
     if grad_filter is not None:
       grads = grad_filter(grads, state.step)
-    grads = _pmean(grads, axis_name)
-    batch_stats = _pmean(batch_stats, axis_name)
+    grads = pmean(grads, axis_name)
+    batch_stats = pmean(batch_stats, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
 
@@ -129,7 +137,7 @@ def build_update(
     }
     if teachers is not None:
       metrics.update(_teacher_metrics(teachers, predictions, batch['label']))
-    metrics = _pmean(metrics, axis_name)
+    metrics = pmean(metrics, axis_name)
     if learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
     metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in objective.hyperparams(

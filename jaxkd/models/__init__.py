@@ -40,6 +40,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     # LeNet-5 and its half-width student (Nayak et al. 2019).
     'lenet5': _p(LeNet5, filters=(6, 16)),
     'lenet5_half': _p(LeNet5, filters=(3, 8)),
+    'lenet5_mid': _p(LeNet5, filters=(4, 12)),  # an assistant between the two (Mirzadeh et al.)
     # CIFAR ResNets (He et al. 2016) as in the CRD / DKD repos.
     'resnet': CifarResNet,
     'resnet8': _p(CifarResNet, depth=8),

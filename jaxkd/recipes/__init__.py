@@ -1,7 +1,8 @@
 """Experiment recipes: the edge where an ml_collections config becomes typed library calls.
 
 `experiments/*.py` parse flags and call one recipe, `RECIPES[name](config, workdir)`. A
-recipe is one module (`train`, `distill`, `finetune`) assembled from the shared builders
+recipe is one module (`train`, `distill`, `finetune`, and the teacher schemes `mutual`,
+`ema`, `chain`) assembled from the shared builders
 (`builders`: task, model, optimizer, parallel mode, batches, evaluator, teachers), the run
 frame (`run`: checkpointer, the shared loop, final metrics and model) and the run's
 provenance (`provenance`). A new recipe is a new module registered in `RECIPES`.
@@ -19,8 +20,11 @@ from jaxkd.recipes.builders import load_teacher as load_teacher
 from jaxkd.recipes.builders import make_batches as make_batches
 from jaxkd.recipes.builders import make_evaluator as make_evaluator
 from jaxkd.recipes.builders import num_train_steps as num_train_steps
+from jaxkd.recipes.chain import chain as chain
 from jaxkd.recipes.distill import distill as distill
+from jaxkd.recipes.ema import ema_teacher as ema_teacher
 from jaxkd.recipes.finetune import finetune as finetune
+from jaxkd.recipes.mutual import mutual as mutual
 from jaxkd.recipes.provenance import best_epoch as best_epoch
 from jaxkd.recipes.provenance import cpu_model as cpu_model
 from jaxkd.recipes.provenance import enable_compilation_cache as enable_compilation_cache
@@ -33,12 +37,13 @@ from jaxkd.recipes.run import fit_config as fit_config
 from jaxkd.recipes.train import train as train
 
 # name -> recipe(config, workdir) -> final metrics; what the CLI and table sweeps call.
-RECIPES = {'train': train, 'distill': distill, 'finetune': finetune}
+RECIPES = {'train': train, 'distill': distill, 'finetune': finetune, 'mutual': mutual,
+           'ema_teacher': ema_teacher, 'chain': chain}
 
 __all__ = [
     'DTYPES', 'RECIPES', 'Task', 'best_epoch', 'build_augment', 'build_model',
-    'build_optimizer', 'build_parallel', 'checkpointing', 'cpu_model', 'distill',
-    'enable_compilation_cache', 'finetune', 'finish', 'fit_config', 'input_transform',
-    'load_init', 'load_task', 'load_teacher', 'machine', 'make_batches', 'make_evaluator',
-    'num_train_steps', 'run_metadata', 'train', 'write_json',
+    'build_optimizer', 'build_parallel', 'chain', 'checkpointing', 'cpu_model', 'distill',
+    'ema_teacher', 'enable_compilation_cache', 'finetune', 'finish', 'fit_config',
+    'input_transform', 'load_init', 'load_task', 'load_teacher', 'machine', 'make_batches',
+    'make_evaluator', 'mutual', 'num_train_steps', 'run_metadata', 'train', 'write_json',
 ]

@@ -67,13 +67,18 @@ def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
 
 
 def fit_config(config, workdir: str, checkpointer, *, evaluate: Callable[[Any], dict],
-               **kwargs) -> TrainState:
+               evaluate_state: Callable[[Any], dict] | None = None, **kwargs) -> TrainState:
   """`jaxkd.loop.fit` with the config's batch size, logging, evaluation and checkpoint
-  cadence; `evaluate(variables)` runs on the state's variables."""
+  cadence; `evaluate(variables)` runs on the state's variables, and `evaluate_state(state)`,
+  when given, adds what else a scheme evaluates (an EMA teacher)."""
+
+  def evaluate_epoch(state, epoch):
+    del epoch
+    return {**evaluate(state.variables), **(evaluate_state(state) if evaluate_state else {})}
+
   return fit(batch_size=config.batch_size, workdir=workdir, log_every=config.get('log_every', 50),
              checkpointer=checkpointer, checkpoint_every=config.get('checkpoint_every', 0),
-             eval_every=config.get('eval_every', 1),
-             evaluate=lambda state, epoch: evaluate(state.variables), **kwargs)
+             eval_every=config.get('eval_every', 1), evaluate=evaluate_epoch, **kwargs)
 
 
 def finish(workdir: str, state: TrainState, evaluate, config, num_steps: int,

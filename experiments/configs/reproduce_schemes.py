@@ -1,0 +1,111 @@
+"""Every teacher scheme once on Fashion-MNIST, LeNet-sized models: profiles 'full' (teacher
+15 epochs, every student model 5 epochs, one seed) and 'tiny' (a smoke run).
+
+    python experiments/reproduce_schemes.py --profile full
+
+Rows: the LeNet-5 teacher, LeNet-5-Half alone and with plain KD from it (the `kd` named
+method), deep mutual learning (two LeNet-5-Halfs; the row is their mean, the members are in
+the run's final_metrics.json), self-distillation from an EMA teacher, born-again networks (2
+generations, then the ensemble of both teaching a third student) and a teacher-assistant
+chain (the LeNet-5 teacher -> LeNet-5-Mid -> LeNet-5-Half). Every scheme runs its committed
+config on the LeNet pair's recipe of the distillation table (Adam 2e-3, cosine, batch 64,
+flips, 5,000 validation images). One seed: a smoke test of each scheme on real data, not a
+ranking.
+"""
+import ml_collections
+
+import chain_fashion_mnist
+import ema_fashion_mnist
+import kd_methods
+import mutual_fashion_mnist
+import reproduce_kd_methods as methods_table
+from fashion_mnist import get_config as train_config
+from jaxkd import reproduce, sweep
+from jaxkd.sweep import RunSpec
+
+NAME = 'schemes'
+PROFILES = methods_table.PROFILES
+ROWS = {'teacher': 'LeNet-5 teacher', 'student': 'LeNet-5-Half alone',
+        'kd': 'LeNet-5-Half + KD (teacher)', 'dml': 'LeNet-5-Half x 2, mutual learning',
+        'ema': 'LeNet-5-Half + EMA teacher',
+        'born_again': 'LeNet-5-Half, born-again x 2 + ensemble',
+        'assistant': 'LeNet-5 -> LeNet-5-Mid -> LeNet-5-Half'}
+
+
+def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
+  return methods_table.get_config(profile)
+
+
+def run_specs(config, root: str) -> list:
+  pair = config.lenet
+
+  def common(run, epochs, seed):
+    run.seed, run.num_epochs, run.batch_size = seed, epochs, pair.batch_size
+    run.optimizer = ml_collections.ConfigDict(pair.optimizer.to_dict())
+    run.augment = ml_collections.ConfigDict(pair.augment.to_dict())
+    run.validation_size = config.validation_size
+    run.log_every = 200
+    return run
+
+  specs, epochs = [], config.student_epochs
+  for seed in config.seeds:
+    teacher = RunSpec(NAME, 'teacher', seed, 'train',
+                      common(train_config('lenet5'), config.teacher_epochs, seed))
+    kd = common(kd_methods.get_config('kd'), epochs, seed)
+    kd.teacher_dir = teacher.workdir(root)
+    assistant = common(chain_fashion_mnist.get_config('assistant'), epochs, seed)
+    assistant.teacher_dir = teacher.workdir(root)
+    assistant.chain.models = 'lenet5_mid,lenet5_half'
+    specs += [
+        teacher,
+        RunSpec(NAME, 'student', seed, 'train', common(train_config('lenet5_half'), epochs, seed)),
+        RunSpec(NAME, 'kd', seed, 'distill', kd),
+        RunSpec(NAME, 'dml', seed, 'mutual', common(mutual_fashion_mnist.get_config(), epochs,
+                                                    seed)),
+        RunSpec(NAME, 'ema', seed, 'ema_teacher', common(ema_fashion_mnist.get_config(), epochs,
+                                                         seed)),
+        RunSpec(NAME, 'born_again', seed, 'chain',
+                common(chain_fashion_mnist.get_config('born_again'), epochs, seed)),
+        RunSpec(NAME, 'assistant', seed, 'chain', assistant),
+    ]
+  return specs
+
+
+def tabulate(records, config) -> dict:
+  return dict(runs=records, summary=sweep.summarize(records))
+
+
+def render(payload: dict) -> str:
+  cell = reproduce.cell
+  rows = {r['row']: r for r in payload['summary']}
+  runs = {r['row']: r for r in payload['runs']}
+  baseline = {name: rows.get(name, {}).get('test_accuracy_mean') for name in ('student', 'kd')}
+
+  def versus(name):
+    def column(row):
+      mean, base = row.get('test_accuracy_mean'), baseline[name]
+      return '' if None in (mean, base) or row['row'] in ('teacher', name) else (
+          f'{100 * (mean - base):+.2f}')
+    return column
+
+  lines = reproduce.header(f"Teacher schemes, LeNet-sized models ({payload['profile']} profile)",
+                           payload)
+  lines += reproduce.markdown_table([
+      ('row', lambda r: r['row']), ('models', lambda r: ROWS.get(r['row'], r['row'])),
+      ('seeds', lambda r: str(r['n'])),
+      ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
+      ('vs student alone (points)', versus('student')), ('vs kd (points)', versus('kd')),
+      ('wall s', lambda r: f"{runs[r['row']]['wall_seconds']:.0f}"),
+  ], list(rows.values()))
+  lines += reproduce.selection_lines(
+      payload, 'none: every model is its last epoch; each scheme runs its config as committed '
+      '(the dml row is the mean of its two members; chains report their last student).')
+  return '\n'.join(lines + reproduce.plots_line(payload))
+
+
+def plot_files(name: str) -> dict:
+  return {}
+
+
+def plot(records, specs, *, config, root: str, paths: dict) -> None:
+  del records, specs, config, root, paths

@@ -1,0 +1,22 @@
+"""Trains every teacher scheme once on Fashion-MNIST with LeNet-sized models.
+
+    python experiments/reproduce_schemes.py --profile full   # 1 seed, 5 epochs per model
+    python experiments/reproduce_schemes.py --profile tiny   # a smoke run
+
+Writes schemes{,_<profile>}.{json,md} (experiments/results/ for the full profile); run
+outputs go to --root (default workdirs/schemes_<profile>).
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'configs'))
+
+import reproduce_schemes as table_config  # noqa: E402
+
+from jaxkd import reproduce  # noqa: E402
+
+if __name__ == '__main__':
+  reproduce.command_line(__doc__, table_config,
+                         default_root=os.path.join('workdirs', 'schemes'),
+                         full_results=os.path.join(HERE, 'results'))
