@@ -140,7 +140,7 @@ def teacher_forward(model: nn.Module | ApplyFn, taps: Sequence[str]) -> Callable
 
   def forward(variables, images):
     logits, feats = features(model, variables, images, taps, train=False)
-    return losses.Outputs(logits.astype(jnp.float32), feats)
+    return losses.Outputs(logits.astype(jnp.float32), feats, variables=variables)
 
   return forward
 

@@ -46,6 +46,34 @@ METHODS = {
     # Zagoruyko & Komodakis 2017 (mdistiller AT): p = 2, weight 1000, CE 1, every stage.
     'at': (1.0, {'at': dict(weight=1000.0, student_taps=('pool1', 'pool2'),
                             teacher_taps=('pool1', 'pool2'), power=2.0)}),
+    # Tung & Mori 2019 (RepDistiller run script): weight 3000, the last conv stage.
+    'sp': (1.0, {'sp': dict(weight=3000.0, student_tap='pool2', teacher_tap='pool2')}),
+    # Peng et al. 2019: gamma 0.4, order 2 (torchdistill); no released weight for this
+    # reduction (squared Frobenius / B^2, as Knowledge-Distillation-Zoo's CC): 100, set a priori.
+    'cc': (1.0, {'cc': dict(weight=100.0, gamma=0.4, order=2, student_tap='dense2',
+                            teacher_tap='dense2')}),
+    # Park et al. 2019 (RepDistiller): distance 25, angle 50, weight 1, the penultimate layer.
+    'rkd': (1.0, {'rkd': dict(weight=1.0, distance_weight=25.0, angle_weight=50.0,
+                              student_tap='dense2', teacher_tap='dense2')}),
+    # Passalis & Tefas 2018 (RepDistiller): weight 30000, the penultimate layer.
+    'pkt': (1.0, {'pkt': dict(weight=30000.0, student_tap='dense2', teacher_tap='dense2')}),
+    # Huang & Wang 2017 (RepDistiller): weight 50, the intermediate maps.
+    'nst': (1.0, {'nst': dict(weight=50.0, student_taps=('pool1', 'pool2'),
+                              teacher_taps=('pool1', 'pool2'))}),
+    # Liu et al. 2021 (ICKD CIFAR-100 README): weight 2.5, the last conv stage.
+    'ickd': (1.0, {'ickd': dict(weight=2.5, student_taps=('pool2',), teacher_taps=('pool2',))}),
+    # Yim et al. 2017: RepDistiller trains FSP alone in a first stage, then CE; here one joint
+    # objective, weight 1 (set a priori). The flow between conv2 (10x10) and pool2 (5x5):
+    # LeNet's pool1 (14x14) does not pool onto either.
+    'fsp': (1.0, {'fsp': dict(weight=1.0, student_taps=('conv2', 'pool2'),
+                              teacher_taps=('conv2', 'pool2'))}),
+    # Ahn et al. 2019 (RepDistiller): weight 1, initial variance 5, the intermediate maps.
+    'vid': (1.0, {'vid': dict(weight=1.0, initial_variance=5.0, student_taps=('pool1', 'pool2'),
+                              teacher_taps=('pool1', 'pool2'))}),
+    # Heo et al. 2019: weight 1e-3 (CIFAR: the batch sum / 1000), pre-ReLU maps (LeNet's conv
+    # outputs); LeNet-5 has no BatchNorm, so the margin reads the batch's statistics.
+    'ofd': (1.0, {'ofd': dict(weight=1e-3, student_taps=('conv1', 'conv2'),
+                              teacher_taps=('conv1', 'conv2'))}),
 }
 
 

@@ -29,12 +29,21 @@ from jaxkd.losses.logit_terms import NKD as NKD
 from jaxkd.losses.logit_terms import TTM as TTM
 from jaxkd.losses.logit_terms import WTTM as WTTM
 from jaxkd.losses.logit_terms import ReverseKL as ReverseKL
+from jaxkd.losses.map_terms import FSP as FSP
+from jaxkd.losses.map_terms import ICKD as ICKD
+from jaxkd.losses.map_terms import NST as NST
+from jaxkd.losses.map_terms import OFD as OFD
+from jaxkd.losses.map_terms import VID as VID
 from jaxkd.losses.objective import Objective as Objective
 from jaxkd.losses.objective import check_num_classes as check_num_classes
 from jaxkd.losses.objective import make_objective as make_objective
 from jaxkd.losses.registry import LOSSES as LOSSES
 from jaxkd.losses.registry import build_objective as build_objective
 from jaxkd.losses.registry import make_term as make_term
+from jaxkd.losses.relation_terms import CC as CC
+from jaxkd.losses.relation_terms import PKT as PKT
+from jaxkd.losses.relation_terms import RKD as RKD
+from jaxkd.losses.relation_terms import SP as SP
 from jaxkd.losses.terms import KD as KD
 from jaxkd.losses.terms import MULTI_TEACHER as MULTI_TEACHER
 from jaxkd.losses.terms import CrossEntropy as CrossEntropy
@@ -46,7 +55,8 @@ from jaxkd.losses.terms import gather as gather
 from jaxkd.losses.terms import is_constant_zero as is_constant_zero
 
 __all__ = [
-    'AT', 'CTKD', 'DIST', 'DKD', 'JSD', 'KD', 'LOSSES', 'MULTI_TEACHER', 'NKD', 'TTM', 'WTTM',
+    'AT', 'CC', 'CTKD', 'DIST', 'DKD', 'FSP', 'ICKD', 'JSD', 'KD', 'LOSSES', 'MULTI_TEACHER',
+    'NKD', 'NST', 'OFD', 'PKT', 'RKD', 'SP', 'TTM', 'VID', 'WTTM',
     'CrossEntropy', 'FitNet', 'Hyperparam', 'LogitTerm', 'Objective', 'Outputs',
     'ReverseKL', 'Term', 'attention_map', 'attention_transfer_loss', 'build_objective',
     'check_num_classes', 'cross_entropy', 'dist_inter_loss', 'dist_intra_loss', 'dist_loss',

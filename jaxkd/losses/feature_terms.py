@@ -9,15 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.feature import attention_transfer_loss, hint_loss
+from jaxkd.losses.feature.attention import _pool_to
 from jaxkd.losses.terms import Term, combine_teachers
-
-
-def _pool_to(features: jax.Array, height: int, width: int) -> jax.Array:
-  """Average-pools NHWC `features` down to `height` x `width` (integer factors only)."""
-  h, w = features.shape[1:3]
-  fh, fw = h // height, w // width
-  batch, channels = features.shape[0], features.shape[-1]
-  return features.reshape(batch, height, fh, width, fw, channels).mean(axis=(2, 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +69,7 @@ class FitNet(Term):
     features = student.features[self.student_tap].astype(jnp.float32)
     target = teachers[0].features[self.teacher_tap].astype(jnp.float32)
     if self._spatial(features.shape, target.shape):
-      features = _pool_to(features, *target.shape[1:3])
+      features = _pool_to(features, target.shape[1:3])
       regressed = jnp.einsum('bhwc,cd->bhwd', features, params['kernel'][0, 0])
     else:
       target = target.reshape(target.shape[0], -1)

@@ -6,13 +6,15 @@ from typing import Any, Mapping
 
 from jaxkd.losses.feature_terms import AT, FitNet
 from jaxkd.losses.logit_terms import CTKD, DIST, DKD, JSD, NKD, TTM, WTTM, ReverseKL
+from jaxkd.losses.map_terms import FSP, ICKD, NST, OFD, VID
 from jaxkd.losses.objective import Objective
+from jaxkd.losses.relation_terms import CC, PKT, RKD, SP
 from jaxkd.losses.terms import KD, CrossEntropy, Term, normalised_teacher_weights
 
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).
 LOSSES: Mapping[str, type[Term]] = {
     term.name: term for term in (CrossEntropy, KD, ReverseKL, JSD, DKD, DIST, NKD, TTM, WTTM,
-                                 CTKD, FitNet, AT)
+                                 CTKD, FitNet, AT, SP, CC, RKD, PKT, NST, ICKD, FSP, VID, OFD)
 }
 
 

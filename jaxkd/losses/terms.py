@@ -39,11 +39,14 @@ MULTI_TEACHER = ('sum', 'ensemble')
 @flax.struct.dataclass
 class Outputs:
   """What a model gives the terms: logits `[B, C]` and its features by tapped module path;
-  `top1`, a teacher's own top-1 class when its logits are rebuilt (from a top-k cache)."""
+  `top1`, a teacher's own top-1 class when its logits are rebuilt (from a top-k cache);
+  `variables`, a live teacher's (for terms that read its parameters, e.g. OFD's BatchNorm
+  margins) whenever terms tap its features."""
 
   logits: jax.Array
   features: dict = flax.struct.field(default_factory=dict)
   top1: jax.Array | None = None
+  variables: dict | None = None
 
 
 # --- hyper-parameters ----------------------------------------------------------------------------

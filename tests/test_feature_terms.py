@@ -1,0 +1,127 @@
+"""Feature and relation terms in the distillation step: every one trains the LeNet pair, the
+batch-level ones see the global batch (1 and 8 devices agree), projectors live beside the
+student, and OFD reads the teacher's BatchNorm margins."""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxkd import losses, models
+from jaxkd.distill import create_distill_state, make_distill_step
+from jaxkd.losses.feature import ofd_margin
+from jaxkd.parallel import Parallel
+from jaxkd.state import DistillState, init_variables
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'experiments', 'configs'))
+import kd_methods  # noqa: E402
+
+SHAPE = (1, 28, 28, 1)
+TEACHER = models.build('lenet5', num_classes=10)
+STUDENT = models.build('lenet5_half', num_classes=10)
+NEW = ('sp', 'cc', 'rkd', 'pkt', 'nst', 'ickd', 'fsp', 'vid', 'ofd')
+
+
+@pytest.fixture(scope='module')
+def teacher_vars():
+  return init_variables(TEACHER, key=jax.random.key(1), input_shape=SHAPE)
+
+
+def _batches(count, n=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{'image': rng.normal(size=(n, 28, 28, 1)).astype(np.float32),
+           'label': rng.integers(0, 10, n).astype(np.int32)} for _ in range(count)]
+
+
+def _spec(methods):
+  spec = {'ce': {'weight': 1.0}}
+  for method in methods:
+    spec.update({k: dict(v) for k, v in kd_methods.METHODS[method][1].items()})
+  return spec
+
+
+def _run(spec, teacher_vars, parallel, batches):
+  objective = losses.build_objective(spec, num_teachers=1)
+  tx = optax.sgd(0.01)
+  step = make_distill_step(student=STUDENT, teachers=TEACHER, tx=tx, objective=objective,
+                           parallel=parallel)
+  state = create_distill_state(STUDENT, tx, objective, teachers=[TEACHER],
+                               teacher_variables=[teacher_vars], seed=0, input_shape=SHAPE)
+  state = parallel.replicate(state)
+  teacher = parallel.place_teacher(teacher_vars)
+  history = []
+  for batch in batches:
+    state, metrics = step(state, parallel.shard_batch(batch), teacher)
+    history.append(jax.device_get(parallel.unreplicate(metrics)))
+  return parallel.unreplicate(state), history
+
+
+def test_every_new_term_trains_the_lenet_pair(teacher_vars):
+  """All nine together in one objective (one compile): each term positive and finite, the
+  projectors of ickd/fsp/vid/ofd beside the student's parameters and moving."""
+  state, history = _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1), _batches(2))
+  for name in NEW:
+    values = [h[f'{name}_loss'] for h in history]
+    assert all(np.isfinite(v) and v > 0 for v in values), (name, values)
+  assert isinstance(state, DistillState)
+  assert sorted(state.loss_params) == ['fsp', 'ickd', 'ofd', 'vid']
+  assert state.loss_params['ickd']['pair0']['kernel'].shape == (8, 16)  # pool2: 8 -> 16 ch.
+  assert state.loss_params['vid']['pair1']['log_scale'].shape == (16,)
+  np.testing.assert_allclose(jax.nn.softplus(state.loss_params['vid']['pair0']['log_scale']),
+                             5.0 - 1e-5, rtol=1e-3)  # initial variance 5 (after one update)
+  assert 'ickd' not in str(jax.tree_util.tree_structure(state.params))
+
+
+BATCH_LEVEL = _spec(('sp', 'cc', 'rkd', 'pkt', 'ofd'))
+
+
+@pytest.fixture(scope='module')
+def on_one_device(teacher_vars):
+  return _run(BATCH_LEVEL, teacher_vars, Parallel('jit', num_devices=1), _batches(2))
+
+
+@pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
+def test_batch_level_terms_see_the_global_batch(teacher_vars, on_one_device, mode):
+  one, ones = on_one_device
+  eight, eights = _run(BATCH_LEVEL, teacher_vars, Parallel(mode, num_devices=8), _batches(2))
+  for a, b in zip(ones, eights):
+    for name in ('sp', 'cc', 'rkd', 'pkt', 'ofd'):
+      np.testing.assert_allclose(a[f'{name}_loss'], b[f'{name}_loss'], rtol=2e-4, atol=1e-7)
+  for a, b in zip(jax.tree.leaves((one.params, one.loss_params)),
+                  jax.tree.leaves((eight.params, eight.loss_params))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_ofd_margin_from_the_teachers_batchnorm():
+  """With `teacher_bns`, the margin comes from the BatchNorm's scale and bias (not the batch)."""
+  teacher, student = models.build('resnet8', num_classes=10), models.build('resnet8',
+                                                                           num_classes=10)
+  shape = (1, 8, 8, 3)
+  t_vars = init_variables(teacher, key=jax.random.key(3), input_shape=shape)
+  t_vars['params']['stage1']['block0']['bn2']['scale'] = jnp.full((16,), 2.0)
+  t_vars['params']['stage1']['block0']['bn2']['bias'] = jnp.full((16,), -1.0)
+  term = losses.OFD(student_taps=('stage1/preact',), teacher_taps=('stage1/preact',),
+                    teacher_bns=('stage1/block0/bn2',))
+  outputs = losses.Outputs(jnp.zeros((2, 10)), {'stage1/preact': jnp.zeros((2, 8, 8, 16))},
+                           variables=t_vars)
+  margin = term._margin(0, outputs.features['stage1/preact'], outputs, None)
+  np.testing.assert_allclose(margin, ofd_margin(jnp.full((16,), 2.0), jnp.full((16,), -1.0)))
+  bad = losses.OFD(student_taps=('a',), teacher_taps=('a',), teacher_bns=('stage1/nope',))
+  with pytest.raises(ValueError, match="no BatchNorm at teacher_bns path 'stage1/nope'"):
+    bad._margin(0, outputs.features['stage1/preact'], outputs, None)
+  del student
+
+
+def test_term_settings_are_checked():
+  with pytest.raises(ValueError, match='order must be an int >= 1'):
+    losses.make_term('cc', order=0)
+  with pytest.raises(ValueError, match='at least 2'):
+    losses.make_term('fsp', student_taps=('pool2',), teacher_taps=('pool2',))
+  with pytest.raises(ValueError, match='one to one'):
+    losses.make_term('nst', student_taps=('pool1',), teacher_taps=('pool1', 'pool2'))
+  with pytest.raises(ValueError, match='one teacher_bns path per teacher tap'):
+    losses.make_term('ofd', teacher_bns=('a',))
