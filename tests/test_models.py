@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxkd import models
+from jaxkd import models, paths
 
 MNIST = (2, 28, 28, 1)
 CIFAR = (2, 32, 32, 3)
@@ -345,3 +345,20 @@ def test_features_unknown_path_lists_the_available_ones():
   with pytest.raises(ValueError, match=r"\['stage4'\].*'stage3/block0'"):
     jax.eval_shape(lambda v, x: models.features(model, v, x, ['stage1', 'stage4']),
                    variables, _images(MNIST))
+
+
+@pytest.mark.parametrize('name', ['resnet8', 'wrn_16_1'])
+def test_stage_preact_taps_change_no_parameter_name(name):
+  """`stage{i}/preact` reads the sum before a stage's last ReLU (OFD's feature): the stage's
+  output is its ReLU (ResNet) or itself (pre-activation WRN); the tap owns no variable."""
+  model = models.build(name, num_classes=10)
+  shape = (2, 16, 16, 3)
+  assert {f'stage{i}/preact' for i in (1, 2, 3)} <= set(models.feature_paths(model, shape))
+  variables = model.init(jax.random.key(0), jnp.zeros(shape), train=False)
+  assert not [p for p in paths.flatten(variables) if 'preact' in p]
+  images = jax.random.normal(jax.random.key(1), shape)
+  _, feats = models.features(model, variables, images, ['stage2/preact', 'stage2'])
+  expected = feats['stage2/preact'] if name.startswith('wrn') else jax.nn.relu(
+      feats['stage2/preact'])
+  np.testing.assert_array_equal(feats['stage2'], expected)
+  assert float(jnp.min(feats['stage2/preact'])) < 0

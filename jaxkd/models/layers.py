@@ -131,3 +131,14 @@ class GlobalAvgPool(nn.Module):
   @nn.compact
   def __call__(self, x):
     return jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
+
+
+class Tap(nn.Module):
+  """The identity, under a name: makes a value that is no module's output (a pre-activation
+  sum) readable as a feature tap (`jaxkd.models.features(..., 'stage1/preact')`). It has no
+  parameters, so adding one renames nothing in a checkpoint."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x
+

@@ -6,7 +6,8 @@ basic blocks with 16/32/64 filters, global average pooling and a linear `head`.
 shortcut is a 1x1 conv + BN when its shape changes (option B), the identity otherwise.
 
 Paths: `stem` (`stem/conv`, `stem/bn`), `stage{1,2,3}/block{i}` (`conv1`, `bn1`, `conv2`,
-`bn2`, `shortcut_conv`, `shortcut_bn`), `pool` (the `[B, C]` embedding), `head`.
+`bn2`, `shortcut_conv`, `shortcut_bn`), `stage{1,2,3}/preact` (the last block's sum before
+its ReLU; a parameter-free tap), `pool` (the `[B, C]` embedding), `head`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+  preact_tap: nn.Module | None = None  # the stage's `preact` Tap, given to its last block
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -38,11 +40,13 @@ class BasicBlock(nn.Module):
       shortcut = layers.conv(self.features, 1, strides=self.strides, padding='VALID',
                              dtype=self.dtype, name='shortcut_conv')(x)
       shortcut = layers.batch_norm(train=train, dtype=self.dtype, name='shortcut_bn')(shortcut)
-    return nn.relu(y + shortcut)
+    y = y + shortcut
+    return nn.relu(y if self.preact_tap is None else self.preact_tap(y))
 
 
 class ResNetStage(nn.Module):
-  """`num_blocks` basic blocks `block0`, `block1`, ...; the first one carries the stride."""
+  """`num_blocks` basic blocks `block0`, `block1`, ...; the first one carries the stride.
+  `preact` taps the last block's sum before its final ReLU (what OFD distils)."""
 
   features: int
   num_blocks: int
@@ -51,9 +55,11 @@ class ResNetStage(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    tap = layers.Tap(name='preact')
     for i in range(self.num_blocks):
+      last = i == self.num_blocks - 1
       x = BasicBlock(self.features, strides=self.strides if i == 0 else 1, dtype=self.dtype,
-                     name=f'block{i}')(x, train=train)
+                     preact_tap=tap if last else None, name=f'block{i}')(x, train=train)
     return x
 
 

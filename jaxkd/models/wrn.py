@@ -7,7 +7,8 @@ conv3x3; when its width or stride changes the shortcut is a 1x1 conv (no BN) app
 block's pre-activated input.
 
 Paths: `stem`, `stage{1,2,3}/block{i}` (`bn1`, `conv1`, `bn2`, `dropout`, `conv2`,
-`shortcut_conv`), `final_bn`, `pool` (the `[B, C]` embedding), `head`.
+`shortcut_conv`), `stage{1,2,3}/preact` (the stage's output, pre-ReLU), `final_bn`, `pool`
+(the `[B, C]` embedding), `head`.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ class WideBlock(nn.Module):
 
 
 class WideStage(nn.Module):
-  """`num_blocks` wide blocks `block0`, `block1`, ...; the first one carries the stride."""
+  """`num_blocks` wide blocks `block0`, `block1`, ...; the first one carries the stride.
+  Pre-activation blocks end in a sum, so the stage's output is already pre-ReLU; `preact`
+  taps it under the name every zoo CNN uses."""
 
   features: int
   num_blocks: int
@@ -59,7 +62,7 @@ class WideStage(nn.Module):
       x = WideBlock(self.features, strides=self.strides if i == 0 else 1,
                     dropout_rate=self.dropout_rate, dtype=self.dtype,
                     name=f'block{i}')(x, train=train)
-    return x
+    return layers.Tap(name='preact')(x)
 
 
 class WideResNet(nn.Module):
