@@ -125,3 +125,93 @@ def test_term_settings_are_checked():
     losses.make_term('nst', student_taps=('pool1',), teacher_taps=('pool1', 'pool2'))
   with pytest.raises(ValueError, match='one teacher_bns path per teacher tap'):
     losses.make_term('ofd', teacher_bns=('a',))
+
+
+# ----------------------------------------------------------------------------------- CRD
+
+CRD_SPEC = {'ce': {'weight': 1.0},
+            'crd': {'weight': 0.8, 'embed_dim': 8, 'num_negatives': 32, 'num_data': 64,
+                    'student_tap': 'dense2', 'teacher_tap': 'dense2'}}
+
+
+def _indexed(count, n=16):
+  """Batches carrying their examples' dataset indices (distinct, out of 64)."""
+  order = np.random.default_rng(5).permutation(64)
+  return [{**b, 'index': order[i * n:(i + 1) * n].astype(np.int32)}
+          for i, b in enumerate(_batches(count, n=n, seed=7))]
+
+
+def _crd_state_and_step(teacher_vars, parallel):
+  objective = losses.build_objective(CRD_SPEC, num_teachers=1)
+  tx = optax.sgd(0.01)
+  step = make_distill_step(student=STUDENT, teachers=TEACHER, tx=tx, objective=objective,
+                           parallel=parallel)
+  state = create_distill_state(STUDENT, tx, objective, teachers=[TEACHER],
+                               teacher_variables=[teacher_vars], seed=0, input_shape=SHAPE)
+  return jax.tree.map(np.asarray, jax.device_get(state)), step
+
+
+@pytest.fixture(scope='module')
+def crd_one_device(teacher_vars):
+  state, step = _crd_state_and_step(teacher_vars, Parallel('jit', num_devices=1))
+  return state, step
+
+
+def test_crd_bank_update_and_normalisers(teacher_vars, crd_one_device):
+  state, step = crd_one_device
+  assert state.loss_state['crd']['student_bank'].shape == (64, 8)
+  assert float(state.loss_state['crd']['student_normaliser']) < 0  # unset until step 1
+  batch = _indexed(1)[0]
+  new, metrics = step(jax.tree.map(jnp.array, state), batch, teacher_vars)
+  assert np.isfinite(metrics['crd_loss']) and metrics['crd_loss'] > 0
+  before, after = state.loss_state['crd'], jax.device_get(new.loss_state['crd'])
+  touched = batch['index']
+  untouched = np.setdiff1d(np.arange(64), touched)
+  for side in ('student', 'teacher'):
+    np.testing.assert_array_equal(after[f'{side}_bank'][untouched],
+                                  before[f'{side}_bank'][untouched])
+    rows = after[f'{side}_bank'][touched]
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(rows, before[f'{side}_bank'][touched])
+    assert float(after[f'{side}_normaliser']) > 0  # estimated on the first batch...
+  again, _ = step(new, _indexed(2)[1], teacher_vars)
+  for side in ('student', 'teacher'):  # ...and kept
+    assert float(jax.device_get(again.loss_state['crd'][f'{side}_normaliser'])) == float(
+        after[f'{side}_normaliser'])
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
+def test_crd_on_8_devices_equals_1_and_resumes_exactly(teacher_vars, crd_one_device, mode,
+                                                       tmp_path):
+  from jaxkd.checkpoint import Checkpointer
+  state, step = crd_one_device
+  batches = _indexed(4)
+  one = jax.tree.map(jnp.array, state)
+  for batch in batches:
+    one, _ = step(one, batch, teacher_vars)
+  parallel = Parallel(mode, num_devices=8)
+  _, eight_step = _crd_state_and_step(teacher_vars, parallel)
+  eight, teacher = parallel.replicate(state), parallel.place_teacher(teacher_vars)
+  for batch in batches[:2]:
+    eight, _ = eight_step(eight, parallel.shard_batch(batch), teacher)
+  with Checkpointer(str(tmp_path / 'ckpt'), metadata={'task': 'crd'}) as checkpointer:
+    checkpointer.save(2, parallel.unreplicate(eight))
+    eight = parallel.replicate(checkpointer.restore(state).state)
+  for batch in batches[2:]:
+    eight, _ = eight_step(eight, parallel.shard_batch(batch), teacher)
+  eight = parallel.unreplicate(eight)
+  for a, b in zip(jax.tree.leaves(one.loss_state), jax.tree.leaves(eight.loss_state)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_crd_refuses_missing_indices_and_a_bank_too_large(teacher_vars, crd_one_device):
+  state, step = crd_one_device
+  with pytest.raises(ValueError, match=r"batch\['index'\]"):
+    step(jax.tree.map(jnp.array, state), _batches(1)[0], teacher_vars)
+  objective = losses.build_objective(
+      {'crd': {'weight': 1.0, 'num_data': 10**12, 'embed_dim': 128}}, num_teachers=1)
+  with pytest.raises(ValueError, match='num_data'):
+    create_distill_state(STUDENT, optax.sgd(0.1), objective, teachers=[TEACHER],
+                         teacher_variables=[teacher_vars], seed=0, input_shape=SHAPE)

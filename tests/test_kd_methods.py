@@ -33,8 +33,8 @@ def test_named_config_builds_its_objective(name):
 def test_methods_combine_and_unknown_ones_are_listed():
   config = kd_methods.get_config('dkd+fitnet')
   assert set(config.terms) == {'ce', 'dkd', 'fitnet'} and config.terms.ce.weight == 1.0
-  with pytest.raises(ValueError, match=r"Unknown method\(s\) \['crd'\]; valid: \['at'"):
-    kd_methods.get_config('kd+crd')
+  with pytest.raises(ValueError, match=r"Unknown method\(s\) \['nope'\]; valid: \['at'"):
+    kd_methods.get_config('kd+nope')
 
 
 def test_label_smoothing_reaches_the_cross_entropy_terms():

@@ -252,6 +252,10 @@ def test_contrast_scores_matches_reference():
           teacher_bank, s)
   np.testing.assert_array_equal(g_bank, 0.0)
   assert np.all(np.abs(g_emb) > 0)
+  # A bank larger than the gathered rows (N > (K + 1) d) takes the gather path: same scores.
+  s, _, _, teacher_bank, idx = _setup(1, num_data=100, dim=4, num_negatives=3)
+  got = jax.jit(lambda b, i, e: contrast_scores(b, i, e, temperature=0.07))(teacher_bank, idx, s)
+  np.testing.assert_allclose(got, ref_scores(teacher_bank, idx, s, 0.07), rtol=1e-5)
   with pytest.raises(ValueError, match='temperature'):
     contrast_scores(teacher_bank, idx, s, temperature=0.0)
   with pytest.raises(ValueError, match='bank'):

@@ -303,3 +303,14 @@ def test_chain_refuses_a_bad_model_list_before_any_run(fake_data):
   with pytest.raises(ValueError, match='at least 2'):
     recipes.chain(config, str(fake_data / 'bad'))
   assert not os.path.exists(fake_data / 'bad')
+
+
+def test_distill_recipe_gives_crd_the_dataset_indices(fake_data):
+  """A memory-bank term gets `batch['index']` and the training split's size from the recipe."""
+  teacher = str(fake_data / 'crd_teacher')
+  recipes.train(_config('fashion_mnist', 'mlp'), teacher)
+  config = _config('kd_methods', 'crd', teacher_dir=teacher, model='mlp')
+  config.terms.crd.update(student_tap='dense1', teacher_tap='dense1', num_negatives=16)
+  final = recipes.distill(config, str(fake_data / 'crd'))
+  stored = checkpoint.read_metadata(os.path.join(fake_data, 'crd', 'final'))
+  assert stored['objective']['crd']['num_data'] == 200 and final['steps'] == 2

@@ -74,6 +74,10 @@ METHODS = {
     # outputs); LeNet-5 has no BatchNorm, so the margin reads the batch's statistics.
     'ofd': (1.0, {'ofd': dict(weight=1e-3, student_taps=('conv1', 'conv2'),
                               teacher_taps=('conv1', 'conv2'))}),
+    # Tian et al. 2020 (RepDistiller train_student.py): weight 0.8 (-b), 128 dimensions,
+    # 16384 negatives, T 0.07, momentum 0.5; the penultimate layer. num_data: the train split.
+    'crd': (1.0, {'crd': dict(weight=0.8, embed_dim=128, num_negatives=16384, temperature=0.07,
+                              momentum=0.5, student_tap='dense2', teacher_tap='dense2')}),
 }
 
 

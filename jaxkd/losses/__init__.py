@@ -2,9 +2,22 @@
 objective that weighs terms. `LOSSES` names every term; `make_objective` is the classic
 hard + soft shorthand, `build_objective` builds any combination by name."""
 from jaxkd.losses.classification import cross_entropy as cross_entropy
+from jaxkd.losses.contrastive_terms import CRD as CRD
 from jaxkd.losses.feature import attention_map as attention_map
 from jaxkd.losses.feature import attention_transfer_loss as attention_transfer_loss
 from jaxkd.losses.feature import hint_loss as hint_loss
+from jaxkd.losses.feature import cc_loss as cc_loss
+from jaxkd.losses.feature import crd_loss as crd_loss
+from jaxkd.losses.feature import fsp_loss as fsp_loss
+from jaxkd.losses.feature import hcl_loss as hcl_loss
+from jaxkd.losses.feature import ickd_loss as ickd_loss
+from jaxkd.losses.feature import nst_loss as nst_loss
+from jaxkd.losses.feature import ofd_loss as ofd_loss
+from jaxkd.losses.feature import pkt_loss as pkt_loss
+from jaxkd.losses.feature import rkd_loss as rkd_loss
+from jaxkd.losses.feature import sdd_loss as sdd_loss
+from jaxkd.losses.feature import sp_loss as sp_loss
+from jaxkd.losses.feature import vid_loss as vid_loss
 from jaxkd.losses.feature_terms import AT as AT
 from jaxkd.losses.feature_terms import FitNet as FitNet
 from jaxkd.losses.kd import kd_loss as kd_loss
@@ -55,12 +68,14 @@ from jaxkd.losses.terms import gather as gather
 from jaxkd.losses.terms import is_constant_zero as is_constant_zero
 
 __all__ = [
-    'AT', 'CC', 'CTKD', 'DIST', 'DKD', 'FSP', 'ICKD', 'JSD', 'KD', 'LOSSES', 'MULTI_TEACHER',
-    'NKD', 'NST', 'OFD', 'PKT', 'RKD', 'SP', 'TTM', 'VID', 'WTTM',
-    'CrossEntropy', 'FitNet', 'Hyperparam', 'LogitTerm', 'Objective', 'Outputs',
-    'ReverseKL', 'Term', 'attention_map', 'attention_transfer_loss', 'build_objective',
-    'check_num_classes', 'cross_entropy', 'dist_inter_loss', 'dist_intra_loss', 'dist_loss',
-    'dkd_loss', 'dkd_parts', 'gather', 'gradient_reversal', 'hint_loss', 'is_constant_zero',
-    'jsd_loss', 'kd_loss', 'kd_loss_from_probs', 'make_objective', 'make_term', 'nkd_loss',
-    'reverse_kl_loss', 'standardize_logits', 'ttm_loss', 'wttm_loss',
+    'AT', 'CC', 'CRD', 'CTKD', 'CrossEntropy', 'DIST', 'DKD', 'FSP', 'FitNet', 'Hyperparam',
+    'ICKD', 'JSD', 'KD', 'LOSSES', 'LogitTerm', 'MULTI_TEACHER', 'NKD', 'NST', 'OFD',
+    'Objective', 'Outputs', 'PKT', 'RKD', 'ReverseKL', 'SP', 'TTM', 'Term', 'VID', 'WTTM',
+    'attention_map', 'attention_transfer_loss', 'build_objective', 'cc_loss',
+    'check_num_classes', 'crd_loss', 'cross_entropy', 'dist_inter_loss', 'dist_intra_loss',
+    'dist_loss', 'dkd_loss', 'dkd_parts', 'fsp_loss', 'gather', 'gradient_reversal',
+    'hcl_loss', 'hint_loss', 'ickd_loss', 'is_constant_zero', 'jsd_loss', 'kd_loss',
+    'kd_loss_from_probs', 'make_objective', 'make_term', 'nkd_loss', 'nst_loss', 'ofd_loss',
+    'pkt_loss', 'reverse_kl_loss', 'rkd_loss', 'sdd_loss', 'sp_loss', 'standardize_logits',
+    'ttm_loss', 'vid_loss', 'wttm_loss',
 ]

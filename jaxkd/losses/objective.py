@@ -101,6 +101,11 @@ class Objective:
     return any(term.needs_labels for _, _, term in self._active())
 
   @property
+  def needs_index(self) -> bool:
+    """Whether a term reads the examples' dataset indices (`batch['index']`)."""
+    return any(term.needs_index for _, _, term in self._active())
+
+  @property
   def student_taps(self) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for _, _, t in self.terms for p in t.student_taps))
 

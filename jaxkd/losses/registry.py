@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from jaxkd.losses.contrastive_terms import CRD
 from jaxkd.losses.feature_terms import AT, FitNet
 from jaxkd.losses.logit_terms import CTKD, DIST, DKD, JSD, NKD, TTM, WTTM, ReverseKL
 from jaxkd.losses.map_terms import FSP, ICKD, NST, OFD, VID
@@ -14,7 +15,7 @@ from jaxkd.losses.terms import KD, CrossEntropy, Term, normalised_teacher_weight
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).
 LOSSES: Mapping[str, type[Term]] = {
     term.name: term for term in (CrossEntropy, KD, ReverseKL, JSD, DKD, DIST, NKD, TTM, WTTM,
-                                 CTKD, FitNet, AT, SP, CC, RKD, PKT, NST, ICKD, FSP, VID, OFD)
+                                 CTKD, FitNet, AT, SP, CC, RKD, PKT, NST, ICKD, FSP, VID, OFD, CRD)
 }
 
 

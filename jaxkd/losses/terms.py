@@ -113,7 +113,8 @@ class Term:
   Class attributes (or properties) say what a term reads and owns:
     student_taps, teacher_taps: module paths whose outputs it reads ('' = logits only).
     per_example: False for a term that relates the examples of a batch (one value per batch).
-    needs_teacher, needs_labels: which inputs it reads.
+    needs_teacher, needs_labels: which inputs it reads; needs_index: the examples' dataset
+      indices (`batch['index']`, e.g. for a memory bank).
     owns_params, owns_state: whether `init` creates trainable parameters / state.
   """
 
@@ -123,6 +124,7 @@ class Term:
   per_example = True
   needs_teacher = True
   needs_labels = False
+  needs_index = False
   owns_params = False
   owns_state = False
 

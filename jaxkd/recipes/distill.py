@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from jaxkd import cache, losses
 from jaxkd.distill import (create_distill_state, inference_apply, make_distill_step,
                            topk_temperature)
@@ -15,11 +17,14 @@ from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_polic
 from jaxkd.state import tree_sha256
 
 
-def build_objective(config, *, num_teachers: int, steps_per_epoch: int) -> losses.Objective:
+def build_objective(config, *, num_teachers: int, steps_per_epoch: int,
+                    num_examples: int = 0) -> losses.Objective:
   """The run's objective: `config.terms` by name when given (`{name: {'loss': ..., 'weight':
   ..., **hyper-parameters}}`, see `jaxkd.losses.LOSSES`; a setting `<x>_epochs` becomes
   `<x>_steps`), else the classic `config.kd` shorthand (hard + soft).
-  `config.label_smoothing` applies to every cross-entropy term that does not set its own."""
+  `config.label_smoothing` applies to every cross-entropy term that does not set its own;
+  `num_examples` (the training split's size) to every `crd` term that does not set
+  `num_data`."""
   k = config.kd
   smoothing = config.get('label_smoothing', 0.0)
   terms = (config.get('terms') or {})
@@ -29,6 +34,8 @@ def build_objective(config, *, num_teachers: int, steps_per_epoch: int) -> losse
       settings = settings.to_dict() if hasattr(settings, 'to_dict') else dict(settings)
       if settings.get('loss', name) == 'ce':
         settings.setdefault('label_smoothing', smoothing)
+      if settings.get('loss', name) == 'crd' and not settings.get('num_data'):
+        settings['num_data'] = num_examples
       for key in [k for k in settings if k.endswith('_epochs')]:
         settings[key.removesuffix('_epochs') + '_steps'] = round(
             settings.pop(key) * steps_per_epoch)
@@ -61,7 +68,8 @@ def distill(config, workdir: str) -> dict:
   teachers = [load_teacher(d, task, config) for d in teacher_dirs]
   k = config.kd
   objective = build_objective(config, num_teachers=len(teachers),
-                              steps_per_epoch=len(task.train_labels) // config.batch_size)
+                              steps_per_epoch=len(task.train_labels) // config.batch_size,
+                              num_examples=len(task.train_labels))
   fingerprints = [tree_sha256(variables) for _, variables, _ in teachers]
   student = build_model(config, task.num_classes)
   init_vars, init_info = load_init(student, config, task,
@@ -88,6 +96,8 @@ def distill(config, workdir: str) -> dict:
                           teacher_fingerprint=fingerprints[0], augment=augment,
                           temperature=temperature, num_examples=len(task.train_labels))
       columns = teacher_cache.rows()
+    if objective.needs_index:  # each example's row in a term's memory bank
+      columns = {**(columns or {}), 'index': np.arange(len(task.train_labels), dtype=np.int32)}
     batches, steps_per_epoch = make_batches(task, config, parallel, columns)
     num_steps = num_train_steps(config, steps_per_epoch)
     tx, schedule = build_optimizer(config, num_steps)
