@@ -67,7 +67,9 @@ def student_forward(model: nn.Module, taps: Sequence[str]) -> Callable:
     else:
       out = model.apply(variables, images, train=True, rngs=rngs, mutable=mutable)
       (logits, updates), feats = (out if mutable else (out, {})), {}
-    return losses.Outputs(logits, feats), updates.get('batch_stats', {})
+    # Terms that tap features may also read the student's variables (SDD's classifier).
+    return (losses.Outputs(logits, feats, variables=variables if taps else None),
+            updates.get('batch_stats', {}))
 
   return forward
 

@@ -23,7 +23,7 @@ import kd_methods  # noqa: E402
 SHAPE = (1, 28, 28, 1)
 TEACHER = models.build('lenet5', num_classes=10)
 STUDENT = models.build('lenet5_half', num_classes=10)
-NEW = ('sp', 'cc', 'rkd', 'pkt', 'nst', 'ickd', 'fsp', 'vid', 'ofd')
+NEW = ('sp', 'cc', 'rkd', 'pkt', 'nst', 'ickd', 'fsp', 'vid', 'ofd', 'reviewkd')
 
 
 @pytest.fixture(scope='module')
@@ -61,14 +61,15 @@ def _run(spec, teacher_vars, parallel, batches):
 
 
 def test_every_new_term_trains_the_lenet_pair(teacher_vars):
-  """All nine together in one objective (one compile): each term positive and finite, the
-  projectors of ickd/fsp/vid/ofd beside the student's parameters and moving."""
+  """All ten together in one objective (one compile): each term positive and finite, the
+  projectors of ickd/fsp/vid/ofd/reviewkd beside the student's parameters."""
   state, history = _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1), _batches(2))
   for name in NEW:
     values = [h[f'{name}_loss'] for h in history]
     assert all(np.isfinite(v) and v > 0 for v in values), (name, values)
   assert isinstance(state, DistillState)
-  assert sorted(state.loss_params) == ['fsp', 'ickd', 'ofd', 'vid']
+  assert sorted(state.loss_params) == ['fsp', 'ickd', 'ofd', 'reviewkd', 'vid']
+  assert state.loss_params['reviewkd']['stage0']['conv2'].shape == (3, 3, 8, 6)  # -> pool1
   assert state.loss_params['ickd']['pair0']['kernel'].shape == (8, 16)  # pool2: 8 -> 16 ch.
   assert state.loss_params['vid']['pair1']['log_scale'].shape == (16,)
   np.testing.assert_allclose(jax.nn.softplus(state.loss_params['vid']['pair0']['log_scale']),
@@ -76,7 +77,7 @@ def test_every_new_term_trains_the_lenet_pair(teacher_vars):
   assert 'ickd' not in str(jax.tree_util.tree_structure(state.params))
 
 
-BATCH_LEVEL = _spec(('sp', 'cc', 'rkd', 'pkt', 'ofd'))
+BATCH_LEVEL = _spec(('sp', 'cc', 'rkd', 'pkt', 'ofd', 'reviewkd'))
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +90,7 @@ def test_batch_level_terms_see_the_global_batch(teacher_vars, on_one_device, mod
   one, ones = on_one_device
   eight, eights = _run(BATCH_LEVEL, teacher_vars, Parallel(mode, num_devices=8), _batches(2))
   for a, b in zip(ones, eights):
-    for name in ('sp', 'cc', 'rkd', 'pkt', 'ofd'):
+    for name in ('sp', 'cc', 'rkd', 'pkt', 'ofd', 'reviewkd'):
       np.testing.assert_allclose(a[f'{name}_loss'], b[f'{name}_loss'], rtol=2e-4, atol=1e-7)
   for a, b in zip(jax.tree.leaves((one.params, one.loss_params)),
                   jax.tree.leaves((eight.params, eight.loss_params))):
@@ -114,6 +115,43 @@ def test_ofd_margin_from_the_teachers_batchnorm():
   with pytest.raises(ValueError, match="no BatchNorm at teacher_bns path 'stage1/nope'"):
     bad._margin(0, outputs.features['stage1/preact'], outputs, None)
   del student
+
+
+def test_sdd_classifies_multiscale_cells_with_each_models_head():
+  """SDD's loss equals `sdd_loss` on the cells classified by each model's own head; a model
+  whose classifier does not read the pooled map (LeNet-5) is refused by name."""
+  from jaxkd.losses.feature import multiscale_pooled_features, sdd_loss
+  from jaxkd.models import features
+  teacher, student = models.build('resnet8', num_classes=10), models.build('resnet8',
+                                                                           num_classes=10)
+  shape = (4, 16, 16, 3)
+  t_vars = init_variables(teacher, key=jax.random.key(3), input_shape=shape)
+  s_vars = init_variables(student, key=jax.random.key(4), input_shape=shape)
+  images = jax.random.normal(jax.random.key(5), shape)
+  labels = jnp.array([0, 1, 2, 3])
+  outs = []
+  for model, variables in ((student, s_vars), (teacher, t_vars)):
+    logits, feats = features(model, variables, images, ['stage3'])
+    outs.append(losses.Outputs(logits, feats, variables=variables))
+  term = losses.make_term('sdd', temperature=4.0)
+  value, _, _ = term(outs[0], [outs[1]], {'label': labels}, step=0, key=None, params={},
+                     state={}, axis_name=None)
+
+  def cells(out, variables):
+    pooled = multiscale_pooled_features(out.features['stage3'])
+    head = variables['params']['head']
+    return pooled @ head['kernel'] + head['bias']
+  want = sdd_loss(cells(outs[0], s_vars), cells(outs[1], t_vars), labels, temperature=4.0,
+                  complementary_weight=2.0)
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  np.testing.assert_allclose(cells(outs[0], s_vars)[:, 0], outs[0].logits, rtol=1e-4,
+                             atol=1e-5)  # the global cell is the model's own logits
+  lenet = losses.Outputs(jnp.zeros((2, 10)), {'stage3': jnp.zeros((2, 5, 5, 16))},
+                         variables=init_variables(TEACHER, key=jax.random.key(0),
+                                                  input_shape=SHAPE))
+  with pytest.raises(ValueError, match='global average'):
+    term(lenet, [lenet], {'label': labels[:2]}, step=0, key=None, params={}, state={},
+         axis_name=None)
 
 
 def test_term_settings_are_checked():

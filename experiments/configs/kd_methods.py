@@ -78,7 +78,17 @@ METHODS = {
     # 16384 negatives, T 0.07, momentum 0.5; the penultimate layer. num_data: the train split.
     'crd': (1.0, {'crd': dict(weight=0.8, embed_dim=128, num_negatives=16384, temperature=0.07,
                               momentum=0.5, student_tap='dense2', teacher_tap='dense2')}),
+    # Chen et al. 2021 (ReviewKD): HCL weight 1 (their default; 5 for the CIFAR ResNet/WRN
+    # pairs), the conv stages fused deepest first.
+    'reviewkd': (1.0, {'reviewkd': dict(weight=1.0, student_taps=('pool1', 'pool2'),
+                                        teacher_taps=('pool1', 'pool2'))}),
+    # Wei et al. 2024 (SD-KD: mdistiller's KD settings): T 4, weight 0.9, CE 0.1, scales
+    # 1, 2, 4, complementary cells x 2. Needs a classifier on the global average of the last
+    # stage (ResNet/WRN; not LeNet-5): use with a ResNet pair, e.g. --config.model=resnet8.
+    'sdd': (0.1, {'sdd': dict(weight=0.9, temperature=4.0, complementary_weight=2.0,
+                              scales=(1, 2, 4), student_tap='stage3', teacher_tap='stage3')}),
 }
+GAP_ONLY = ('sdd',)  # methods that need a global-average-pool classifier (not LeNet-5)
 
 
 def get_config(methods: str = 'kd') -> ml_collections.ConfigDict:

@@ -47,6 +47,8 @@ from jaxkd.losses.map_terms import ICKD as ICKD
 from jaxkd.losses.map_terms import NST as NST
 from jaxkd.losses.map_terms import OFD as OFD
 from jaxkd.losses.map_terms import VID as VID
+from jaxkd.losses.multiscale_terms import SDD as SDD
+from jaxkd.losses.multiscale_terms import ReviewKD as ReviewKD
 from jaxkd.losses.objective import Objective as Objective
 from jaxkd.losses.objective import check_num_classes as check_num_classes
 from jaxkd.losses.objective import make_objective as make_objective
@@ -70,8 +72,8 @@ from jaxkd.losses.terms import is_constant_zero as is_constant_zero
 __all__ = [
     'AT', 'CC', 'CRD', 'CTKD', 'CrossEntropy', 'DIST', 'DKD', 'FSP', 'FitNet', 'Hyperparam',
     'ICKD', 'JSD', 'KD', 'LOSSES', 'LogitTerm', 'MULTI_TEACHER', 'NKD', 'NST', 'OFD',
-    'Objective', 'Outputs', 'PKT', 'RKD', 'ReverseKL', 'SP', 'TTM', 'Term', 'VID', 'WTTM',
-    'attention_map', 'attention_transfer_loss', 'build_objective', 'cc_loss',
+    'Objective', 'Outputs', 'PKT', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'TTM', 'Term',
+    'VID', 'WTTM', 'attention_map', 'attention_transfer_loss', 'build_objective', 'cc_loss',
     'check_num_classes', 'crd_loss', 'cross_entropy', 'dist_inter_loss', 'dist_intra_loss',
     'dist_loss', 'dkd_loss', 'dkd_parts', 'fsp_loss', 'gather', 'gradient_reversal',
     'hcl_loss', 'hint_loss', 'ickd_loss', 'is_constant_zero', 'jsd_loss', 'kd_loss',

@@ -17,29 +17,8 @@ from jaxkd.losses.feature.attention import _pool_to
 from jaxkd.losses.feature.overhaul import ofd_loss, ofd_margin
 from jaxkd.losses.feature.statistics import fsp_loss, ickd_loss, nst_loss
 from jaxkd.losses.feature.variational import vid_log_scale_init, vid_loss
+from jaxkd.losses.projectors import BN_EPS, batch_norm, conv1x1, conv1x1_init
 from jaxkd.losses.terms import Term, combine_teachers
-
-_BN_EPS = 1e-5
-
-
-def _conv1x1_init(key, c_in: int, c_out: int, *, bias: bool = True) -> dict:
-  kernel = jax.nn.initializers.lecun_normal()(key, (c_in, c_out))
-  return {'kernel': kernel, **({'bias': jnp.zeros((c_out,), jnp.float32)} if bias else {})}
-
-
-def _conv1x1(x: jax.Array, params: dict) -> jax.Array:
-  y = jnp.einsum('bhwc,cd->bhwd', x, params['kernel'])
-  return y + params['bias'] if 'bias' in params else y
-
-
-def _batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, axis_name) -> jax.Array:
-  """BatchNorm over the global batch's statistics (a connector used in training only)."""
-  mean = jnp.mean(x, axis=(0, 1, 2))
-  mean_sq = jnp.mean(x * x, axis=(0, 1, 2))
-  if axis_name is not None:
-    mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
-  return (x - mean) * jax.lax.rsqrt(mean_sq - mean * mean + _BN_EPS) * scale + bias
-
 
 def _pool_onto(student: jax.Array, teacher_shape, term: str, tap: str) -> jax.Array:
   """The student's NHWC map average-pooled to the teacher's height and width."""
@@ -114,10 +93,10 @@ class _Projected(_MapPairs):
     return params, {}
 
   def init_pair(self, key, c_in: int, c_out: int) -> dict:
-    return _conv1x1_init(key, c_in, c_out)
+    return conv1x1_init(key, c_in, c_out)
 
   def projected(self, student, teacher, params) -> list[jax.Array]:
-    return [_conv1x1(_pool_onto(s, t.shape, self.name, tap), params[f'pair{i}'])
+    return [conv1x1(_pool_onto(s, t.shape, self.name, tap), params[f'pair{i}'])
             for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps))]
 
 
@@ -172,9 +151,9 @@ class VID(_Projected):
   def init_pair(self, key, c_in, c_out):
     k1, k2, k3 = jax.random.split(key, 3)
     log_scale = vid_log_scale_init(self.initial_variance, min_variance=self.min_variance)
-    return {'conv1': _conv1x1_init(k1, c_in, c_out, bias=False),
-            'conv2': _conv1x1_init(k2, c_out, c_out, bias=False),
-            'conv3': _conv1x1_init(k3, c_out, c_out, bias=False),
+    return {'conv1': conv1x1_init(k1, c_in, c_out, bias=False),
+            'conv2': conv1x1_init(k2, c_out, c_out, bias=False),
+            'conv3': conv1x1_init(k3, c_out, c_out, bias=False),
             'log_scale': jnp.full((c_out,), log_scale, jnp.float32)}
 
   def pair_loss(self, student, teacher, params, teacher_outputs, axis_name):
@@ -182,7 +161,7 @@ class VID(_Projected):
     for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps)):
       p = params[f'pair{i}']
       x = _pool_onto(s, t.shape, self.name, tap)
-      mean = _conv1x1(jax.nn.relu(_conv1x1(jax.nn.relu(_conv1x1(x, p['conv1'])), p['conv2'])),
+      mean = conv1x1(jax.nn.relu(conv1x1(jax.nn.relu(conv1x1(x, p['conv1'])), p['conv2'])),
                       p['conv3'])
       total = total + vid_loss(mean, t, log_scale=p['log_scale'],
                                min_variance=self.min_variance)
@@ -216,7 +195,7 @@ class OFD(_Projected):
                        f'{list(self.teacher_bns)} for {list(self.teacher_taps)}.')
 
   def init_pair(self, key, c_in, c_out):
-    return {'conv': _conv1x1_init(key, c_in, c_out, bias=False),
+    return {'conv': conv1x1_init(key, c_in, c_out, bias=False),
             'bn_scale': jnp.ones((c_out,), jnp.float32), 'bn_bias': jnp.zeros((c_out,), jnp.float32)}
 
   def _margin(self, i: int, teacher: jax.Array, teacher_outputs, axis_name) -> jax.Array:
@@ -232,13 +211,13 @@ class OFD(_Projected):
     mean_sq = jnp.mean(teacher * teacher, axis=(0, 1, 2))
     if axis_name is not None:
       mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
-    return ofd_margin(jnp.sqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + _BN_EPS), mean)
+    return ofd_margin(jnp.sqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + BN_EPS), mean)
 
   def pair_loss(self, student, teacher, params, teacher_outputs, axis_name):
     n, total = len(student), 0.0
     for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps)):
       p = params[f'pair{i}']
-      connected = _batch_norm(_conv1x1(_pool_onto(s, t.shape, self.name, tap), p['conv']),
+      connected = batch_norm(conv1x1(_pool_onto(s, t.shape, self.name, tap), p['conv']),
                               p['bn_scale'], p['bn_bias'], axis_name)
       margin = jax.lax.stop_gradient(self._margin(i, t, teacher_outputs, axis_name))
       total = total + ofd_loss(connected, t, margin=margin) / 2 ** (n - 1 - i)

@@ -8,6 +8,7 @@ from jaxkd.losses.contrastive_terms import CRD
 from jaxkd.losses.feature_terms import AT, FitNet
 from jaxkd.losses.logit_terms import CTKD, DIST, DKD, JSD, NKD, TTM, WTTM, ReverseKL
 from jaxkd.losses.map_terms import FSP, ICKD, NST, OFD, VID
+from jaxkd.losses.multiscale_terms import SDD, ReviewKD
 from jaxkd.losses.objective import Objective
 from jaxkd.losses.relation_terms import CC, PKT, RKD, SP
 from jaxkd.losses.terms import KD, CrossEntropy, Term, normalised_teacher_weights
@@ -15,7 +16,8 @@ from jaxkd.losses.terms import KD, CrossEntropy, Term, normalised_teacher_weight
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).
 LOSSES: Mapping[str, type[Term]] = {
     term.name: term for term in (CrossEntropy, KD, ReverseKL, JSD, DKD, DIST, NKD, TTM, WTTM,
-                                 CTKD, FitNet, AT, SP, CC, RKD, PKT, NST, ICKD, FSP, VID, OFD, CRD)
+                                 CTKD, FitNet, AT, SP, CC, RKD, PKT, NST, ICKD, FSP, VID, OFD, CRD,
+                                 ReviewKD, SDD)
 }
 
 

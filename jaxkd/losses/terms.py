@@ -40,8 +40,8 @@ MULTI_TEACHER = ('sum', 'ensemble')
 class Outputs:
   """What a model gives the terms: logits `[B, C]` and its features by tapped module path;
   `top1`, a teacher's own top-1 class when its logits are rebuilt (from a top-k cache);
-  `variables`, a live teacher's (for terms that read its parameters, e.g. OFD's BatchNorm
-  margins) whenever terms tap its features."""
+  `variables`, the model's (for terms that read its parameters: OFD's BatchNorm margins,
+  SDD's classifier) whenever terms tap its features."""
 
   logits: jax.Array
   features: dict = flax.struct.field(default_factory=dict)
