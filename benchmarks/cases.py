@@ -25,23 +25,52 @@ PAIRS = {
     'resnet': Pair('resnet56', 'resnet20', (32, 32, 3)),
 }
 MODES = ('student', 'online_kd', 'cached_kd', 'finetune', 'eval', 'teacher_forward')
-# One online-distillation mode per method family (`jaxkd.losses` terms beside cross-entropy,
-# the paper's weights): logit (dkd), batch relation (dist), learnable temperature (ctkd),
-# features (fitnet, at). Not in the PyTorch peer. Taps per pair: its middle and all stages.
-METHOD_MODES = ('dkd', 'dist', 'ctkd', 'fitnet', 'at')
+# Online distillation with each method of `jaxkd.losses` beside cross-entropy (the paper's
+# weights): logit (dkd), batch relation (dist), learnable temperature (ctkd), features
+# (fitnet, at), relations (sp, cc, rkd, pkt), map statistics (nst, ickd, fsp), regressors
+# (vid, ofd), fusion (reviewkd), contrastive with memory banks (crd), multi-scale cells
+# (sdd: GAP classifiers only). Not in the PyTorch peer. Taps per pair: the middle stage, all
+# stages, the penultimate embedding, the pre-ReLU maps and the map the classifier pools.
+METHOD_MODES = ('dkd', 'dist', 'ctkd', 'fitnet', 'at', 'sp', 'cc', 'rkd', 'pkt', 'nst', 'ickd',
+                'fsp', 'vid', 'ofd', 'reviewkd', 'crd', 'sdd')
 TAPS = {'mlp': ('dense1', ('dense1', 'dense2')), 'lenet': ('pool2', ('pool1', 'pool2')),
         'resnet': ('stage2', ('stage1', 'stage2', 'stage3'))}
+EMBEDDING = {'mlp': 'dense2', 'lenet': 'dense2', 'resnet': 'pool'}
+PREACT = {'lenet': ('conv1', 'conv2'), 'resnet': ('stage1/preact', 'stage2/preact',
+                                                  'stage3/preact')}
+FLOW = {'lenet': ('conv2', 'pool2'), 'resnet': ('stage1', 'stage2', 'stage3')}
+CRD_NUM_DATA = 50_000  # a CIFAR-sized memory bank
 
 
 def method_terms(pair_name: str, mode: str) -> dict:
   """The objective of a method mode, by term name (`jaxkd.losses.build_objective`)."""
   middle, stages = TAPS[pair_name]
-  terms = {'dkd': {'temperature': 4.0, 'target_weight': 1.0, 'non_target_weight': 8.0},
-           'dist': {'temperature': 1.0},
-           'ctkd': {'curriculum_steps': 100},
-           'fitnet': {'weight': 100.0, 'student_tap': middle, 'teacher_tap': middle},
-           'at': {'weight': 1000.0, 'student_taps': stages, 'teacher_taps': stages}}[mode]
+  embedding = {'student_tap': EMBEDDING[pair_name], 'teacher_tap': EMBEDDING[pair_name]}
+  maps = {'student_taps': stages, 'teacher_taps': stages}
+  pick = lambda table: {'student_taps': table[pair_name],  # noqa: E731
+                        'teacher_taps': table[pair_name]}
+  terms = {
+      'dkd': lambda: {'temperature': 4.0, 'target_weight': 1.0, 'non_target_weight': 8.0},
+      'dist': lambda: {'temperature': 1.0},
+      'ctkd': lambda: {'curriculum_steps': 100},
+      'fitnet': lambda: {'weight': 100.0, 'student_tap': middle, 'teacher_tap': middle},
+      'at': lambda: {'weight': 1000.0, **maps},
+      'sp': lambda: {'weight': 3000.0, 'student_tap': stages[-1], 'teacher_tap': stages[-1]},
+      'cc': lambda: {'weight': 100.0, **embedding},
+      'rkd': lambda: {'weight': 1.0, **embedding},
+      'pkt': lambda: {'weight': 30000.0, **embedding},
+      'nst': lambda: {'weight': 50.0, **maps},
+      'ickd': lambda: {'weight': 2.5, 'student_taps': stages[-1:], 'teacher_taps': stages[-1:]},
+      'fsp': lambda: {'weight': 1.0, **pick(FLOW)},
+      'vid': lambda: {'weight': 1.0, **maps},
+      'ofd': lambda: {'weight': 1e-3, **pick(PREACT)},
+      'reviewkd': lambda: {'weight': 1.0, **maps},
+      'crd': lambda: {'weight': 0.8, 'num_data': CRD_NUM_DATA, **embedding},
+      'sdd': lambda: {'weight': 0.9, 'student_tap': stages[-1], 'teacher_tap': stages[-1]},
+  }[mode]()
   return {'ce': {'weight': HARD_WEIGHT}, mode: {'weight': SOFT_WEIGHT, **terms}}
+
+
 NUM_CLASSES = 10
 LEARNING_RATE = 0.05
 # The peer's objective is written out in torch_peer.py with the same constants.
@@ -154,6 +183,8 @@ def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxC
     elif mode in ('online_kd', *METHOD_MODES):
       step = make_distill_step(student=student, teachers=teacher, tx=tx, objective=objective,
                                parallel=parallel)
+      if objective.needs_index:  # crd: the batch's rows of the memory banks
+        batch = dict(batch, index=jax.numpy.arange(len(batch['label']), dtype='int32'))
       args = [parallel.replicate(state), parallel.shard_batch(batch), teacher_variables]
     elif mode == 'cached_kd':
       step = make_distill_step(student=student, teachers=None, tx=tx, objective=objective,

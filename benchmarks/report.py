@@ -36,7 +36,10 @@ def check_targets(rows: list[dict]) -> list[dict]:
     for mode in METHOD_MODES:  # a method's step over plain online KD's
       method = jax_rows.get((pair, mode))
       if online and method:
-        goal = 1.2 if mode in ('fitnet', 'at') else 1.05
+        # Logit terms add little to the step; feature and relation terms (taps, projectors,
+        # memory banks) may add up to 1.2x (fitnet, at) or 1.3x (the feature family).
+        goal = (1.05 if mode in ('dkd', 'dist', 'ctkd') else
+                1.2 if mode in ('fitnet', 'at') else 1.3)
         ratio = ms(method) / ms(online)
         checks.append({'target': f'{pair}: {mode} step <= {goal}x online_kd step',
                        'value': ratio, 'goal': goal, 'passed': ratio <= goal})

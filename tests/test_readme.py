@@ -23,7 +23,7 @@ def test_readme_snippet_runs(index, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize('name', ['fashion_mnist_kd', 'transfer', 'kd_methods'])
+@pytest.mark.parametrize('name', ['fashion_mnist_kd', 'transfer', 'kd_methods', 'schemes'])
 def test_readme_shows_the_checked_in_results(name):
   """The README's tables are the ones experiments/results/ holds, line for line."""
   with open(os.path.join(ROOT, 'README.md')) as f:

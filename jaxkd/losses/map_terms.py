@@ -196,7 +196,8 @@ class OFD(_Projected):
 
   def init_pair(self, key, c_in, c_out):
     return {'conv': conv1x1_init(key, c_in, c_out, bias=False),
-            'bn_scale': jnp.ones((c_out,), jnp.float32), 'bn_bias': jnp.zeros((c_out,), jnp.float32)}
+            'bn_scale': jnp.ones((c_out,), jnp.float32),
+            'bn_bias': jnp.zeros((c_out,), jnp.float32)}
 
   def _margin(self, i: int, teacher: jax.Array, teacher_outputs, axis_name) -> jax.Array:
     if self.teacher_bns:
