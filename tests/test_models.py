@@ -10,9 +10,9 @@ from jaxkd import models, paths
 
 MNIST = (2, 28, 28, 1)
 CIFAR = (2, 32, 32, 3)
-NO_BN_MODELS = {'mlp', 'mlp_1200', 'mlp_800', 'lenet5', 'lenet5_half'}
+NO_BN_MODELS = {'mlp', 'mlp_1200', 'mlp_800', 'lenet5', 'lenet5_mid', 'lenet5_half'}
 REQUIRED = [
-    'mlp', 'mlp_1200', 'mlp_800', 'lenet5', 'lenet5_half',
+    'mlp', 'mlp_1200', 'mlp_800', 'lenet5', 'lenet5_mid', 'lenet5_half',
     'resnet8', 'resnet14', 'resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110',
     'resnet8x4', 'resnet32x4', 'wrn', 'wrn_16_1', 'wrn_16_2', 'wrn_40_1', 'wrn_40_2', 'wrn_28_10',
 ]

@@ -30,9 +30,10 @@ LABELS = jnp.array([0, 1, 2, 3, 4, 0])
 
 def test_registry_names_every_method():
   assert set(LOSSES) == {'ce', 'kd', 'reverse_kl', 'jsd', 'dkd', 'dist', 'nkd', 'ttm', 'wttm',
-                         'ctkd', 'fitnet', 'at'}
-  with pytest.raises(ValueError, match=r"Unknown loss 'crd'; valid: 'ce', 'kd'"):
-    build_objective({'crd': {'weight': 1.0}})
+                         'ctkd', 'fitnet', 'at', 'sp', 'cc', 'rkd', 'pkt', 'nst', 'ickd', 'fsp',
+                         'vid', 'ofd', 'reviewkd', 'crd', 'sdd'}
+  with pytest.raises(ValueError, match=r"Unknown loss 'nope'; valid: 'ce', 'kd'"):
+    build_objective({'nope': {'weight': 1.0}})
   with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['alpha'\] for loss 'dkd'"):
     build_objective({'dkd': {'weight': 1.0, 'alpha': 1.0}})
   with pytest.raises(ValueError, match='has no weight'):
