@@ -51,7 +51,7 @@ def test_unknown_term_is_refused_before_any_data_or_teacher_is_read(tmp_path):
   from jaxkd import recipes
   config = kd_methods.get_config('dkd')
   config.terms.dkd.alpha = 1.0  # not a setting of dkd
-  config.teacher_dir = str(tmp_path / 'no_teacher')
+  config.teacher_dir = str(tmp_path)  # a folder: the unknown setting is what fails
   config.data_dir = str(tmp_path / 'no_data')
   with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['alpha'\] for loss 'dkd'"):
     recipes.distill(config, str(tmp_path / 'run'))

@@ -22,6 +22,7 @@ from jaxkd.recipes.distill import build_objective, distill
 from jaxkd.recipes.provenance import write_json
 from jaxkd.recipes.run import selection_policy
 from jaxkd.recipes.train import train
+from jaxkd.recipes.validate import check_config
 
 SEED_STRIDE = 1000  # generation k is initialised from seed + 1000 k (distinct up to 1000 seeds)
 
@@ -82,6 +83,7 @@ def chain(config, workdir: str) -> dict:
   a rerun resumes the chain. Writes WORKDIR/final_metrics.json: the last student's final
   metrics plus `generations` (model, workdir, test accuracy of each link).
   """
+  check_config(config)
   selection_policy(config)
   names = chain_models(config)
   with_ensemble = bool((config.get('chain') or {}).get('ensemble', False))

@@ -14,6 +14,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
                                     num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
+from jaxkd.recipes.validate import check_config
 from jaxkd.state import tree_sha256
 
 
@@ -55,6 +56,7 @@ def distill(config, workdir: str) -> dict:
   when set, minus the `config.dont_load` paths. Resumes from WORKDIR/checkpoints, and
   refuses to when they were distilled from a different teacher.
   """
+  check_config(config)
   start = time.perf_counter()
   selection = selection_policy(config)
   teacher_dirs = [d for d in config.teacher_dir.split(',') if d]

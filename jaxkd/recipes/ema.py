@@ -12,6 +12,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
 from jaxkd.recipes.distill import build_objective
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
+from jaxkd.recipes.validate import check_config
 from jaxkd.state import TrainState
 
 
@@ -34,6 +35,7 @@ def ema_teacher(config, workdir: str) -> dict:
   finished run of its own in WORKDIR/ema (final/ and final_metrics.json): either can be
   exported, teach or be fine-tuned. Resumes from WORKDIR/checkpoints, teacher included.
   """
+  check_config(config)
   start = time.perf_counter()
   selection = selection_policy(config)
   settings = ema_settings(config)

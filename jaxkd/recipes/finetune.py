@@ -14,6 +14,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
                                     make_evaluator, num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
+from jaxkd.recipes.validate import check_config
 from jaxkd.state import create_train_state, fresh_variables
 
 
@@ -28,6 +29,7 @@ def finetune(config, workdir: str) -> dict:
   `finetune.unfreeze_every` > 0 unfreezes one layer every that many steps, head first.
   Writes final_metrics.json and WORKDIR/final (a teacher for `distill` on this task).
   """
+  check_config(config)
   f = config.finetune
   methods = (*transfer.METHODS, 'lp_ft')
   if f.method not in methods:

@@ -12,6 +12,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
 from jaxkd.recipes.distill import build_objective
 from jaxkd.recipes.provenance import run_metadata, write_json
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
+from jaxkd.recipes.validate import check_config
 from jaxkd.state import tree_sha256
 
 
@@ -42,6 +43,7 @@ def mutual(config, workdir: str) -> dict:
   Evaluations log `m<i>_test_accuracy` etc. per member and the cohort's means, which rank
   the best checkpoints. Resumes from WORKDIR/checkpoints (the whole cohort).
   """
+  check_config(config)
   start = time.perf_counter()
   selection = selection_policy(config)
   names = cohort_models(config)

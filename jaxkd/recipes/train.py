@@ -8,6 +8,7 @@ from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
                                     num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
+from jaxkd.recipes.validate import check_config
 from jaxkd.state import create_train_state
 from jaxkd.steps import make_train_step
 
@@ -16,6 +17,7 @@ def train(config, workdir: str) -> dict:
   """Supervised training of `config.model` on the config's task; writes
   final_metrics.json and WORKDIR/final. Resumes from the newest checkpoint in
   WORKDIR/checkpoints."""
+  check_config(config)
   start = time.perf_counter()
   selection = selection_policy(config)
   task = load_task(config)
