@@ -37,6 +37,13 @@ def make_fashion_mnist(folder, n_train=50, n_test=20, seed=0, learnable=False):
   return out
 
 
+def _shared_cache():
+  """The test run's compilation cache (tests/conftest.py), unless turned off."""
+  import os
+  cache = os.environ.get("JAXKD_TEST_COMPILATION_CACHE", "off")
+  return None if cache == "off" else cache
+
+
 def fashion_mnist_env(folder, **kwargs):
   """Generated Fashion-MNIST under `folder` and the environment a subprocess needs to use it
   (offline, its own TFDS folder, the test run's compilation cache). kwargs go to
@@ -45,8 +52,7 @@ def fashion_mnist_env(folder, **kwargs):
   make_fashion_mnist(folder / "raw", learnable=True, **kwargs)
   return dict(os.environ, JAXKD_FASHION_MNIST_DIR=str(folder / "raw"),
               JAXKD_DATA_DIR=str(folder / "tfds"), JAXKD_OFFLINE="1",
-              JAXKD_COMPILATION_CACHE=os.environ.get("JAXKD_TEST_COMPILATION_CACHE",
-                                                     str(folder / "jax_cache")),
+              JAXKD_COMPILATION_CACHE=_shared_cache() or str(folder / "jax_cache"),
               JAX_PLATFORMS="cpu",
               # every program cached: the runs of one test share theirs
               JAXKD_CACHE_MIN_COMPILE_SECS="0")
