@@ -35,7 +35,9 @@ def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
   return config
 
 
-def run_specs(config, root: str) -> list:
+def lenet_recipe(config):
+  """`common(run, epochs, seed)`: a run on the LeNet pair's recipe of the distillation table
+  (its batch, optimizer, augmentation) with this table's validation split."""
   pair = config.lenet
 
   def common(run, epochs, seed):
@@ -46,6 +48,11 @@ def run_specs(config, root: str) -> list:
     run.log_every = 200
     return run
 
+  return common
+
+
+def run_specs(config, root: str) -> list:
+  common = lenet_recipe(config)
   specs = []
   for seed in config.seeds:
     teacher = RunSpec(NAME, 'teacher', seed, 'train',

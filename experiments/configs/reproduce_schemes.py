@@ -37,16 +37,7 @@ def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
 
 
 def run_specs(config, root: str) -> list:
-  pair = config.lenet
-
-  def common(run, epochs, seed):
-    run.seed, run.num_epochs, run.batch_size = seed, epochs, pair.batch_size
-    run.optimizer = ml_collections.ConfigDict(pair.optimizer.to_dict())
-    run.augment = ml_collections.ConfigDict(pair.augment.to_dict())
-    run.validation_size = config.validation_size
-    run.log_every = 200
-    return run
-
+  common = methods_table.lenet_recipe(config)
   specs, epochs = [], config.student_epochs
   for seed in config.seeds:
     teacher = RunSpec(NAME, 'teacher', seed, 'train',

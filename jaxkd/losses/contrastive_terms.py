@@ -12,11 +12,11 @@ from jaxkd.losses.feature.contrastive import (UNSET_NORMALISER, crd_embed,
                                               crd_loss_with_normalisers)
 from jaxkd.losses.feature.memory_bank import (check_memory_bank_fits, init_memory_bank,
                                               sample_contrast_indices, update_memory_bank)
-from jaxkd.losses.terms import Term, gather, validated
+from jaxkd.losses.terms import OneTap, Term, gather, validated
 
 
 @dataclasses.dataclass(frozen=True)
-class CRD(Term):
+class CRD(OneTap, Term):
   """Contrastive representation distillation (Tian et al. 2020, `crd_loss`).
 
   The features at the taps (flattened) go through a linear embedding head on each side (both
@@ -65,14 +65,6 @@ class CRD(Term):
     if not 0.0 <= self.momentum <= 1.0:
       raise ValueError(f'crd momentum must be in [0, 1], got {self.momentum!r}; the authors '
                        'use 0.5.')
-
-  @property
-  def student_taps(self) -> tuple[str, ...]:
-    return (self.student_tap,)
-
-  @property
-  def teacher_taps(self) -> tuple[str, ...]:
-    return (self.teacher_tap,)
 
   def init(self, key, student, teachers):
     if not self.num_data:

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 
 from jaxkd.losses.feature import attention_transfer_loss, hint_loss
 from jaxkd.losses.feature.attention import _pool_to
-from jaxkd.losses.terms import Term, combine_teachers
+from jaxkd.losses.terms import OneTap, Term, combine_teachers
 
 
 @dataclasses.dataclass(frozen=True)
-class FitNet(Term):
+class FitNet(OneTap, Term):
   """FitNets hints (Romero et al. 2015): the student's feature at `student_tap`, mapped to
   the teacher's at `teacher_tap` by a trainable regressor, matched by mean squared error
   (`jaxkd.losses.hint_loss`).
@@ -30,14 +30,6 @@ class FitNet(Term):
 
   name = 'fitnet'
   owns_params = True
-
-  @property
-  def student_taps(self) -> tuple[str, ...]:
-    return (self.student_tap,)
-
-  @property
-  def teacher_taps(self) -> tuple[str, ...]:
-    return (self.teacher_tap,)
 
   def _spatial(self, student_shape, teacher_shape) -> bool:
     """Whether both are NHWC images whose sizes pool onto each other (else: flattened)."""

@@ -11,7 +11,7 @@ from jaxkd import paths
 from jaxkd.losses.feature.review import abf_combine, hcl_loss, nearest_upsample
 from jaxkd.losses.feature.scale_decoupled import multiscale_pooled_features, sdd_loss
 from jaxkd.losses.projectors import batch_norm, conv1x1, conv1x1_init
-from jaxkd.losses.terms import Term, combine_teachers, validated
+from jaxkd.losses.terms import OneTap, Term, combine_teachers, validated
 
 
 def _conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -105,7 +105,7 @@ def _classify(outputs, tap: str, head: str, scales, who: str) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class SDD(Term):
+class SDD(OneTap, Term):
   """Scale decoupled distillation (Wei et al. 2024, `sdd_loss`): the last stage's map pooled
   into cells at `scales` (1, 2, 4: the global average, a 2x2 and a 4x4 grid), each cell
   classified by the model's own classifier (`head`; the student's trained through it), KD at
@@ -129,14 +129,6 @@ class SDD(Term):
     validated('complementary_weight', self.complementary_weight, positive=False)
     if not self.scales or self.scales[0] != 1:
       raise ValueError(f'sdd scales must start with 1 (the global cell), got {self.scales}.')
-
-  @property
-  def student_taps(self) -> tuple[str, ...]:
-    return (self.student_tap,)
-
-  @property
-  def teacher_taps(self) -> tuple[str, ...]:
-    return (self.teacher_tap,)
 
   def hyperparams(self, step, params=None):
     del step, params

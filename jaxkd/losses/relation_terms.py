@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.feature.relation import cc_loss, pkt_loss, rkd_loss, sp_loss
-from jaxkd.losses.terms import Term, combine_teachers, gather, validated
+from jaxkd.losses.terms import OneTap, Term, combine_teachers, gather, validated
 
 
 @dataclasses.dataclass(frozen=True)
-class _Relation(Term):
+class _Relation(OneTap, Term):
   """A batch-level term over one student tap and one teacher tap (flattened per example)."""
 
   student_tap: str = 'pool2'
@@ -21,14 +21,6 @@ class _Relation(Term):
   teacher_weights: tuple[float, ...] | None = None
 
   per_example = False
-
-  @property
-  def student_taps(self) -> tuple[str, ...]:
-    return (self.student_tap,)
-
-  @property
-  def teacher_taps(self) -> tuple[str, ...]:
-    return (self.teacher_tap,)
 
   def relation(self, student: jax.Array, teacher: jax.Array) -> jax.Array:
     raise NotImplementedError

@@ -152,6 +152,19 @@ class Term:
     raise NotImplementedError
 
 
+class OneTap:
+  """For a term with fields `student_tap` and `teacher_tap` (one module path each): the taps
+  it reads. Put it before `Term` in the bases."""
+
+  @property
+  def student_taps(self) -> tuple[str, ...]:
+    return (self.student_tap,)
+
+  @property
+  def teacher_taps(self) -> tuple[str, ...]:
+    return (self.teacher_tap,)
+
+
 class LogitTerm(Term):
   """A term over student and teacher logits, one value per example, with the options every
   logit term has: `temperature` (constant or schedule), several teachers (`multi_teacher`

@@ -49,15 +49,16 @@ def _pool_to(features: jax.Array, spatial_shape: tuple[int, ...]) -> jax.Array:
   return jnp.mean(pooled, axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
-def _common_spatial_shape(student_shape, teacher_shape) -> tuple[int, ...]:
+def _common_spatial_shape(first_shape, second_shape, first_name: str = 'student_features',
+                          second_name: str = 'teacher_features') -> tuple[int, ...]:
   """The smaller size on each spatial axis, checking the larger is a whole multiple."""
   common = []
-  for axis, (s, t) in enumerate(zip(student_shape[1:-1], teacher_shape[1:-1]), start=1):
-    small, large = min(s, t), max(s, t)
+  for axis, (a, b) in enumerate(zip(first_shape[1:-1], second_shape[1:-1]), start=1):
+    small, large = min(a, b), max(a, b)
     if large % small:
       raise ValueError(
-          f'student_features shape {tuple(student_shape)} and teacher_features shape '
-          f'{tuple(teacher_shape)}: spatial axis {axis} sizes {s} and {t} are not whole '
+          f'{first_name} shape {tuple(first_shape)} and {second_name} shape '
+          f'{tuple(second_shape)}: spatial axis {axis} sizes {a} and {b} are not whole '
           'multiples of each other, so the larger cannot be average-pooled to the smaller.')
     common.append(small)
   return tuple(common)

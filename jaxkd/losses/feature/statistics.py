@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.feature.attention import _pool_to
+from jaxkd.losses.feature.attention import _common_spatial_shape, _pool_to
 from jaxkd.losses.kd import _upcast
 
 __all__ = ['fsp_loss', 'fsp_matrix', 'ickd_loss', 'nst_loss']
@@ -38,23 +38,12 @@ def _check_feature_map(features: jax.Array, name: str) -> None:
         f'{features.shape}.')
 
 
-def _common_spatial_shape(first_shape, second_shape, first_name: str,
-                          second_name: str) -> tuple[int, ...]:
-  """Checks batch and rank agree; the smaller size on each spatial axis (whole factors)."""
+def _check_same_batch(first_shape, second_shape, first_name: str, second_name: str) -> None:
+  """Batch size and rank must agree."""
   if len(first_shape) != len(second_shape) or first_shape[0] != second_shape[0]:
     raise ValueError(
         f'{first_name} shape {tuple(first_shape)} and {second_name} shape '
         f'{tuple(second_shape)} must have the same batch size and number of spatial axes.')
-  common = []
-  for axis, (a, b) in enumerate(zip(first_shape[1:-1], second_shape[1:-1]), start=1):
-    small, large = min(a, b), max(a, b)
-    if large % small:
-      raise ValueError(
-          f'{first_name} shape {tuple(first_shape)} and {second_name} shape '
-          f'{tuple(second_shape)}: spatial axis {axis} sizes {a} and {b} are not whole '
-          'multiples of each other, so the larger cannot be average-pooled to the smaller.')
-    common.append(small)
-  return tuple(common)
 
 
 def _pooled_pair(first, second, first_name: str,
@@ -67,6 +56,7 @@ def _pooled_pair(first, second, first_name: str,
   second = _upcast(second)
   _check_feature_map(first, first_name)
   _check_feature_map(second, second_name)
+  _check_same_batch(first.shape, second.shape, first_name, second_name)
   spatial = _common_spatial_shape(first.shape, second.shape, first_name, second_name)
   dtype = jnp.promote_types(first.dtype, second.dtype)
   batch = first.shape[0]
