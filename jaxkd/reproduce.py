@@ -7,9 +7,12 @@ table's config module under `experiments/configs/`, which provides:
   NAME                                  file stem of the results ('<NAME>[_<profile>]')
   PROFILES, get_config(profile)         the profiles and their config
   run_specs(config, root)               every run, in order (`jaxkd.sweep.RunSpec`)
-  plot_files(name) -> {key: file}       the plots it may draw (PNG file names)
   tabulate(records, config) -> dict     summaries and tests for the results JSON
   render(payload) -> str                the Markdown of the results JSON
+
+and, for a table with plots,
+
+  plot_files(name) -> {key: file}       the plots it may draw (PNG file names)
   plot(records, specs, *, config, root, paths)  draws the plots (`paths`: key -> path)
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ def run_table(table: Any, specs: Sequence[RunSpec], *, config, profile: str, roo
   """Runs (or reads) `specs`, then writes `table`'s results JSON, Markdown and plots into
   `results_dir`; the JSON and Markdown are rewritten after every finished run."""
   name = table.NAME if profile == 'full' else f'{table.NAME}_{profile}'
-  plots = table.plot_files(name)
+  plots = table.plot_files(name) if hasattr(table, 'plot_files') else {}
   payload = {}
 
   def publish(records):
@@ -41,8 +44,9 @@ def run_table(table: Any, specs: Sequence[RunSpec], *, config, profile: str, roo
     sweep.write_results(results_dir, name, payload, table.render(payload))
 
   records = sweep.execute(specs, root=root, on_result=publish, collect_only=collect_only)
-  table.plot(records, specs, config=config, root=root,
-             paths={key: os.path.join(results_dir, p) for key, p in plots.items()})
+  if plots:
+    table.plot(records, specs, config=config, root=root,
+               paths={key: os.path.join(results_dir, p) for key, p in plots.items()})
   publish(records)
   print(table.render(payload))
   print(f'Tables and plots: {os.path.abspath(results_dir)}/{name}.{{md,json}}'

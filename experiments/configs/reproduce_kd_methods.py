@@ -99,11 +99,3 @@ def render(payload: dict) -> str:
       payload, 'none: every row is its last epoch (the best-val-epoch column reads the '
       'validation split); each method runs its named config as committed.')
   return '\n'.join(lines + reproduce.plots_line(payload))
-
-
-def plot_files(name: str) -> dict:
-  return {}
-
-
-def plot(records, specs, *, config, root: str, paths: dict) -> None:
-  del records, specs, config, root, paths

@@ -92,11 +92,3 @@ def render(payload: dict) -> str:
       payload, 'none: every model is its last epoch; each scheme runs its config as committed '
       '(the dml row is the mean of its two members; chains report their last student).')
   return '\n'.join(lines + reproduce.plots_line(payload))
-
-
-def plot_files(name: str) -> dict:
-  return {}
-
-
-def plot(records, specs, *, config, root: str, paths: dict) -> None:
-  del records, specs, config, root, paths
