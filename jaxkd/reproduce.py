@@ -64,6 +64,20 @@ def header(title: str, payload: dict) -> list[str]:
           f"({machine['cores']} cores, {machine['device_kind']}).", '']
 
 
+def versus(rows: dict, baseline: str, *, skip: Sequence[str] = ()) -> Callable[[dict], str]:
+  """A table column: a row's mean test accuracy minus the `baseline` row's, in points (blank
+  for the rows in `skip` and when either mean is missing)."""
+  base = rows.get(baseline, {}).get('test_accuracy_mean')
+
+  def column(row: dict) -> str:
+    mean = row.get('test_accuracy_mean')
+    if base is None or mean is None or row['row'] in skip:
+      return ''
+    return f'{100 * (mean - base):+.2f}'
+
+  return column
+
+
 def cell(row: dict, metric: str, *, count: bool = False) -> str:
   """`mean ± std` of a summary row's metric (percent, or a count); no std for one run."""
   mean, std = row.get(f'{metric}_mean'), row.get(f'{metric}_std') if row['n'] > 1 else None

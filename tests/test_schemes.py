@@ -120,21 +120,28 @@ def test_cohort_refuses_terms_it_cannot_share():
     mutual.create_cohort_state(COHORT[:1], tx, seed=0, input_shape=SHAPE)
 
 
-def test_cohort_checkpoint_resumes_exactly(cohort, tmp_path):
-  _, _, state, step = cohort
-  batches = _batches(4)
+def _straight_and_resumed(state, step, batches, directory):
+  """The state after every batch, and after half of them, a checkpoint save and restore (a
+  fresh Checkpointer), and the rest."""
   straight = jax.tree.map(jnp.array, state)
   for batch in batches:
     straight, _ = step(straight, batch)
   resumed = jax.tree.map(jnp.array, state)
-  for batch in batches[:2]:
+  half = len(batches) // 2
+  for batch in batches[:half]:
     resumed, _ = step(resumed, batch)
-  with Checkpointer(str(tmp_path / 'ckpt'), metadata={'task': 'mutual'}) as checkpointer:
-    checkpointer.save(2, resumed)
-  with Checkpointer(str(tmp_path / 'ckpt'), metadata={'task': 'mutual'}) as checkpointer:
+  with Checkpointer(directory, metadata={'task': 'scheme'}) as checkpointer:
+    checkpointer.save(half, resumed)
+  with Checkpointer(directory, metadata={'task': 'scheme'}) as checkpointer:
     resumed = checkpointer.restore(_host(state)).state
-  for batch in batches[2:]:
+  for batch in batches[half:]:
     resumed, _ = step(resumed, batch)
+  return straight, resumed
+
+
+def test_cohort_checkpoint_resumes_exactly(cohort, tmp_path):
+  _, _, state, step = cohort
+  straight, resumed = _straight_and_resumed(state, step, _batches(4), str(tmp_path / 'ckpt'))
   assert tree_sha256((straight.params, straight.opt_state)) == tree_sha256(
       (resumed.params, resumed.opt_state))
 
@@ -174,18 +181,8 @@ def test_ema_teacher_follows_the_update_rule(ema_setup):
 
 def test_ema_state_resumes_exactly(ema_setup, tmp_path):
   state, step = ema_setup
-  batches = _batches(4, seed=1)
-  straight = jax.tree.map(jnp.array, state)
-  for batch in batches:
-    straight, _ = step(straight, batch)
-  resumed = jax.tree.map(jnp.array, state)
-  for batch in batches[:2]:
-    resumed, _ = step(resumed, batch)
-  with Checkpointer(str(tmp_path / 'ckpt'), metadata={'task': 'ema'}) as checkpointer:
-    checkpointer.save(2, resumed)
-    resumed = checkpointer.restore(state).state
-  for batch in batches[2:]:
-    resumed, _ = step(resumed, batch)
+  straight, resumed = _straight_and_resumed(state, step, _batches(4, seed=1),
+                                            str(tmp_path / 'ckpt'))
   assert tree_sha256(straight.teacher_params) == tree_sha256(resumed.teacher_params)
   assert tree_sha256(straight.params) == tree_sha256(resumed.params)
 

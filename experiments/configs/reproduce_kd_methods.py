@@ -76,12 +76,6 @@ def tabulate(records, config) -> dict:
 def render(payload: dict) -> str:
   cell = reproduce.cell
   rows = {r['row']: r for r in payload['summary']}
-  kd = rows.get('kd', {}).get('test_accuracy_mean')
-
-  def versus_kd(row):
-    mean = row.get('test_accuracy_mean')
-    return '' if kd is None or mean is None or row['row'] in ('teacher', 'student') else (
-        f'{100 * (mean - kd):+.2f}')
 
   runs = {r['row']: r for r in payload['runs']}
   lines = reproduce.header(
@@ -92,7 +86,7 @@ def render(payload: dict) -> str:
       ('seeds', lambda r: str(r['n'])),
       ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
       ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
-      ('vs kd (points)', versus_kd),
+      ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'student'))),
       ('wall s', lambda r: f"{runs[r['row']]['wall_seconds']:.0f}"),
   ], list(rows.values()))
   lines += reproduce.selection_lines(

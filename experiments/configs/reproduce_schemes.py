@@ -70,14 +70,6 @@ def render(payload: dict) -> str:
   cell = reproduce.cell
   rows = {r['row']: r for r in payload['summary']}
   runs = {r['row']: r for r in payload['runs']}
-  baseline = {name: rows.get(name, {}).get('test_accuracy_mean') for name in ('student', 'kd')}
-
-  def versus(name):
-    def column(row):
-      mean, base = row.get('test_accuracy_mean'), baseline[name]
-      return '' if None in (mean, base) or row['row'] in ('teacher', name) else (
-          f'{100 * (mean - base):+.2f}')
-    return column
 
   lines = reproduce.header(f"Teacher schemes, LeNet-sized models ({payload['profile']} profile)",
                            payload)
@@ -85,7 +77,8 @@ def render(payload: dict) -> str:
       ('row', lambda r: r['row']), ('models', lambda r: ROWS.get(r['row'], r['row'])),
       ('seeds', lambda r: str(r['n'])),
       ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
-      ('vs student alone (points)', versus('student')), ('vs kd (points)', versus('kd')),
+      ('vs student alone (points)', reproduce.versus(rows, 'student', skip=('teacher', 'student'))),
+      ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'kd'))),
       ('wall s', lambda r: f"{runs[r['row']]['wall_seconds']:.0f}"),
   ], list(rows.values()))
   lines += reproduce.selection_lines(

@@ -12,6 +12,7 @@ from jaxkd.losses.feature.contrastive import (UNSET_NORMALISER, crd_embed,
                                               crd_loss_with_normalisers)
 from jaxkd.losses.feature.memory_bank import (check_memory_bank_fits, init_memory_bank,
                                               sample_contrast_indices, update_memory_bank)
+from jaxkd.losses.projectors import conv1x1_init
 from jaxkd.losses.terms import OneTap, Term, gather, validated
 
 
@@ -78,9 +79,7 @@ class CRD(OneTap, Term):
     for i, (side, outputs, tap) in enumerate((('student', student, self.student_tap),
                                               ('teacher', teachers[0], self.teacher_tap))):
       fan_in = math.prod(outputs.features[tap].shape[1:])
-      params[f'{side}_head'] = {
-          'kernel': jax.nn.initializers.lecun_normal()(keys[i], (fan_in, self.embed_dim)),
-          'bias': jnp.zeros((self.embed_dim,), jnp.float32)}
+      params[f'{side}_head'] = conv1x1_init(keys[i], fan_in, self.embed_dim)
       state[f'{side}_bank'] = init_memory_bank(keys[2 + i], self.num_data, self.embed_dim)
       state[f'{side}_normaliser'] = jnp.asarray(UNSET_NORMALISER, jnp.float32)
     state['key'] = jax.random.key_data(keys[4])

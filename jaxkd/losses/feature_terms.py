@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.feature import attention_transfer_loss, hint_loss
 from jaxkd.losses.feature.attention import _pool_to
+from jaxkd.losses.projectors import conv1x1_init
 from jaxkd.losses.terms import OneTap, Term, combine_teachers
 
 
@@ -53,8 +53,8 @@ class FitNet(OneTap, Term):
     else:
       fan_in, fan_out = math.prod(s[1:]), math.prod(t[1:])
       kernel_shape = (fan_in, fan_out)
-    kernel = jax.nn.initializers.lecun_normal()(key, (fan_in, fan_out)).reshape(kernel_shape)
-    return {'kernel': kernel, 'bias': jnp.zeros((fan_out,), jnp.float32)}, {}
+    params = conv1x1_init(key, fan_in, fan_out)
+    return {**params, 'kernel': params['kernel'].reshape(kernel_shape)}, {}
 
   def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
     del batch, step, key, axis_name
