@@ -92,10 +92,13 @@ class TeacherCache:
     """Writes `.npy` arrays and `cache.json` (no pickle); replaces the folder atomically."""
     tmp = directory.rstrip('/') + '.tmp'
     os.makedirs(tmp, exist_ok=True)
+    checksums = {}
     for name, array in self.rows().items():
       np.save(os.path.join(tmp, f'{name}.npy'), array, allow_pickle=False)
+      checksums[name] = _sha256(array)
     with open(os.path.join(tmp, 'cache.json'), 'w') as f:
-      json.dump({'format_version': FORMAT_VERSION, **self.provenance}, f, indent=2)
+      json.dump({'format_version': FORMAT_VERSION, **self.provenance, 'sha256': checksums},
+                f, indent=2)
     if os.path.isdir(directory):
       old = directory.rstrip('/') + '.old'
       os.replace(directory, old)
@@ -114,7 +117,19 @@ class TeacherCache:
       provenance = json.load(f)
     if provenance.pop('format_version') != FORMAT_VERSION:
       raise CacheMismatchError(f'{directory!r} has an unknown cache format; recompute it.')
-    load = lambda name: np.load(os.path.join(directory, f'{name}.npy'), allow_pickle=False)
+    checksums = provenance.pop('sha256', {})
+
+    def load(name):
+      path = os.path.join(directory, f'{name}.npy')
+      try:
+        array = np.load(path, allow_pickle=False)
+      except (OSError, ValueError) as error:
+        raise CacheMismatchError(f'{path} is damaged ({error}); recompute the cache.') from None
+      if name in checksums and _sha256(array) != checksums[name]:
+        raise CacheMismatchError(f'{path} is damaged: it does not match the checksum in '
+                                 'cache.json; recompute the cache.')
+      return array
+
     if provenance['topk']:
       return cls(load('teacher_topk_logits'), load('teacher_topk_indices'),
                  load('teacher_rest_log_mass'), provenance)
@@ -144,6 +159,11 @@ class TopKRows:
     """Full-width teacher logits for this student (see `topk_logits`)."""
     return topk_logits(student_logits, self.topk_logits, self.indices, self.rest_log_mass,
                        temperature=temperature)
+
+
+def _sha256(array: np.ndarray) -> str:
+  import hashlib
+  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _rmtree(path: str) -> None:
@@ -191,6 +211,12 @@ def compute(
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
     outputs.append(np.asarray(run(teacher_variables, chunk), np.float32)[:batch_size - pad])
   logits = np.concatenate(outputs)
+  bad = ~np.isfinite(logits).all(axis=-1)
+  if bad.any():
+    raise FloatingPointError(
+        f'The teacher ({teacher_fingerprint[:12]}) gives non-finite logits for {int(bad.sum())} '
+        f'of {len(logits)} {dataset} {split} examples (first: example {int(np.argmax(bad))}); '
+        'its variables are damaged or it diverged. No cache was written.')
   provenance = {'dataset': dataset, 'split': split, 'transform': transform,
                 'teacher_fingerprint': teacher_fingerprint, 'num_classes': logits.shape[-1],
                 'num_examples': len(logits), 'topk': topk, 'temperature': temperature,

@@ -25,14 +25,20 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxkd
+from jaxkd.paths import flatten
+from jaxkd.state import leaf_sha256, tree_sha256
 
 PyTree = Any
 
 TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for a step still being written.
-# Metadata that must agree for a run to resume from a checkpoint: anything else (the number
-# of steps, logging) may change between the interrupted run and the resumed one.
-RESUME_KEYS = ('task', 'model', 'model_overrides', 'dataset', 'classes', 'train_per_class',
-               'seed', 'batch_size', 'init_fingerprint', 'objective')
+# Metadata that may differ between an interrupted run and its resumption: the step, library
+# versions, where the teachers and the source model live (their fingerprints are compared),
+# the checkpoint ranking, and what a finished model adds. Everything else a run records (its
+# task, model, data, seed, batch size, optimizer and schedule, objective, augmentation,
+# number of steps, teachers' fingerprints) must agree.
+NOT_COMPARED = ('step', 'jaxkd_version', 'jax_version', 'orbax_version', 'teacher_dirs',
+                'init_dir', 'selection', 'class_names', 'params_sha256', 'variables_sha256',
+                'state_sha256', 'leaf_sha256', 'test_accuracy')
 _STATE_ITEMS = ('state', 'data', 'metadata')
 _FINAL_ITEMS = ('variables', 'metadata')
 _HANDLERS = {'state': ocp.StandardCheckpointHandler, 'variables': ocp.StandardCheckpointHandler,
@@ -45,6 +51,23 @@ class IncompleteCheckpointWarning(UserWarning):
 
 class IncompatibleCheckpointError(ValueError):
   """The checkpoint in a workdir belongs to a different run than the one asked for."""
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint or saved model whose files cannot be read or do not hold what was saved."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+  """The newest checkpoint was damaged; the run resumes from an older intact one."""
+
+
+def _damage(folder: str, error: Exception) -> DamagedCheckpointError:
+  """The one-line error for a checkpoint that Orbax/TensorStore could not read."""
+  if isinstance(error, DamagedCheckpointError):
+    return error
+  first = (str(error).strip().splitlines() or [''])[0][:200]
+  return DamagedCheckpointError(
+      f'{folder} is damaged: it could not be read ({type(error).__name__}: {first}).')
 
 
 class Restored(NamedTuple):
@@ -112,8 +135,24 @@ def read_metadata(directory: str, step: int | None = None) -> dict:
   return dict(restored['metadata'])
 
 
+def _newest_metadata(directory: str) -> dict | None:
+  """The metadata of the newest step whose metadata can be read (None: no steps); a step
+  too damaged to read is left for `Checkpointer.restore` to report and set aside."""
+  if not os.path.isdir(directory):
+    return None
+  with _reader(directory, _STATE_ITEMS) as manager:
+    steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return read_metadata(directory, step)
+    except Exception:  # noqa: BLE001 - any reading error means damaged: try an older step
+      continue
+  return None
+
+
 def check_resumable(stored: dict, current: dict, *, directory: str) -> None:
-  """Raises IncompatibleCheckpointError when `current` is not the run `stored` describes."""
+  """Raises IncompatibleCheckpointError when `current` is not the run `stored` describes,
+  listing every setting that differs (nested settings by dotted name)."""
   where = f'{directory} (step {stored.get("step")})'
   old = stored.get('teacher_fingerprints') or []
   new = current.get('teacher_fingerprints') or []
@@ -123,13 +162,31 @@ def check_resumable(stored: dict, current: dict, *, directory: str) -> None:
         f'{old or "none"}, but this run\'s teacher(s) {current.get("teacher_dirs") or ""} have '
         f'fingerprint(s) {new or "none"}. Pass the original teacher, or a new --workdir to start '
         f'afresh; the checkpoint was left untouched.')
-  differing = {k: (stored.get(k), current.get(k)) for k in RESUME_KEYS
-               if _canonical(stored.get(k)) != _canonical(current.get(k))}
+  differing = differences(stored, current)
   if differing:
     details = '; '.join(f'{k}: checkpoint {a!r}, this run {b!r}' for k, (a, b) in differing.items())
     raise IncompatibleCheckpointError(
         f'Refusing to resume from {where}: it belongs to another run ({details}). Use a new '
         f'--workdir, or the original settings; the checkpoint was left untouched.')
+
+
+def differences(stored: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+  """`{dotted setting: (stored, current)}` for every compared setting that differs."""
+  flat_stored, flat_current = _flat(stored), _flat(current)
+  keys = sorted(k for k in set(flat_stored) | set(flat_current)
+                if k.split('.')[0] not in NOT_COMPARED)
+  return {k: (flat_stored.get(k), flat_current.get(k)) for k in keys
+          if _canonical(flat_stored.get(k)) != _canonical(flat_current.get(k))}
+
+
+def _flat(record: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in record.items():
+    if isinstance(value, dict) and value:
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
 
 
 def _canonical(value):
@@ -191,10 +248,9 @@ class Checkpointer:
     self.metadata = dict(metadata)
     self.best_metric = best_metric if keep_best else ''
     # Check first, with a read-only manager: a refused resume must not touch the folder.
-    step = latest_step(self.directory)
-    if step is not None:
-      check_resumable(read_metadata(self.directory, step), self.metadata,
-                      directory=self.directory)
+    stored = _newest_metadata(self.directory)
+    if stored is not None:
+      check_resumable(stored, self.metadata, directory=self.directory)
     _warn_incomplete(self.directory, 'ignored and removed')
     policy = [policies.LatestN(n=keep_last)]
     best_fn = None
@@ -233,28 +289,70 @@ class Checkpointer:
                        f'{sorted(metrics)} given to save step {step}.')
     # Orbax stores metrics only when ranking; unranked saves pass {} (ranked last).
     metrics = (metrics or {}) if self.best_metric else None
-    metadata = {**self.metadata, 'step': int(step), **versions()}
+    metadata = {**self.metadata, 'step': int(step), 'state_sha256': tree_sha256(state),
+                **versions()}
     return self._manager.save(int(step), metrics=metrics, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(dict(data_state or {})),
         metadata=ocp.args.JsonSave(metadata)))
 
   def restore(self, template: PyTree, step: int | None = None) -> Restored:
-    """Restores step `step` (default: newest) shaped, typed and placed like `template`.
+    """Restores step `step` (default: the newest intact one) shaped, typed and placed like
+    `template`, after checking it against the checksum saved with it.
 
     `template` is a state of concrete arrays or `jax.ShapeDtypeStruct`s with shardings (e.g.
     from `jax.eval_shape` plus the target mesh's shardings): each leaf lands there directly.
+    Without `step`, damaged newer checkpoints (unreadable, or not the state that was saved)
+    are moved to WORKDIR/damaged_checkpoints/STEP with a `DamagedCheckpointWarning` naming
+    them, and the newest intact one is restored; `DamagedCheckpointError` if none is.
     """
     self._manager.wait_until_finished()
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'{self.directory} holds no finished checkpoint.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-        metadata=ocp.args.JsonRestore()))
-    return Restored(restored['state'], dict(restored['data'] or {}),
-                    dict(restored['metadata']), int(step))
+    if step is not None:
+      return self._restore_verified(step, abstract)
+    damaged = []
+    for candidate in sorted(self.all_steps(), reverse=True):
+      try:
+        restored = self._restore_verified(candidate, abstract)
+      except DamagedCheckpointError as error:
+        damaged.append((candidate, error))
+        continue
+      if damaged:
+        self._set_aside(damaged, restored.step)
+      return restored
+    if not damaged:
+      raise FileNotFoundError(f'{self.directory} holds no finished checkpoint.')
+    raise DamagedCheckpointError(
+        f'Every checkpoint in {self.directory} is damaged: '
+        + '; '.join(str(error) for _, error in damaged)
+        + ' Nothing was changed; use a new workdir.')
+
+  def _restore_verified(self, step: int, abstract: PyTree) -> Restored:
+    folder = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+          metadata=ocp.args.JsonRestore()))
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+      raise _damage(folder, error) from error
+    except Exception as error:  # noqa: BLE001 - zlib.error, TensorStore's own errors
+      raise _damage(folder, error) from error
+    metadata = dict(restored['metadata'])
+    expected = metadata.get('state_sha256')
+    if expected is not None and tree_sha256(restored['state']) != expected:
+      raise DamagedCheckpointError(
+          f'{folder} is damaged: its state does not match the checksum saved with it.')
+    return Restored(restored['state'], dict(restored['data'] or {}), metadata, int(step))
+
+  def _set_aside(self, damaged: list, good: int) -> None:
+    aside = os.path.join(os.path.dirname(self.directory), 'damaged_checkpoints')
+    os.makedirs(aside, exist_ok=True)
+    for step, error in damaged:
+      target = os.path.join(aside, str(step))
+      os.replace(os.path.join(self.directory, str(step)), target)
+      warnings.warn(f'{error} Moved to {target}; resuming from step {good}, the newest intact '
+                    'checkpoint.', DamagedCheckpointWarning, stacklevel=3)
+    self._manager.reload()
 
   def metrics(self, step: int) -> dict | None:
     return self._manager.metrics(step)
@@ -281,7 +379,6 @@ def save_variables(directory: str, variables: PyTree, *, metadata: dict, step: i
   same variables (a resumed run re-exporting), and raises otherwise: nothing is overwritten.
   Only the newest step is kept.
   """
-  from jaxkd.state import tree_sha256
   directory = os.path.abspath(directory)
   fingerprint = tree_sha256(variables)
   if os.path.isdir(os.path.join(directory, str(step))):
@@ -295,7 +392,8 @@ def save_variables(directory: str, variables: PyTree, *, metadata: dict, step: i
           f'{directory} already holds different variables at step {step} '
           f'(sha256 {stored.get("variables_sha256")}, not {fingerprint}); use a new workdir.')
   _warn_incomplete(directory, 'ignored and removed')
-  metadata = {**metadata, 'step': int(step), 'variables_sha256': fingerprint, **versions()}
+  metadata = {**metadata, 'step': int(step), 'variables_sha256': fingerprint,
+              'leaf_sha256': leaf_sha256(variables), **versions()}
   options = ocp.CheckpointManagerOptions(
       create=True, cleanup_tmp_directories=True,
       preservation_policy=policies.LatestN(n=1))
@@ -338,24 +436,51 @@ def load_variables(directory: str, target: PyTree | None = None) -> tuple[PyTree
   """
   directory = _final_dir(directory)
   _warn_incomplete(directory, 'ignored')
-  if target is None:
-    with _reader(directory, _FINAL_ITEMS) as manager:
-      step = _latest(manager, directory)
-      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                              manager.item_metadata(step)['variables'].tree)
-      restored = manager.restore(step, args=ocp.args.Composite(
-          variables=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
-    return restored['variables'], dict(restored['metadata'])
-  # StandardRestore takes no placeholders; PyTreeRestore reads the same files and skips them.
-  abstract = jax.tree.map(_abstract, target)
-  handlers = {'variables': ocp.PyTreeCheckpointHandler(), 'metadata': _HANDLERS['metadata']()}
-  with _reader(directory, _FINAL_ITEMS, handlers=handlers) as manager:
-    step = _latest(manager, directory)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.PyTreeRestore(
-            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
-        metadata=ocp.args.JsonRestore()))
-  return restored['variables'], dict(restored['metadata'])
+  try:
+    if target is None:
+      with _reader(directory, _FINAL_ITEMS) as manager:
+        step = _latest(manager, directory)
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                manager.item_metadata(step)['variables'].tree)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+    else:
+      # StandardRestore takes no placeholders; PyTreeRestore reads the same files and skips them.
+      abstract = jax.tree.map(_abstract, target)
+      handlers = {'variables': ocp.PyTreeCheckpointHandler(), 'metadata': _HANDLERS['metadata']()}
+      with _reader(directory, _FINAL_ITEMS, handlers=handlers) as manager:
+        step = _latest(manager, directory)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            variables=ocp.args.PyTreeRestore(
+                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+            metadata=ocp.args.JsonRestore()))
+  except FileNotFoundError:
+    raise
+  except Exception as error:  # noqa: BLE001 - Orbax, TensorStore, zlib, JSON errors
+    raise _damage(directory, error) from error
+  variables, metadata = restored['variables'], dict(restored['metadata'])
+  _verify(directory, variables, metadata)
+  return variables, metadata
+
+
+def _verify(directory: str, variables: PyTree, metadata: dict) -> None:
+  """Checks restored leaves against the checksums saved with them (leaf by leaf, so that
+  placeholders, the leaves not read, are skipped); DamagedCheckpointError names the leaf."""
+  expected = metadata.get('leaf_sha256')
+  if expected is None:  # saved before per-leaf checksums: the whole tree, when all was read
+    whole = metadata.get('variables_sha256')
+    if whole and not any(leaf is ocp.PLACEHOLDER for leaf in jax.tree.leaves(variables)) and (
+        tree_sha256(variables) != whole):
+      raise DamagedCheckpointError(
+          f'{directory} is damaged: its variables do not match the checksum saved with them.')
+    return
+  read = {path: leaf for path, leaf in flatten(variables).items() if leaf is not ocp.PLACEHOLDER}
+  actual = leaf_sha256(read)
+  for path in sorted(read):
+    if actual[path] != expected.get(path):
+      raise DamagedCheckpointError(
+          f'{directory} is damaged: {path} does not match the checksum saved with it. '
+          'Retrain or restore this model.')
 
 
 def _latest(manager: ocp.CheckpointManager, directory: str) -> int:
@@ -372,6 +497,7 @@ def _abstract(leaf):
   return ocp.utils.to_shape_dtype_struct(leaf)
 
 
-__all__ = ['Checkpointer', 'IncompatibleCheckpointError', 'IncompleteCheckpointWarning',
-           'Restored', 'check_resumable', 'incomplete_steps', 'latest_step', 'load_variables',
+__all__ = ['Checkpointer', 'DamagedCheckpointError', 'DamagedCheckpointWarning',
+           'IncompatibleCheckpointError', 'IncompleteCheckpointWarning',
+           'Restored', 'check_resumable', 'differences', 'incomplete_steps', 'latest_step', 'load_variables',
            'read_metadata', 'save_variables', 'variables_metadata', 'versions']

@@ -17,6 +17,7 @@ import tqdm
 from jaxkd import tensorboard
 from jaxkd.parallel import Parallel
 from jaxkd.state import TrainState
+from jaxkd.steps import CHECKS
 
 if TYPE_CHECKING:  # orbax is slow to import; the loop only calls a Checkpointer it is given
   from jaxkd.checkpoint import Checkpointer
@@ -172,6 +173,11 @@ def fit(
             **(data_state() if data_state is not None else {})}
 
   if checkpointer is not None and checkpointer.latest_step() is not None:
+    if checkpointer.latest_step() > num_steps:
+      raise ValueError(
+          f'num_steps={num_steps} is below the newest checkpoint (step '
+          f'{checkpointer.latest_step()} in {checkpointer.directory}): the run is past it. '
+          'Nothing was changed: give num_steps >= that step, or use a new workdir.')
     restored = checkpointer.restore(parallel.unreplicate(state))
     stored_steps = restored.data_state.get('steps_per_epoch', steps_per_epoch)
     if stored_steps != steps_per_epoch:
@@ -203,14 +209,11 @@ def fit(
           if on_step is not None:
             on_step(state, step)
           if step % log_every == 0 or step == num_steps or step % steps_per_epoch == 0:
-            record = _mean_metrics(parallel.unreplicate(jax.device_get(pending)))
+            record = check_numerics(
+                _mean_metrics(parallel.unreplicate(jax.device_get(pending))), step)
             elapsed = time.perf_counter() - window_start
             record.update(step=step, epoch=step / steps_per_epoch,
                           examples_per_s=window_steps * batch_size / elapsed)
-            if not math.isfinite(record['loss']):
-              raise FloatingPointError(
-                  f'Non-finite loss {record["loss"]} at step {step} (epoch {epoch}); lower the '
-                  f'learning rate or check the inputs. Metrics: {record}')
             writer.write(record)
             bar.set_postfix(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
                             ex_s=f'{record["examples_per_s"]:.0f}')
@@ -230,6 +233,8 @@ def fit(
           if checkpointer is not None and (
               (checkpoint_every and step % checkpoint_every == 0) or step == num_steps
               or (eval_record is not None and checkpointer.best_metric) or stop.received):
+            if pending:  # never checkpoint a state the numerics checks have not seen
+              check_numerics(_mean_metrics(parallel.unreplicate(jax.device_get(pending))), step)
             checkpointer.save(step, parallel.unreplicate(state), data_state=position(step),
                               metrics=eval_record)
           if stop.received:
@@ -244,6 +249,22 @@ def fit(
     bar.close()
     writer.close()
   return state
+
+
+def check_numerics(record: dict, step: int) -> dict:
+  """`record` without its `check_*` entries, or FloatingPointError naming what went wrong
+  first: labels out of range, the teacher, the loss, or the gradient (`steps.CHECKS`)."""
+  checks = {k: record.pop(k) for k in [k for k in record if k.startswith('check_')]}
+  for name, meaning in CHECKS.items():
+    if checks.get(name, 0) > 0:
+      raise FloatingPointError(f'Step {step}: {meaning}, in {checks[name]:.1%} of the examples '
+                               'of the steps since the last log. The run stopped.')
+  for name, remedy in (('loss', 'lower the learning rate or check the inputs'),
+                       ('grad_norm', 'lower the learning rate, or clip gradients')):
+    if name in record and not math.isfinite(record[name]):
+      raise FloatingPointError(f'Step {step}: non-finite {name} ({record[name]}), while the '
+                               f'labels and teacher outputs are sound; {remedy}. Metrics: {record}')
+  return record
 
 
 def _mean_metrics(metrics: list[dict]) -> dict:

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxkd.paths import flatten
+
 PyTree = Any
 
 
@@ -97,6 +99,18 @@ def create_train_state(
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
   """The step's typed PRNG key: `fold_in(rng, step)`, so a resumed run repeats exactly."""
   return jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+
+
+def leaf_sha256(tree: PyTree) -> dict[str, str]:
+  """`{'/'-joined path: SHA-256 of dtype, shape and bytes}` per leaf: a saved model's
+  checksums, verified leaf by leaf when only some leaves are read back."""
+  checksums = {}
+  for path, leaf in flatten(tree).items():
+    array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    digest = hashlib.sha256(f'{array.dtype.str}{array.shape}'.encode())
+    digest.update(array.tobytes())
+    checksums[path] = digest.hexdigest()
+  return checksums
 
 
 def tree_sha256(tree: PyTree) -> str:

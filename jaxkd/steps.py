@@ -137,6 +137,7 @@ def build_update(
         'accuracy': jnp.mean(predictions == batch['label']),
         'grad_norm': optax.tree.norm(grads),
     }
+    metrics.update(numerics_checks(batch['label'], logits.shape[-1], teachers))
     if teachers is not None:
       metrics.update(_teacher_metrics(teachers, predictions, batch['label']))
     metrics = pmean(metrics, axis_name)
@@ -153,6 +154,26 @@ def build_update(
     return new_state, metrics
 
   return update
+
+
+CHECKS = {  # metric -> what it means when > 0, in the order a diagnosis names them
+    'check_labels': 'labels outside 0..num_classes-1 (the data or the class subset is wrong)',
+    'check_teacher': 'non-finite teacher logits (the teacher is damaged or diverged)',
+}
+
+
+def numerics_checks(labels: jax.Array, num_classes: int, teachers) -> dict[str, jax.Array]:
+  """Fractions of the batch with an out-of-range label, and with a non-finite teacher logit:
+  zero in a sound run; the loop refuses to go on (`jaxkd.loop.check_numerics`) when not.
+  Both would otherwise pass silently: one-hot of a bad label is all zeros, and a NaN teacher
+  can give a zero loss."""
+  checks = {'check_labels': jnp.mean((labels < 0) | (labels >= num_classes))}
+  if teachers is not None:
+    bad = jnp.zeros(labels.shape, bool)
+    for teacher in teachers:
+      bad |= ~jnp.all(jnp.isfinite(teacher.logits), axis=-1)
+    checks['check_teacher'] = jnp.mean(bad)
+  return checks
 
 
 def _teacher_metrics(teachers, predictions, labels) -> dict:

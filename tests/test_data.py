@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tarfile
 
 import jax
@@ -15,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxkd import data
 from jaxkd.data import pipeline
+from jaxkd.data import _local
 from jaxkd.data._local import sha256_of
 from jaxkd.data.cifar import CIFAR100_CLASS_NAMES
 from jaxkd.data.fashion_mnist import JaxkdFashionMnist, read_idx
@@ -167,6 +169,7 @@ def test_download_fallback_is_verified(tmp_path, monkeypatch):
     return {name: served / url.rsplit("/", 1)[1] for name, url in url_or_urls.items()}
 
   monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+  monkeypatch.setattr(_local, "probe_host", lambda host: None)  # "online"
   with pytest.raises(data.DataNotFoundError, match="downloads are disabled"):
     data.prepare("fashion_mnist", data_dir=tmp_path / "a")
   _, labels = data.load_arrays("fashion_mnist", "test", data_dir=tmp_path / "a",
@@ -187,6 +190,31 @@ def test_download_fallback_is_verified(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.download.DownloadManager, "download", failing_download)
   with pytest.raises(data.DataNotFoundError, match="download failed: network unreachable"):
     data.prepare("fashion_mnist", data_dir=tmp_path / "c", allow_download=True)
+
+  def offline(host):
+    raise OSError("Network is unreachable")
+
+  monkeypatch.setattr(_local, "probe_host", offline)  # offline: refused before any retry
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+  requested.clear()
+  with pytest.raises(data.DataNotFoundError, match="cannot reach example.invalid"):
+    data.prepare("fashion_mnist", data_dir=tmp_path / "d", allow_download=True)
+  assert requested == []
+
+
+def test_changed_raw_folder_is_reported(tmp_path, monkeypatch):
+  """A dataset built from one raw folder, then asked for with another one named."""
+  monkeypatch.setattr(JaxkdFashionMnist, "DEFAULT_DIRS", ())
+  make_fashion_mnist(tmp_path / "one", n_train=10, n_test=4)
+  shutil.copytree(tmp_path / "one", tmp_path / "copy")  # the same files elsewhere
+  make_fashion_mnist(tmp_path / "other", n_train=12, n_test=4)
+  monkeypatch.setenv("JAXKD_FASHION_MNIST_DIR", str(tmp_path / "one"))
+  data.prepare("fashion_mnist", data_dir=tmp_path / "tfds")
+  monkeypatch.setenv("JAXKD_FASHION_MNIST_DIR", str(tmp_path / "copy"))
+  data.prepare("fashion_mnist", data_dir=tmp_path / "tfds")  # same files: accepted
+  monkeypatch.setenv("JAXKD_FASHION_MNIST_DIR", str(tmp_path / "other"))
+  with pytest.raises(ValueError, match="was built from .*one.*JAXKD_FASHION_MNIST_DIR"):
+    data.load_arrays("fashion_mnist", "test", data_dir=tmp_path / "tfds")
 
 
 def test_corrupt_idx_errors(tmp_path):

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
       data.prepare(name, data_dir=args.data_dir)
-    except data.DataNotFoundError as error:
+    except (data.DataNotFoundError, data.CorruptDataError, ValueError) as error:
       print(error, file=sys.stderr)
       return 1
     print(f'{name}: ready ({time.perf_counter() - start:.1f} s)')

@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import pathlib
 import pickle
+import socket
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -25,6 +28,8 @@ import tensorflow_datasets as tfds
 DATA_DIR_ENV = "JAXKD_DATA_DIR"
 OFFLINE_ENV = "JAXKD_OFFLINE"
 _DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+RAW_SOURCE_FILE = "jaxkd_raw_source.json"  # the raw files a built dataset came from
+CONNECT_TIMEOUT_S = 5.0
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -73,6 +78,11 @@ def downloads_allowed(allow_download: bool | None = None) -> bool:
   if allow_download is not None:
     return allow_download
   return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def probe_host(host: str, port: int = 443) -> None:
+  """Opens and closes one TCP connection to `host`; OSError within `CONNECT_TIMEOUT_S`."""
+  socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
 
 
 def sha256_of(path: pathlib.Path) -> str:
@@ -194,7 +204,13 @@ class LocalFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return DataNotFoundError("\n".join(lines))
 
   def _download(self, dl_manager: tfds.download.DownloadManager) -> dict[str, pathlib.Path]:
-    """Downloads the raw files from their official URLs and verifies them."""
+    """Downloads the raw files from their official URLs and verifies them; an unreachable
+    host fails within seconds (TFDS would retry for minutes)."""
+    for host in sorted({urllib.parse.urlparse(f.url).hostname for f in self.URLS.values()}):
+      try:
+        probe_host(host)
+      except OSError as e:
+        raise self._not_found_error(f"download failed: cannot reach {host} ({e})") from None
     try:
       paths = dl_manager.download({name: self.URLS[name].url for name in self.RAW_FILES})
     except Exception as e:  # Network errors come in many types; report one.
@@ -209,6 +225,41 @@ class LocalFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             f"(size {size}, expected {expected.size}). Delete {path} and retry.")
       result[name] = path
     return result
+
+  def explicit_raw_dir(self) -> pathlib.Path | None:
+    """The raw folder the user named (`raw_dir` or the environment variable), if any."""
+    explicit = self._raw_dir or os.environ.get(self.INFO.env_var)
+    return pathlib.Path(explicit).expanduser().resolve() if explicit else None
+
+  def record_raw_source(self) -> None:
+    """After a build: which raw files it was made from (folder and sha256), in the dataset's
+    folder; later, `check_raw_source` reports a user-named folder that holds other files."""
+    record = pathlib.Path(self.data_dir) / RAW_SOURCE_FILE
+    files = self.find_raw_files()
+    if record.exists() or files is None:
+      return
+    folder = next(iter(files.values())).parent.resolve()
+    record.write_text(json.dumps({"folder": str(folder), "sha256": {
+        name: sha256_of(path) for name, path in files.items()}}, indent=2))
+
+  def check_raw_source(self) -> None:
+    """Raises ValueError when the user names a raw folder (`raw_dir`, the environment
+    variable) whose files differ from those the built dataset was made from: a changed
+    `JAXKD_FASHION_MNIST_DIR` would otherwise be ignored silently."""
+    explicit, record = self.explicit_raw_dir(), pathlib.Path(self.data_dir) / RAW_SOURCE_FILE
+    if explicit is None or not record.exists():
+      return
+    built = json.loads(record.read_text())
+    if str(explicit) == built["folder"]:
+      return
+    paths = {name: explicit / name for name in self.RAW_FILES}
+    if all(p.is_file() for p in paths.values()) and all(
+        sha256_of(p) == built["sha256"].get(name) for name, p in paths.items()):
+      return  # the same files in another folder
+    raise ValueError(
+        f"{self.INFO.name} in {self.data_dir} was built from {built['folder']}, but "
+        f"{self.INFO.env_var if not self._raw_dir else 'raw_dir'}={explicit} names other raw "
+        f"files. Remove {self.data_dir} to rebuild from {explicit}, or unset it.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     files = self.find_raw_files()

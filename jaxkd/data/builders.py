@@ -76,9 +76,13 @@ def prepare(
   Raises:
     DataNotFoundError: no folder holds the raw files and downloading is off or failed.
     CorruptDataError: a raw file is malformed.
+    ValueError: `raw_dir` or the dataset's environment variable names other raw files than
+      those the built dataset was made from.
   """
   b = builder(name, data_dir=data_dir, raw_dir=raw_dir, allow_download=allow_download)
+  b.check_raw_source()
   b.download_and_prepare()  # Returns at once when the dataset is already built.
+  b.record_raw_source()
   return b
 
 
@@ -138,10 +142,16 @@ def subset_classes(
   Raises:
     ValueError: a class is repeated, or has fewer than `per_class` examples.
   """
+  if any(isinstance(c, bool) or int(c) != c or c < 0 for c in classes):
+    raise ValueError(f"classes must be class indices >= 0, got {list(classes)}.")
   classes = [int(c) for c in classes]
   if len(set(classes)) != len(classes):
     raise ValueError(f"classes must be distinct, got {classes}.")
   labels = np.asarray(labels)
+  absent = [c for c in classes if not np.any(labels == c)]
+  if absent:
+    raise ValueError(f"classes {absent} have no examples (labels run from {labels.min()} to "
+                     f"{labels.max()}); give classes present in the data.")
   keep = np.zeros(len(labels), bool)
   for c in classes:
     (members,) = np.nonzero(labels == c)

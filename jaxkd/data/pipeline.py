@@ -18,13 +18,36 @@ import numpy as np
 Batch = dict[str, Any]
 
 
-def _channel_stats(mean: float | Sequence[float], std: float | Sequence[float]):
-  """Per-channel (mean, std) as float32 arrays; std must be positive."""
+def _channel_stats(mean: float | Sequence[float], std: float | Sequence[float],
+                   channels: int | None = None):
+  """Per-channel (mean, std) as float32 arrays: finite, std positive, and one value or one
+  per channel of the images (`channels`, when known)."""
   mean = np.atleast_1d(np.asarray(mean, np.float32))
   std = np.atleast_1d(np.asarray(std, np.float32))
-  if np.any(std <= 0):
-    raise ValueError(f"std must be positive, got {std.tolist()}.")
+  if np.any(std <= 0) or not np.all(np.isfinite(std)):
+    raise ValueError(f"std must be finite and positive, got {std.tolist()}.")
+  if not np.all(np.isfinite(mean)):
+    raise ValueError(f"mean must be finite, got {mean.tolist()}.")
+  for name, values in (("mean", mean), ("std", std)):
+    if values.ndim != 1 or (channels is not None and len(values) not in (1, channels)):
+      raise ValueError(f"{name} has {values.size} values {values.tolist()}; give one, or one "
+                       f"per channel of the images ({channels}).")
   return mean, std
+
+
+def check_labels(labels: np.ndarray, num_classes: int | None = None, what: str = "labels"):
+  """Refuses labels that are not integers, are negative, or are >= `num_classes`."""
+  labels = np.asarray(labels)
+  if labels.size and not np.issubdtype(labels.dtype, np.integer):
+    if not (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))):
+      raise ValueError(f"{what} must be integer class indices, got {labels.dtype} values such "
+                       f"as {labels.ravel()[:3].tolist()}.")
+  if labels.size and labels.min() < 0:
+    raise ValueError(f"{what} must be >= 0, got {labels.min()} "
+                     f"(example {int(np.argmin(labels))}).")
+  if labels.size and num_classes is not None and labels.max() >= num_classes:
+    raise ValueError(f"{what} must be < num_classes={num_classes}, got {labels.max()} "
+                     f"(example {int(np.argmax(labels))}).")
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -179,6 +202,7 @@ class InMemoryDataset:
     shard_index, shard_count: this process's shard (default: JAX's process index/count).
     columns: more per-example arrays (e.g. cached teacher logits), gathered into each
       batch under their names alongside `image` and `label`.
+    num_classes: when given, labels must lie in 0..num_classes-1 (always: integers >= 0).
   """
 
   def __init__(
@@ -196,12 +220,14 @@ class InMemoryDataset:
       shard_index: int | None = None,
       shard_count: int | None = None,
       columns: dict[str, np.ndarray] | None = None,
+      num_classes: int | None = None,
   ):
     if images.ndim != 4 or images.dtype != np.uint8:
       raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype}"
                        f"{list(images.shape)}.")
     if labels.shape != images.shape[:1]:
       raise ValueError(f"labels must be [{len(images)}], got {list(labels.shape)}.")
+    check_labels(np.asarray(labels), num_classes)
     for name, rows in (columns or {}).items():
       if len(rows) != len(images) or name in ("image", "label"):
         raise ValueError(f"columns[{name!r}] must be a new name with one row per example "
@@ -218,7 +244,7 @@ class InMemoryDataset:
     self._columns = jax.device_put(dict(columns or {}), data_sharding)
     self._key = jax.random.key(seed)
     self._cached_order: tuple[int, jax.Array] | None = None
-    mean, std = _channel_stats(mean, std)
+    mean, std = _channel_stats(mean, std, images.shape[-1])
     self._order_fn = jax.jit(self._make_order_fn(shuffle))
     batch_fn = self._make_batch_fn(1.0 / (255.0 * std), -mean / std)
     jit_kwargs = {} if batch_sharding is None else {"out_shardings": batch_sharding}

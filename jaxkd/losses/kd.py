@@ -5,10 +5,9 @@ float32, whatever the input dtype.
 """
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ['kd_loss', 'kd_loss_from_probs']
 
@@ -20,11 +19,18 @@ def _upcast(x: jax.typing.ArrayLike) -> jax.Array:
 
 
 def _check_static_temperature(temperature) -> None:
-  """Rejects a Python-number temperature <= 0; traced values cannot be checked here."""
-  if isinstance(temperature, numbers.Real) and not temperature > 0:
+  """Rejects a concrete temperature (a number or an array of them) with a value <= 0 or
+  non-finite; traced values cannot be checked here."""
+  if isinstance(temperature, jax.core.Tracer):
+    return
+  try:
+    values = np.asarray(temperature, np.float64)
+  except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+    return
+  if not np.all(values > 0) or not np.all(np.isfinite(values)):
     raise ValueError(
-        f'temperature must be > 0, got {temperature!r}; pass a positive temperature '
-        '(Hinton et al. use 1-20).')
+        f'temperature must be finite and > 0, got {temperature!r}; pass a positive '
+        'temperature (Hinton et al. use 1-20).')
 
 
 def _check_last_dims(student_shape, teacher_shape, teacher_name: str) -> None:

@@ -61,22 +61,28 @@ def value_at(value: Hyperparam, step) -> jax.Array:
   return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
 
 
+# Where a schedule is checked: steps 0, 1, 2, 5, 10, ... up to 10^7 (a schedule cannot be
+# checked at every step, and the run's length is not known when a term is built).
+SCHEDULE_CHECK_STEPS = tuple(sorted({m * 10 ** e for e in range(8) for m in (1, 2, 5)} | {0}))
+
+
 def validated(name: str, value: Any, *, positive: bool) -> Hyperparam:
-  """Checks a weight (>= 0) or a temperature (> 0); a schedule is checked at step 0."""
+  """Checks a weight (>= 0) or a temperature (> 0); a schedule at `SCHEDULE_CHECK_STEPS`."""
   kind = 'positive' if positive else 'non-negative'
   if callable(value):
     at_zero = value(0)
     if jnp.ndim(at_zero) != 0:
       raise ValueError(f'{name} schedule must return a scalar, got shape {jnp.shape(at_zero)}.')
-    number, where = float(at_zero), ' at step 0'
+    checked = [(float(value(step)), f' at step {step}') for step in SCHEDULE_CHECK_STEPS]
   elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-    number, where = float(value), ''
+    checked = [(float(value), '')]
   else:
     raise ValueError(
         f'{name} must be a number or a schedule (callable of the step), got {value!r}.')
-  if not math.isfinite(number) or (number <= 0 if positive else number < 0):
-    raise ValueError(f'{name} must be finite and {kind}, got {number}{where}; pass a {kind} '
-                     f'{name}.')
+  for number, where in checked:
+    if not math.isfinite(number) or (number <= 0 if positive else number < 0):
+      raise ValueError(f'{name} must be finite and {kind}, got {number}{where}; pass a {kind} '
+                       f'{name}.')
   return value
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd import data, models, optim, transfer
+from jaxkd import data, models, optim, paths, transfer
 from jaxkd.augment import Augment
 from jaxkd.loop import eval_batches
 from jaxkd.parallel import Parallel
@@ -114,7 +114,7 @@ def make_batches(task: Task, config, parallel: Parallel,
   `columns` are more per-example arrays carried in each batch (cached teacher outputs)."""
   dataset = data.InMemoryDataset(
       task.train_images, task.train_labels, batch_size=config.batch_size, seed=config.seed,
-      mean=task.mean, std=task.std, columns=columns,
+      mean=task.mean, std=task.std, columns=columns, num_classes=task.num_classes,
       batch_sharding=parallel.batch_sharding() if jax.process_count() == 1 else None)
   return (lambda epoch, start: dataset.epoch(epoch, start_step=start)), dataset.steps_per_epoch
 
@@ -176,6 +176,16 @@ def load_teacher(directory: str, task: Task, config) -> tuple[Any, Any, dict]:
         f"{classes or 'all'}; distil on the teacher's task or fine-tune the teacher first.")
   model = models.build(meta['model'], num_classes=meta['num_classes'],
                        **meta.get('model_overrides', {}))
+  expected = jax.eval_shape(lambda: fresh_variables(model, seed=0, input_shape=task.input_shape))
+  shapes = lambda tree: {p: tuple(v.shape) for p, v in paths.flatten(tree).items()}  # noqa: E731
+  want, have = shapes(expected), shapes(variables)
+  if want != have:
+    wrong = sorted(p for p in set(want) | set(have) if want.get(p) != have.get(p))
+    raise ValueError(
+        f"Teacher {directory!r}: its metadata says model {meta['model']!r} with "
+        f"{meta['num_classes']} classes, but its variables do not fit that model ({len(wrong)} "
+        f"leaves differ, e.g. {wrong[0]}: expected {want.get(wrong[0])}, saved "
+        f"{have.get(wrong[0])}). The folder was damaged or edited; retrain or restore it.")
   return model, variables, meta
 
 

@@ -117,7 +117,7 @@ def distill(config, workdir: str) -> dict:
                        step_fn=step_fn, batches=batches, steps_per_epoch=steps_per_epoch,
                        num_steps=num_steps, parallel=parallel, step_args=(teacher_arg,),
                        evaluate=evaluate, desc=f'distill {config.model}')
-  return finish(workdir, parallel.unreplicate(state), evaluate, config, num_steps,
-                time.perf_counter() - start, metadata=metadata,
-                extra={'teacher_fingerprints': fingerprints, 'teacher_dirs': teacher_dirs,
-                       'teacher_cache': k.cache or None, **init_info})
+    return finish(workdir, parallel.unreplicate(state), evaluate, config, num_steps,
+                  time.perf_counter() - start, metadata=metadata,
+                  extra={'teacher_fingerprints': fingerprints, 'teacher_dirs': teacher_dirs,
+                         'teacher_cache': k.cache or None, **init_info})

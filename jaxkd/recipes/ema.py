@@ -65,12 +65,12 @@ def ema_teacher(config, workdir: str) -> dict:
         batches=batches, steps_per_epoch=steps_per_epoch, num_steps=num_steps,
         parallel=parallel, evaluate=evaluate, desc=f'ema {config.model}',
         evaluate_state=lambda s: {f'ema_{k}': v for k, v in evaluate(s.teacher_variables).items()})
-  state = parallel.unreplicate(state)
-  wall = time.perf_counter() - start
-  teacher = TrainState(step=state.step, params=state.teacher_params,
-                       batch_stats=state.teacher_batch_stats, opt_state={}, rng=state.rng)
-  teacher_final = finish(os.path.join(workdir, 'ema'), teacher, evaluate, config, num_steps,
-                         wall, metadata={**metadata, 'ema_of': workdir})
-  return finish(workdir, state, evaluate, config, num_steps, wall, metadata=metadata,
-                extra={'ema': settings, 'ema_test_accuracy': teacher_final['test_accuracy'],
-                       'ema_params_sha256': teacher_final['params_sha256'], **init_info})
+    state = parallel.unreplicate(state)
+    wall = time.perf_counter() - start
+    teacher = TrainState(step=state.step, params=state.teacher_params,
+                         batch_stats=state.teacher_batch_stats, opt_state={}, rng=state.rng)
+    teacher_final = finish(os.path.join(workdir, 'ema'), teacher, evaluate, config, num_steps,
+                           wall, metadata={**metadata, 'ema_of': workdir})
+    return finish(workdir, state, evaluate, config, num_steps, wall, metadata=metadata,
+                  extra={'ema': settings, 'ema_test_accuracy': teacher_final['test_accuracy'],
+                         'ema_params_sha256': teacher_final['params_sha256'], **init_info})

@@ -89,10 +89,10 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
                        step_fn=step_fn, batches=batches, steps_per_epoch=steps_per_epoch,
                        num_steps=num_steps, parallel=parallel, evaluate=evaluate,
                        desc=f'{method} {config.model}')
-  state = parallel.unreplicate(state)
-  trained = sum(int(np.prod(leaf.shape)) for path, leaf in paths.flatten(state.params).items()
-                if param_starts[path] is not None)
-  return finish(workdir, state, evaluate, config, num_steps, time.perf_counter() - start,
-                metadata=metadata,
-                extra={'method': method, 'trainable_params': trained, **init_info,
-                       **(extra or {})})
+    state = parallel.unreplicate(state)
+    trained = sum(int(np.prod(leaf.shape)) for path, leaf in paths.flatten(state.params).items()
+                  if param_starts[path] is not None)
+    return finish(workdir, state, evaluate, config, num_steps, time.perf_counter() - start,
+                  metadata=metadata,
+                  extra={'method': method, 'trainable_params': trained, **init_info,
+                         **(extra or {})})

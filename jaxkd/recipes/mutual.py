@@ -73,24 +73,24 @@ def mutual(config, workdir: str) -> dict:
                        step_fn=step_fn, batches=batches, steps_per_epoch=steps_per_epoch,
                        num_steps=num_steps, parallel=parallel, evaluate=evaluate,
                        desc=f'mutual {",".join(names)}')
-  state = parallel.unreplicate(state)
-  wall = time.perf_counter() - start
-  results = []
-  for i, (name, evaluator) in enumerate(zip(names, evaluators)):
-    member_dir = os.path.join(workdir, 'members', str(i))
-    member_meta = {**metadata, 'model': name, 'cohort_member': i, 'cohort_dir': workdir}
-    final = finish(member_dir, state.member(i), evaluator, member_config(config, name),
-                   num_steps, wall, metadata=member_meta,
-                   extra={'cohort': names, 'cohort_member': i})
-    results.append({'model': name, 'workdir': member_dir, **{
-        k: final[k] for k in ('test_accuracy', 'test_loss', 'params_sha256')}})
-  final = {**cohort_metrics([{k: r[k] for k in ('test_accuracy', 'test_loss')}
-                             for r in results]),
-           'members': results, 'params_sha256': tree_sha256(state.params), 'steps': num_steps,
-           'wall_seconds': wall, 'model': metadata['model'], 'dataset': config.dataset,
-           'selection': selection}
-  write_json(os.path.join(workdir, 'final_metrics.json'), final)
-  return final
+    state = parallel.unreplicate(state)
+    wall = time.perf_counter() - start
+    results = []
+    for i, (name, evaluator) in enumerate(zip(names, evaluators)):
+      member_dir = os.path.join(workdir, 'members', str(i))
+      member_meta = {**metadata, 'model': name, 'cohort_member': i, 'cohort_dir': workdir}
+      final = finish(member_dir, state.member(i), evaluator, member_config(config, name),
+                     num_steps, wall, metadata=member_meta,
+                     extra={'cohort': names, 'cohort_member': i})
+      results.append({'model': name, 'workdir': member_dir, **{
+          k: final[k] for k in ('test_accuracy', 'test_loss', 'params_sha256')}})
+    final = {**cohort_metrics([{k: r[k] for k in ('test_accuracy', 'test_loss')}
+                               for r in results]),
+             'members': results, 'params_sha256': tree_sha256(state.params), 'steps': num_steps,
+             'wall_seconds': wall, 'model': metadata['model'], 'dataset': config.dataset,
+             'selection': selection}
+    write_json(os.path.join(workdir, 'final_metrics.json'), final)
+    return final
 
 
 def cohort_metrics(per_member: list[dict]) -> dict:

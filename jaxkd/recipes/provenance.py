@@ -39,9 +39,20 @@ def machine() -> dict:
           'cores': os.cpu_count()}
 
 
+# Config settings that shape the training trajectory besides the task, model and seed: stored
+# with every checkpoint, so a resume with another value is refused (`checkpoint.differences`).
+TRAJECTORY_SETTINGS = ('optimizer', 'label_smoothing', 'augment', 'validation_size',
+                       'num_epochs', 'num_steps')
+
+
+def _plain(value):
+  return value.to_dict() if hasattr(value, 'to_dict') else value
+
+
 def run_metadata(config, task_name: str, task, *, selection: dict, **extra) -> dict:
   """What a run is, stored next to its checkpoints and its final variables (JSON);
-  `selection` is the run's `selection_policy` (which split ranks its checkpoints)."""
+  `selection` is the run's `selection_policy` (which split ranks its checkpoints).
+  A resume compares all of it but the step, versions and folders (`checkpoint.NOT_COMPARED`)."""
   info = data.info(config.dataset)
   classes = [int(c) for c in (config.get('classes') or ())]
   class_names = [info.class_names[c] for c in classes] if classes else list(info.class_names)
@@ -59,6 +70,7 @@ def run_metadata(config, task_name: str, task, *, selection: dict, **extra) -> d
       'seed': config.seed,
       'batch_size': config.batch_size,
       'selection': selection,
+      'settings': {k: _plain(config.get(k)) for k in TRAJECTORY_SETTINGS if k in config},
       **extra,
   }
 

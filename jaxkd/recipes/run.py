@@ -44,26 +44,104 @@ def selection_policy(config) -> dict:
           'mode': config.get('best_mode', 'max'), 'test_selection': split == 'test'}
 
 
+LOCK_FILE = '.jaxkd.lock'
+
+
+class WorkdirBusyError(FileExistsError):
+  """Another live process holds the workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds WORKDIR for one process: a second one is refused at start, naming the owner.
+
+  An advisory `flock` on WORKDIR/.jaxkd.lock, which the kernel releases when its process
+  dies (SIGKILL included), so a stale lock file never blocks a rerun. The file is removed on
+  exit, and so is WORKDIR when this created it and nothing was written into it (a run
+  refused before its first write leaves no folder behind). Local file systems only: `flock`
+  over NFS may not exclude processes on other hosts.
+  """
+  import fcntl  # POSIX only; imported here so the module imports everywhere
+  import json
+  import socket
+  import time
+  created = not os.path.exists(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.read(fd, 4096).decode(errors='replace').strip() or 'unknown'
+      os.close(fd)
+      raise WorkdirBusyError(
+          f'workdir {workdir!r} is in use by another run ({owner}); wait for it to end or use '
+          f'another --workdir. Nothing was changed.') from None
+    try:  # the file may have been removed by an owner releasing it just before we locked
+      same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+  os.ftruncate(fd, 0)
+  os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                           'started': time.strftime('%Y-%m-%d %H:%M:%S')}).encode())
+  try:
+    yield
+  finally:
+    os.unlink(path)
+    os.close(fd)
+    if created and not os.listdir(workdir):
+      os.rmdir(workdir)
+
+
+def check_workdir(config, workdir: str, metadata: dict) -> None:
+  """Refuses, before anything is written, a run that would mix two runs' files in WORKDIR:
+  a finished run (final_metrics.json), a saved final model from other settings, or
+  checkpoints that a run without checkpointing would silently restart over."""
+  from jaxkd import checkpoint  # local import: orbax is slow to import
+  final = os.path.join(workdir, 'final')
+  if checkpoint.latest_step(final) is not None:  # another run's model: name the differences
+    checkpoint.check_resumable(checkpoint.read_metadata(final), metadata, directory=final)
+  finished = os.path.join(workdir, 'final_metrics.json')
+  if os.path.exists(finished):
+    raise FileExistsError(
+        f'{workdir!r} holds a finished run ({finished}); a rerun would mix two runs\' files. '
+        'Nothing was changed: use a new --workdir, or remove this one to run it again.')
+  saved = checkpoint.latest_step(os.path.join(workdir, 'checkpoints'))
+  if saved is not None and not config.get('checkpoint_every', 0):
+    raise FileExistsError(
+        f'checkpoint_every=0, but {workdir!r} holds checkpoints up to step {saved}: this run '
+        'would start afresh over them. Nothing was changed: set checkpoint_every > 0 to resume, '
+        'or use a new --workdir.')
+
+
 @contextlib.contextmanager
 def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
-  """The run's `Checkpointer` in WORKDIR/checkpoints (None when `checkpoint_every` is 0),
-  closed (pending saves finished) on exit.
+  """The run's room: WORKDIR held for this process (`workdir_lock`) and checked
+  (`check_workdir`), and its `Checkpointer` in WORKDIR/checkpoints (None when
+  `checkpoint_every` is 0), closed (pending saves finished) on exit. Recipes finish (save
+  the final model) inside it.
 
   Opening it refuses, before writing anything, a workdir whose checkpoints belong to
-  another run, e.g. a distillation from a different teacher.
+  another run (every differing setting listed), e.g. a distillation from another teacher.
   """
-  if not config.get('checkpoint_every', 0):
-    yield None
-    return
-  from jaxkd import checkpoint  # local import: orbax is slow to import
-  selection = metadata['selection']
-  checkpointer = checkpoint.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), metadata=metadata,
-      keep_last=config.get('keep_last', 2), keep_best=selection['keep_best'],
-      best_metric=selection['metric'] or '', best_mode=selection['mode'] or 'max',
-      allow_test_selection=selection['test_selection'])
-  with checkpointer:
-    yield checkpointer
+  with workdir_lock(workdir):
+    check_workdir(config, workdir, metadata)
+    if not config.get('checkpoint_every', 0):
+      yield None
+      return
+    from jaxkd import checkpoint  # local import: orbax is slow to import
+    selection = metadata['selection']
+    checkpointer = checkpoint.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), metadata=metadata,
+        keep_last=config.get('keep_last', 2), keep_best=selection['keep_best'],
+        best_metric=selection['metric'] or '', best_mode=selection['mode'] or 'max',
+        allow_test_selection=selection['test_selection'])
+    with checkpointer:
+      yield checkpointer
 
 
 def fit_config(config, workdir: str, checkpointer, *, evaluate: Callable[[Any], dict],

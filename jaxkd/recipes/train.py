@@ -38,5 +38,5 @@ def train(config, workdir: str) -> dict:
                        step_fn=step_fn, batches=batches, steps_per_epoch=steps_per_epoch,
                        num_steps=num_steps, parallel=parallel, evaluate=evaluate,
                        desc=f'train {config.model}')
-  return finish(workdir, parallel.unreplicate(state), evaluate, config, num_steps,
-                time.perf_counter() - start, metadata=metadata)
+    return finish(workdir, parallel.unreplicate(state), evaluate, config, num_steps,
+                  time.perf_counter() - start, metadata=metadata)

@@ -103,6 +103,14 @@ def check_config(config) -> None:
   _int(config, 'parallel.num_devices', minimum=0, hint=' (0: every device)')
   _number(config, 'optimizer.learning_rate', low=0.0, low_open=True)
   _number(config, 'optimizer.weight_decay', low=0.0)
+  _number(config, 'optimizer.momentum', low=0.0, high=1.0)
+  _number(config, 'optimizer.clip_norm', low=0.0)
+  _number(config, 'optimizer.decay_factor', low=0.0, low_open=True)  # piecewise: rate stays > 0
+  boundaries = _get(config, 'optimizer.boundaries')
+  if boundaries and (list(boundaries) != sorted(boundaries)
+                     or not all(isinstance(b, numbers.Real) and 0 < b < 1 for b in boundaries)):
+    raise ConfigError(f'optimizer.boundaries={tuple(boundaries)!r}: give increasing fractions '
+                      'of the run in (0, 1), e.g. (0.5, 0.75).')
   _number(config, 'label_smoothing', low=0.0, high=1.0)
   _choice(config, 'best_mode', ('max', 'min'))
   classes = tuple(_get(config, 'classes') or ())
@@ -118,6 +126,9 @@ def check_config(config) -> None:
     _choice(config, 'kd.cache', CACHE_DTYPES)
     _int(config, 'kd.cache_topk', minimum=0)
     _choice(config, 'kd.multi_teacher', ('sum', 'ensemble'))
+    _number(config, 'kd.temperature', low=0.0, low_open=True)
+    _number(config, 'kd.hard_weight', low=0.0)
+    _number(config, 'kd.soft_weight', low=0.0)
     if _get(config, 'kd.cache_topk') and not _get(config, 'kd.cache'):
       raise ConfigError(f'kd.cache_topk={_get(config, "kd.cache_topk")}: needs kd.cache '
                         "('float32' or 'float16'); a live teacher keeps every logit.")
