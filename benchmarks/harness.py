@@ -57,7 +57,12 @@ def _steps_per_window(case, args) -> int:
   if args.steps:
     return args.steps
   estimate = min(case.window(1) for _ in range(2))
-  return int(np.clip(round(args.window_seconds / max(estimate, 1e-6)), 1, 200))
+  steps = int(np.clip(round(args.window_seconds / max(estimate, 1e-6)), 1, 200))
+  import jax
+  if jax.process_count() > 1:  # every process must run the same steps (collectives)
+    from jax.experimental import multihost_utils
+    steps = int(multihost_utils.broadcast_one_to_all(np.int32(steps)))
+  return steps
 
 
 def measure(cases: dict, args) -> dict[str, list[float]]:
@@ -109,7 +114,8 @@ def run_rows(args, *, pairs, modes, batch_size, peer_module, peak, parallel, jax
   rows = []
   for pair_name in pairs:
     pair = PAIRS[pair_name]
-    data = make_data(pair, batch_size, args.seed)
+    import jax
+    data = make_data(pair, batch_size // jax.process_count(), args.seed)  # this process's share
     related, related_rows = {}, {}
     for mode in modes:
       cases = {'jaxkd': make_jax_case(pair, mode, data, dtype=dtype, parallel=parallel)}
@@ -242,6 +248,9 @@ def run(args, *, command: str) -> dict:
   `command` is the command line recorded in the result."""
   load_before = load_average()
   import jax
+  if args.process_id is not None:  # one of several processes (benchmarks/processes.py)
+    from jaxkd import distributed
+    distributed.initialize(args.coordinator, args.processes, args.process_id)
   if args.devices:
     # Must precede the backend's start (nothing above touches a device); CPU only.
     jax.config.update('jax_num_cpu_devices', args.devices)
@@ -257,7 +266,8 @@ def run(args, *, command: str) -> dict:
   from jaxkd.models import layers
   from jaxkd.parallel import Parallel
 
-  parallel = Parallel(num_devices=args.devices)
+  # Several processes: the mesh spans every process's devices (`--devices` is per process).
+  parallel = Parallel(num_devices=None if jax.process_count() > 1 else args.devices)
   jax_device = jax.devices()[0].device_kind
   peer_module = load_peer() if args.peer == 'torch' else None
   torch_device = 'cpu'
@@ -289,6 +299,7 @@ def run(args, *, command: str) -> dict:
       'device': jax_device,
       'backend': jax.default_backend(),
       'num_devices': parallel.size,
+      'processes': jax.process_count(),
       'jax_version': jax.__version__,
       'torch_version': None,
       'python': platform.python_version(),
@@ -315,7 +326,8 @@ def run(args, *, command: str) -> dict:
 
 
 def write_json(path: str | None, result: dict) -> None:
-  if not path:
+  import jax
+  if not path or jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:

@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --peer torch --json benchmarks/results/cpu.json
     python benchmarks/throughput.py --pairs lenet --modes student,online_kd --batch-size 128
     python benchmarks/throughput.py --scaling --pairs lenet   # batch sweep, 1 vs 8 devices, cache
+    python benchmarks/throughput.py --processes 2 --pairs mlp,lenet --modes student,online_kd
 
 For each teacher -> student pair and each mode the script compiles the library's own step
 (`make_train_step`, `make_distill_step`, `make_eval_step`, the transfer module's fine-tuning
@@ -70,6 +71,12 @@ def _parse_args(argv=None) -> argparse.Namespace:
                       help='measure nothing: print (and with --readme, write) the tables of '
                            'this earlier --json file')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--processes', type=int, default=1,
+                      help='> 1: also run as that many processes (jax.distributed over '
+                           '127.0.0.1, gloo) sharing --devices (default 2), against one '
+                           'process with all of them; on one host this measures overhead')
+  parser.add_argument('--process-id', type=int, default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--coordinator', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.pairs is None:
     args.pairs = 'mlp,lenet' if args.quick else ','.join(PAIRS)
@@ -100,7 +107,12 @@ def main(argv=None) -> dict:
     return result
   command = ' '.join(shlex.quote(a) for a in [os.path.relpath(__file__)] +
                      list(sys.argv[1:] if argv is None else argv))
+  if args.processes > 1 and args.process_id is None:
+    from processes import run_processes
+    return run_processes(args, list(sys.argv[1:] if argv is None else argv), command=command)
   result = run(args, command=command)
+  if args.process_id:  # only process 0 reports
+    return result
   print('\n' + render(result, args.readme))
   return result
 

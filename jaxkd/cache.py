@@ -192,7 +192,8 @@ def compute(
     teacher_variables: the teacher's variables.
     images: the split's model inputs [N, H, W, C] after `transform` (normalised float).
     dataset, split, transform, teacher_fingerprint: provenance recorded in the cache.
-    batch_size: examples per teacher call; the last batch is padded.
+    batch_size: examples per teacher call; the last batch is padded. In a run of several
+      processes each computes an equal block of the rows and all gather them.
     dtype: 'float32' or 'float16' storage of logits.
     topk: keep only the k largest logits per example, plus the rest's mass in one bucket.
     temperature: required with `topk`: the temperature the rest mass is computed at.
@@ -202,15 +203,23 @@ def compute(
   if topk is not None and (temperature is None or temperature <= 0):
     raise ValueError('A top-k cache needs the training temperature (> 0): its rest mass '
                      'depends on it. Pass temperature=T.')
+  from jaxkd import distributed
   run = jax.jit(apply_fn)
+  # With several processes each runs the teacher on its block of rows, and all gather them.
+  block = distributed.process_block(len(images))
+  mine = images[block]
   outputs = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+  for start in range(0, max(len(mine), 1), batch_size):
+    chunk = mine[start:start + batch_size]
     pad = batch_size - len(chunk)
     if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+      chunk = np.concatenate([chunk, np.zeros((pad,) + images.shape[1:], images.dtype)])
     outputs.append(np.asarray(run(teacher_variables, chunk), np.float32)[:batch_size - pad])
   logits = np.concatenate(outputs)
+  share = block.stop - block.start  # every block padded to one length for the gather
+  logits = np.concatenate([logits, np.zeros((share - len(logits),) + logits.shape[1:],
+                                            logits.dtype)])
+  logits = distributed.allgather_rows(logits, len(images))
   bad = ~np.isfinite(logits).all(axis=-1)
   if bad.any():
     raise FloatingPointError(

@@ -25,6 +25,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxkd
+from jaxkd import distributed
 from jaxkd.paths import flatten
 from jaxkd.state import leaf_sha256, tree_sha256
 
@@ -251,6 +252,9 @@ class Checkpointer:
     stored = _newest_metadata(self.directory)
     if stored is not None:
       check_resumable(stored, self.metadata, directory=self.directory)
+    # Every process has read the folder as it was before any of them creates or cleans it
+    # (Orbax's managers synchronise processes; they must all take the same path).
+    distributed.barrier('jaxkd_checkpointer_checked')
     _warn_incomplete(self.directory, 'ignored and removed')
     policy = [policies.LatestN(n=keep_last)]
     best_fn = None
@@ -346,12 +350,14 @@ class Checkpointer:
 
   def _set_aside(self, damaged: list, good: int) -> None:
     aside = os.path.join(os.path.dirname(self.directory), 'damaged_checkpoints')
-    os.makedirs(aside, exist_ok=True)
     for step, error in damaged:
       target = os.path.join(aside, str(step))
-      os.replace(os.path.join(self.directory, str(step)), target)
+      if distributed.is_main():  # one process moves; the others wait for it below
+        os.makedirs(aside, exist_ok=True)
+        os.replace(os.path.join(self.directory, str(step)), target)
       warnings.warn(f'{error} Moved to {target}; resuming from step {good}, the newest intact '
                     'checkpoint.', DamagedCheckpointWarning, stacklevel=3)
+    distributed.barrier('jaxkd_damaged_checkpoints_set_aside')
     self._manager.reload()
 
   def metrics(self, step: int) -> dict | None:
@@ -381,6 +387,7 @@ def save_variables(directory: str, variables: PyTree, *, metadata: dict, step: i
   """
   directory = os.path.abspath(directory)
   fingerprint = tree_sha256(variables)
+  distributed.barrier('jaxkd_save_variables')  # all processes see the folder as it was
   if os.path.isdir(os.path.join(directory, str(step))):
     with _reader(directory, _FINAL_ITEMS) as manager:
       exists = step in manager.all_steps()

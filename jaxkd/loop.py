@@ -30,18 +30,25 @@ class MetricWriter:
   """Appends one JSON object per line to `workdir/metrics.jsonl`, and the scalars to
   TensorBoard event files in `workdir/tensorboard` (written without TensorFlow)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.enabled = enabled  # False on every process but the main one: nothing is written
+    if not enabled:
+      return
     os.makedirs(workdir, exist_ok=True)
     self._file = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     self._tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
     record = _jsonable(record)
     self._file.write(json.dumps(record) + '\n')
     self._file.flush()
     self._tensorboard.scalars(record.get('step', 0), record)
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self._file.close()
     self._tensorboard.close()
 
@@ -172,6 +179,7 @@ def fit(
     return {'epoch': epoch, 'step_in_epoch': offset, 'steps_per_epoch': steps_per_epoch,
             **(data_state() if data_state is not None else {})}
 
+  main = jax.process_index() == 0  # only the main process logs and prints
   if checkpointer is not None and checkpointer.latest_step() is not None:
     if checkpointer.latest_step() > num_steps:
       raise ValueError(
@@ -188,11 +196,13 @@ def fit(
     if restore_data is not None:
       restore_data(restored.data_state)
     state = parallel.replicate(restored.state)
-    print(f'{desc}: resumed from step {restored.step} of {checkpointer.directory}', flush=True)
+    if main:
+      print(f'{desc}: resumed from step {restored.step} of {checkpointer.directory}', flush=True)
   step = int(parallel.unreplicate(state.step))
-  truncate_metrics(workdir, step)
-  writer = MetricWriter(workdir)
-  interactive = sys.stderr.isatty()
+  if main:
+    truncate_metrics(workdir, step)
+  writer = MetricWriter(workdir, enabled=main)
+  interactive = sys.stderr.isatty() and main
   bar = tqdm.tqdm(total=num_steps, initial=step, desc=desc, unit='step', disable=not interactive,
                   dynamic_ncols=True)
   pending, window_start, window_steps = [], time.perf_counter(), 0
@@ -218,7 +228,7 @@ def fit(
             bar.set_postfix(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
                             ex_s=f'{record["examples_per_s"]:.0f}')
             bar.update(window_steps)
-            if not interactive:
+            if not interactive and main:
               print(f'{desc} step {step}/{num_steps} loss {record["loss"]:.4f} '
                     f'acc {record["accuracy"]:.4f} {record["examples_per_s"]:.0f} ex/s',
                     flush=True)
@@ -239,7 +249,8 @@ def fit(
                               metrics=eval_record)
           if stop.received:
             interrupted = Interrupted(step, stop.received)
-            print(f'{desc}: {interrupted}', file=sys.stderr, flush=True)
+            if main:
+              print(f'{desc}: {interrupted}', file=sys.stderr, flush=True)
             raise interrupted
           if step >= num_steps:
             break

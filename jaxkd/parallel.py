@@ -43,16 +43,24 @@ class Parallel:
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f'Unknown parallel mode {self.mode!r}; choose one of {MODES}.')
-    available = jax.device_count()
-    if self.num_devices is not None and not 1 <= self.num_devices <= available:
-      raise ValueError(
-          f'num_devices={self.num_devices} but {available} devices exist; pass a number in '
-          f'1..{available} or None for all.')
+    if self.num_devices is not None:  # (a default Parallel() must not start the backend)
+      available = jax.device_count()
+      if not 1 <= self.num_devices <= available:
+        raise ValueError(
+            f'num_devices={self.num_devices} but {available} devices exist; pass a number in '
+            f'1..{available} or None for all.')
     if self.shard_teacher and self.mode != 'jit':
       raise ValueError(f"shard_teacher=True needs mode='jit' (got {self.mode!r}).")
 
   @functools.cached_property
   def mesh(self) -> jax.sharding.Mesh:
+    if jax.process_count() > 1:
+      if self.mode == 'pmap':
+        raise ValueError(f"parallel.mode='pmap' runs in one process, this run has "
+                         f"{jax.process_count()}; use 'jit' (default) or 'shard_map'.")
+      if self.num_devices not in (None, jax.device_count()):
+        raise ValueError(f'num_devices={self.num_devices}: a run of {jax.process_count()} '
+                         f'processes uses all {jax.device_count()} devices (pass 0 for all).')
     devices = jax.devices()[: self.size]
     return jax.make_mesh((len(devices),), (self.axis,), axis_types=(AxisType.Auto,),
                          devices=devices)
@@ -60,6 +68,11 @@ class Parallel:
   @property
   def size(self) -> int:
     return self.num_devices or jax.device_count()
+
+  @property
+  def local_size(self) -> int:
+    """Devices of this process in the mesh: a process feeds `local_size` shards per batch."""
+    return self.size // jax.process_count()
 
   @property
   def axis_name(self) -> str | None:
@@ -96,8 +109,11 @@ class Parallel:
   # --- placing data ----------------------------------------------------------------------
 
   def replicate(self, tree: Any) -> Any:
-    """Places a tree on every device (under pmap: with a leading device axis)."""
+    """Places a tree on every device (under pmap: with a leading device axis). With several
+    processes each passes the same values (from the host)."""
     if self.mode != 'pmap':
+      if jax.process_count() > 1:
+        tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
       return jax.device_put(tree, self._sharding(P()))
     sharding = self._sharding(P(self.axis))
 
@@ -117,16 +133,24 @@ class Parallel:
     """Splits a batch's leading dimension over the devices.
 
     Host arrays are this process's share of the global batch; device arrays are taken as
-    the global batch and resharded.
+    the global batch and resharded (with several processes: as this process's share, unless
+    already placed over the mesh).
     """
+    several = jax.process_count() > 1
+
     def put(x):
-      if x.shape[0] % self.size:
+      global_batch = isinstance(x, jax.Array) and not several
+      devices = self.size if global_batch else self.local_size
+      if x.shape[0] % devices:
         raise ValueError(
-            f'Batch dimension {x.shape[0]} is not divisible by {self.size} devices; use a '
+            f'Batch dimension {x.shape[0]} is not divisible by {devices} devices; use a '
             f'batch size that is a multiple of the device count.')
       if self.mode == 'pmap':
         x = x.reshape((self.size, x.shape[0] // self.size) + x.shape[1:])
       sharding = self._sharding(P(self.axis))
+      if isinstance(x, jax.Array) and several and not x.sharding.is_equivalent_to(
+          sharding, x.ndim):
+        x = np.asarray(x)  # this process's rows, on one of its devices
       if isinstance(x, jax.Array):
         if x.sharding.is_equivalent_to(sharding, x.ndim):
           # Already placed (e.g. by `batch_sharding`): a device_put would wait for the

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from fakedata import make_fashion_mnist
+from fakedata import fashion_mnist_in_process, make_fashion_mnist
 from jaxkd import cache, checkpoint, data, losses, recipes
 from jaxkd.data import pipeline
 from jaxkd.recipes.run import LOCK_FILE, WorkdirBusyError
@@ -31,14 +31,8 @@ CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """Generated data, two teachers, and templates of unfinished train and distill runs."""
-  tmp = tmp_path_factory.mktemp('bad_inputs')
-  make_fashion_mnist(tmp / 'raw', n_train=200, n_test=50, learnable=True)
-  env = {'JAXKD_FASHION_MNIST_DIR': str(tmp / 'raw'), 'JAXKD_DATA_DIR': str(tmp / 'tfds'),
-         'JAXKD_OFFLINE': '1'}
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  sys.path.insert(0, CONFIGS)
-  try:
+  with fashion_mnist_in_process(tmp_path_factory.mktemp('bad_inputs'), CONFIGS, n_train=200,
+                                n_test=50) as tmp:
     recipes.train(config('train'), str(tmp / 'teacher'))
     recipes.train(config('train', seed=1), str(tmp / 'teacher2'))
     recipes.distill(config('distill', teacher_dir=str(tmp / 'teacher')), str(tmp / 'kd'))
@@ -47,13 +41,6 @@ def runs(tmp_path_factory):
       os.remove(tmp / f'{name}_partial' / 'final_metrics.json')
       shutil.rmtree(tmp / f'{name}_partial' / 'final')
     yield tmp
-  finally:
-    sys.path.remove(CONFIGS)
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key)
-      else:
-        os.environ[key] = value
 
 
 def config(kind: str, **changes):

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from fakedata import make_fashion_mnist
+from fakedata import fashion_mnist_in_process
 from jaxkd import checkpoint, ema, losses, models, mutual, recipes
 from jaxkd.checkpoint import Checkpointer
 from jaxkd.parallel import Parallel
@@ -197,20 +197,9 @@ def test_ema_decay_is_checked():
 
 @pytest.fixture(scope='module')
 def fake_data(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp('schemes')
-  make_fashion_mnist(tmp / 'raw', n_train=200, n_test=50, learnable=True)
-  env = {'JAXKD_FASHION_MNIST_DIR': str(tmp / 'raw'), 'JAXKD_DATA_DIR': str(tmp / 'tfds'),
-         'JAXKD_OFFLINE': '1'}
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  sys.path.insert(0, CONFIGS)
-  yield tmp
-  sys.path.remove(CONFIGS)
-  for key, value in saved.items():
-    if value is None:
-      os.environ.pop(key)
-    else:
-      os.environ[key] = value
+  with fashion_mnist_in_process(tmp_path_factory.mktemp('schemes'), CONFIGS, n_train=200,
+                                n_test=50) as tmp:
+    yield tmp
 
 
 def _config(module, arg, **changes):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd import data, models, optim, paths, transfer
+from jaxkd import data, distributed, models, optim, paths, transfer
 from jaxkd.augment import Augment
 from jaxkd.loop import eval_batches
 from jaxkd.parallel import Parallel
@@ -112,10 +112,16 @@ def make_batches(task: Task, config, parallel: Parallel,
   """The in-memory fast path: the split lives on device, batches are gathered under jit,
   each already placed where the step wants it (one process; several assemble theirs).
   `columns` are more per-example arrays carried in each batch (cached teacher outputs)."""
+  processes = jax.process_count()
+  if config.batch_size % parallel.size:
+    raise ValueError(f'batch_size={config.batch_size}: must be a multiple of the '
+                     f'{parallel.size} devices (the global batch is split over them).')
+  # Each process feeds its share of the global batch (the same permutation everywhere).
   dataset = data.InMemoryDataset(
-      task.train_images, task.train_labels, batch_size=config.batch_size, seed=config.seed,
+      task.train_images, task.train_labels, batch_size=config.batch_size // processes,
+      seed=config.seed,
       mean=task.mean, std=task.std, columns=columns, num_classes=task.num_classes,
-      batch_sharding=parallel.batch_sharding() if jax.process_count() == 1 else None)
+      batch_sharding=parallel.batch_sharding() if processes == 1 else None)
   return (lambda epoch, start: dataset.epoch(epoch, start_step=start)), dataset.steps_per_epoch
 
 
@@ -138,7 +144,8 @@ def make_evaluator(model, task: Task, config, parallel: Parallel) -> Callable[[A
     for split, (images, labels) in splits.items():
       total = None
       for batch in eval_batches(images, labels, batch_size=batch_size, normalize=task.normalize):
-        sums = parallel.unreplicate(eval_step(variables, parallel.shard_batch(batch)))
+        local = distributed.process_rows(batch)  # each process feeds its share
+        sums = parallel.unreplicate(eval_step(variables, parallel.shard_batch(local)))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
       summary = summarize_eval(jax.device_get(total))
       results.update({f'{split}_{k}': v for k, v in summary.items()})

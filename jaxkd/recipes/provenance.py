@@ -12,7 +12,10 @@ from jaxkd import data
 
 
 def write_json(path: str, record: dict) -> None:
-  """Writes `record` to `path` atomically (a temporary file, then a rename)."""
+  """Writes `record` to `path` atomically (a temporary file, then a rename); in a run of
+  several processes only the main one writes."""
+  if jax.process_index() != 0:
+    return
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -35,7 +38,7 @@ def cpu_model() -> str:
 def machine() -> dict:
   device = jax.devices()[0]
   return {'device_kind': device.device_kind, 'platform': device.platform,
-          'device_count': jax.device_count(), 'cpu': platform.processor() or platform.machine(),
+          'device_count': jax.device_count(), 'processes': jax.process_count(), 'cpu': platform.processor() or platform.machine(),
           'cores': os.cpu_count()}
 
 

@@ -128,7 +128,9 @@ def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
   Opening it refuses, before writing anything, a workdir whose checkpoints belong to
   another run (every differing setting listed), e.g. a distillation from another teacher.
   """
-  with workdir_lock(workdir):
+  # The main process holds the lock for the run (processes of one run share the workdir).
+  lock = workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
     check_workdir(config, workdir, metadata)
     if not config.get('checkpoint_every', 0):
       yield None

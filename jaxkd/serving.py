@@ -1,0 +1,92 @@
+"""Loads a model exported by `jaxkd.export`: JAX, NumPy and JSON only, no jaxkd model code.
+
+An export folder holds
+
+    model.jaxexport   the bytes of `jax.export.Exported.serialize()`: the inference function
+                      with the weights inside it as constants
+    model.json        what the function is: model, classes, input shape, normalisation,
+                      accuracy, the source checkpoint's fingerprint (`jaxkd.export.describe`)
+
+The function maps a batch of raw images, uint8 `[batch, *input_shape]` (pixel values 0..255,
+NHWC), to float32 logits `[batch, num_classes]`; the dataset's normalisation
+`(x / 255 - mean) / std` happens inside it. The batch dimension is symbolic: any batch size
+works (each new size compiles once).
+
+This module imports nothing from jaxkd, so a deployment can copy it alone, or do the same in
+three lines:
+
+    exported = jax.export.deserialize(open('DIR/model.jaxexport', 'rb').read())
+    description = json.load(open('DIR/model.json'))
+    logits = exported.call(images_uint8)
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+ARTIFACT = 'model.jaxexport'
+DESCRIPTION = 'model.json'
+
+
+class Artifact:
+  """An exported model, callable on uint8 image batches; checks their shape first.
+
+  Attributes:
+    exported: the deserialised `jax.export.Exported`.
+    description: the JSON description written with it.
+    input_shape: one example's shape, e.g. `(28, 28, 1)`.
+  """
+
+  def __init__(self, exported: jax.export.Exported, description: dict[str, Any],
+               where: str = 'the artifact'):
+    self.exported = exported
+    self.description = description
+    self.input_shape = tuple(description['input_shape'])
+    self._where = where
+    self._call = jax.jit(exported.call)
+
+  def __call__(self, images) -> jax.Array:
+    """Logits float32 `[batch, num_classes]` for uint8 images `[batch, *input_shape]`.
+
+    Raises:
+      ValueError: the batch is not uint8, or its per-example shape is not `input_shape`.
+    """
+    images = np.asarray(images) if not isinstance(images, jax.Array) else images
+    expected = '[batch, ' + ', '.join(map(str, self.input_shape)) + ']'
+    if images.ndim != len(self.input_shape) + 1 or tuple(images.shape[1:]) != self.input_shape:
+      raise ValueError(
+          f'{self._where} takes images of shape {expected} (NHWC); got a batch of shape '
+          f'{list(images.shape)}. Resize the images, or export a model trained on this shape.')
+    if images.dtype != np.uint8:
+      raise ValueError(
+          f'{self._where} takes uint8 pixel values 0..255 (it normalises them itself); got '
+          f'{images.dtype}. Pass raw images, e.g. np.clip(x, 0, 255).astype(np.uint8).')
+    return self._call(images)
+
+
+def load(directory: str) -> tuple[Artifact, dict[str, Any]]:
+  """`(predict, description)` for the export folder `directory`.
+
+  `predict(images)` returns the logits (see `Artifact`); `predict.exported` is the raw
+  `jax.export.Exported`, `description` the folder's `model.json`.
+
+  Raises:
+    FileNotFoundError: `directory` lacks `model.jaxexport` or `model.json`.
+  """
+  paths = {name: os.path.join(directory, name) for name in (ARTIFACT, DESCRIPTION)}
+  missing = [name for name, path in paths.items() if not os.path.isfile(path)]
+  if missing:
+    raise FileNotFoundError(f'{directory!r} is not an export folder: it lacks {missing} '
+                            '(write one with experiments/export.py).')
+  with open(paths[DESCRIPTION]) as f:
+    description = json.load(f)
+  with open(paths[ARTIFACT], 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  return Artifact(exported, description, where=f'The model in {directory}'), description
+
+
+__all__ = ['ARTIFACT', 'Artifact', 'DESCRIPTION', 'load']
