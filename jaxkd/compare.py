@@ -32,8 +32,11 @@ THROUGHPUT_BATCH = 256
 def flops_per_example(fn: Callable, example_shape: Sequence[int], dtype=jnp.float32) -> float:
   """FLOPs of `fn` on one example (a batch of 1), from XLA's cost analysis of the compiled
   program. A dense layer `[in] -> [out]` counts `2 * in * out`."""
-  spec = jax.ShapeDtypeStruct((1, *example_shape), dtype)
-  cost = jax.jit(fn).lower(spec).compile().cost_analysis()
+  return _flops(fn, jax.ShapeDtypeStruct((1, *example_shape), dtype))
+
+
+def _flops(fn: Callable, *specs) -> float:
+  cost = jax.jit(fn).lower(*specs).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops'])
 
@@ -53,8 +56,11 @@ def model_flops(model, variables, input_shape: Sequence[int]) -> float:
   """FLOPs per example of `model`'s inference: the architecture's arithmetic as XLA counts
   it for its own convolutions (not the CPU formulations of `jaxkd.models.fastconv`, which
   count differently for the same maths); variables are arguments, so nothing is folded."""
-  with _xla_layers():
-    return flops_per_example(lambda x: model.apply(variables, x, train=False), input_shape)
+  specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+                       variables)
+  with _xla_layers():  # weights as arguments: values (zero biases) cannot change the count
+    return _flops(lambda v, x: model.apply(v, x, train=False), specs,
+                  jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
 
 
 def latency(predict: Callable, example: np.ndarray, *, calls: int = 200,
@@ -188,6 +194,57 @@ def _duration(seconds: float) -> str:
   return f'{seconds * 1e6:.0f} µs' if seconds < 1e-3 else f'{seconds * 1e3:.2f} ms'
 
 
+def model_costs(names: Sequence[str], *, dataset: str = 'fashion_mnist',
+                latency_calls: int = 200, throughput_seconds: float = 1.0) -> dict[str, Any]:
+  """What each zoo model costs a deployer on this machine, whatever its weights: parameters,
+  artifact bytes (float32 / int8), FLOPs per example, batch-1 latency and batch-256
+  throughput of its float32 artifact; measured on random weights of `dataset`'s shapes
+  (the columns a results table adds beside its accuracies)."""
+  from jaxkd import data  # local import: TFDS is slow to import
+  from jaxkd.state import fresh_variables
+  info = data.info(dataset)
+  single = np.zeros((1, *info.image_shape), np.uint8)
+  batch = np.random.default_rng(0).integers(0, 256, (THROUGHPUT_BATCH, *info.image_shape),
+                                            dtype=np.uint8)
+  rows = []
+  for name in names:
+    model = models.build(name, num_classes=info.num_classes)
+    variables = fresh_variables(model, seed=0, input_shape=(1, *info.image_shape))
+    row = {'model': name, 'parameters': models.param_count(variables['params']),
+           'flops_per_example': model_flops(model, variables, info.image_shape),
+           'artifact_bytes': {}}
+    for kind, int8 in (('float32', False), ('int8', True)):
+      exported = export.export_model(variables, model, input_shape=info.image_shape,
+                                     mean=info.mean, std=info.std, int8=int8)
+      blob = exported.serialize()
+      row['artifact_bytes'][kind] = len(blob)
+      if kind == 'float32':  # timed as `measure_run` times a run's artifact
+        predict = Artifact(jax.export.deserialize(blob), {'input_shape': list(info.image_shape)})
+        row['latency_batch1_s'] = latency(predict, single, calls=latency_calls)
+        row['throughput_batch256'] = throughput(predict, batch, min_seconds=throughput_seconds)
+    rows.append(row)
+  from jaxkd.recipes.provenance import cpu_model
+  return {'dataset': dataset, 'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
+          'jax_version': jax.__version__, 'conv_impl': layers.conv_impl(),
+          'latency_calls': latency_calls, 'models': rows}
+
+
+def costs_markdown(costs: dict[str, Any]) -> str:
+  """`model_costs` as a Markdown table, with its machine."""
+  lines = ['| model | parameters | kB float32 / int8 | MFLOPs / example | latency, batch 1 '
+           '| throughput, batch 256 |', '|---|--:|--:|--:|--:|--:|']
+  for r in costs['models']:
+    size = r['artifact_bytes']
+    lines.append(f"| {r['model']} | {r['parameters']:,} | {size['float32'] / 1e3:.0f} / "
+                 f"{size['int8'] / 1e3:.0f} | {r['flops_per_example'] / 1e6:.2f} | "
+                 f"{_duration(r['latency_batch1_s'])} | {r['throughput_batch256']:,.0f} ex/s |")
+  lines += ['', f"CPU: {costs['cpu']} ({costs['cpu_count']} cores), JAX {costs['jax_version']}, "
+            f"convolutions `{costs['conv_impl']}`; {costs['dataset']} shapes, random weights; "
+            f"latency: median of {costs['latency_calls']} compiled calls of the float32 "
+            'artifact.']
+  return '\n'.join(lines)
+
+
 def markdown(report: dict[str, Any]) -> str:
   """The report as a Markdown table (float32 latency and throughput), with its machine."""
   mb = lambda n: f'{n / 1e6:.3f}'  # noqa: E731
@@ -214,5 +271,6 @@ def markdown(report: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-__all__ = ['EXPORTS', 'accuracy', 'flops_per_example', 'latency', 'load_test_set', 'markdown',
-           'measure_run', 'model_flops', 'report', 'throughput', 'weight_bytes']
+__all__ = ['EXPORTS', 'accuracy', 'costs_markdown', 'flops_per_example', 'latency',
+           'load_test_set', 'markdown', 'measure_run', 'model_costs', 'model_flops', 'report',
+           'throughput', 'weight_bytes']

@@ -213,6 +213,22 @@ def test_flops_of_a_dense_layer_are_two_in_out_per_example():
   assert 2 * 784 * 10 <= compare.model_flops(model, variables, SHAPE) <= 2 * 784 * 10 + 10
 
 
+def test_model_costs_do_not_depend_on_the_weights():
+  """A model's FLOP count is its architecture's: zero biases (a fresh init) count the same as
+  trained ones (weights are arguments of the counted program, not foldable constants)."""
+  model = models.build('lenet5_half', num_classes=10)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  shifted = jax.tree.map(lambda x: x + 0.5, variables)
+  assert (compare.model_flops(model, variables, (28, 28, 1))
+          == compare.model_flops(model, shifted, (28, 28, 1)))
+  costs = compare.model_costs(['lenet5_half'], latency_calls=3, throughput_seconds=0.01)
+  (row,) = costs['models']
+  assert row['parameters'] == PARAM_COUNTS[('lenet5_half', MNIST)]
+  assert row['flops_per_example'] == compare.model_flops(model, variables, (28, 28, 1))
+  assert row['artifact_bytes']['int8'] < row['artifact_bytes']['float32']
+  assert '| lenet5_half | 35,820 |' in compare.costs_markdown(costs)
+
+
 def test_compression_report_of_a_teacher_and_its_student(tmp_path, monkeypatch):
   generated = make_fashion_mnist(tmp_path / 'raw', n_train=10, n_test=30, learnable=True)
   monkeypatch.setenv('JAXKD_FASHION_MNIST_DIR', str(tmp_path / 'raw'))
