@@ -74,3 +74,28 @@ def test_transfer_tiny_profile(tmp_path):
   assert (tmp_path / 'results' / 'transfer_tiny.md').read_text().count('|') > 30
   again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and again.stdout.count('done before') == len(payload['runs'])
+
+
+def test_cifar100_tiny_profile(tmp_path):
+  """The CIFAR-100 table's machinery on a generated archive (12 training images): teacher,
+  student, KD and DKD with the papers' recipe, the published figures beside ours."""
+  from test_data import make_cifar
+  make_cifar(tmp_path / 'raw', hundred=True)
+  env = dict(fashion_mnist_env(tmp_path, n_train=16, n_test=8),
+             JAXKD_CIFAR100_DIR=str(tmp_path / 'raw'))
+  command = [sys.executable, os.path.join(ROOT, 'experiments', 'reproduce_cifar100.py'),
+             '--profile', 'tiny', '--root', str(tmp_path / 'runs'),
+             '--results', str(tmp_path / 'results')]
+  result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  payload = json.loads((tmp_path / 'results' / 'cifar100_tiny.json').read_text())
+  assert [(r['table'], r['row']) for r in payload['runs']] == [
+      ('resnet56_resnet20', row) for row in ('teacher', 'student', 'kd', 'dkd')]
+  config = json.loads((tmp_path / 'runs' / 'resnet56_resnet20' / 'dkd' / 'seed0' /
+                       'run_config.json').read_text())
+  assert config['dataset'] == 'cifar100' and config['optimizer']['name'] == 'sgd'
+  assert config['optimizer']['boundaries'] == [0.625, 0.75, 0.875]
+  assert config['terms']['dkd']['warmup_epochs'] == 20.0
+  table = (tmp_path / 'results' / 'cifar100_tiny.md').read_text()
+  assert '| resnet56_resnet20 | dkd | 1 |' in table and '| 71.97 |' in table

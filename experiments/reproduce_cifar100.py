@@ -1,0 +1,23 @@
+"""The CIFAR-100 pairs of the CRD / DKD tables: teachers, students alone, KD and DKD.
+
+    JAXKD_CIFAR100_DIR=/data/cifar python experiments/reproduce_cifar100.py --profile full
+    python experiments/reproduce_cifar100.py --profile tiny   # a smoke run of the machinery
+
+Writes cifar100{,_<profile>}.{json,md} (experiments/results/ for the full profile); run
+outputs go to --root (default workdirs/cifar100_<profile>). Needs the CIFAR-100 archive,
+which no machine of this project can download: the full profile is for a GPU and the data.
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'configs'))
+
+import reproduce_cifar100 as table_config  # noqa: E402
+
+from jaxkd import reproduce  # noqa: E402
+
+if __name__ == '__main__':
+  reproduce.command_line(__doc__, table_config,
+                         default_root=os.path.join('workdirs', 'cifar100'),
+                         full_results=os.path.join(HERE, 'results'))
