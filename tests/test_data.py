@@ -343,6 +343,8 @@ def test_loader_normalisation_matches_numpy():
   np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-5)
   assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
   np.testing.assert_array_equal(batch["label"], np.arange(8))
+  with pytest.raises(ValueError, match=r"mean has 2 values .* per channel of the images \(3\)"):
+    _loader(src, mean=(0.5, 0.5), std=1.0)  # refused when the loader is made
 
 
 def test_loader_state_save_restore():

@@ -157,6 +157,9 @@ def make_loader(
     # grain 0.2.18's worker processes read an absl flag directly, which fails
     # outside absl.app.run; marking the (default) flags parsed avoids that.
     flags.FLAGS.mark_as_parsed()
+  # The first record tells the images' channels: mean/std must give one value or one each.
+  channels = np.shape(data_source[0]["image"])[-1] if len(data_source) else None
+  stats = _channel_stats(mean, std, channels)
   index, count = _shard(shard_index, shard_count)
   data_source = _shard_source(data_source, index, count, drop_remainder)
   sampler = grain.IndexSampler(
@@ -169,7 +172,7 @@ def make_loader(
       data_source=data_source,
       sampler=sampler,
       operations=[grain.Batch(batch_size, drop_remainder=drop_remainder),
-                  _Normalize(*_channel_stats(mean, std))],
+                  _Normalize(*stats)],
       worker_count=worker_count,
       read_options=read_options,
   )
