@@ -75,3 +75,22 @@ def test_best_epoch_is_chosen_by_validation_accuracy(tmp_path):
   result = best_epoch(str(tmp_path))
   assert (result['best_epoch'], result['best_val_test_accuracy']) == (2, 0.70)
   assert np.isclose(result['best_val_accuracy'], 0.90)
+
+
+def test_validation_first_holds_out_before_the_class_subset(tmp_path):
+  """With `validation_first`, a small-data run's validation images come from the whole
+  training split (the same for every seed) and never from, nor into, its training draw;
+  without it they would come out of the run's own 60 images."""
+  from fakedata import fashion_mnist_in_process
+  from jaxkd.recipes.builders import load_task
+  small = dict(classes=tuple(range(10)), train_per_class=6, validation_size=100)
+  with fashion_mnist_in_process(tmp_path, n_train=300, n_test=20):
+    with pytest.raises(ValueError, match=r'validation_size=100 must be in 1..59'):
+      load_task(_config(**small))
+    first, other_seed = (load_task(_config(**small, validation_first=True, seed=seed))
+                         for seed in (0, 1))
+  assert len(first.val_labels) == 100 and len(first.train_labels) == 60  # 6 per class kept
+  np.testing.assert_array_equal(first.val_images, other_seed.val_images)  # one split
+  assert not np.array_equal(first.train_images, other_seed.train_images)  # a draw per seed
+  rows = lambda images: {image.tobytes() for image in images}  # noqa: E731
+  assert not rows(first.val_images) & rows(first.train_images)

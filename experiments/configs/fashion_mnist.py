@@ -13,6 +13,7 @@ def get_config(model: str = 'lenet5') -> ml_collections.ConfigDict:
   config.dataset = 'fashion_mnist'
   config.data_dir = ''  # '' = $JAXKD_DATA_DIR or ~/tensorflow_datasets
   config.validation_size = 0  # > 0: hold out this many training images for model selection
+  config.validation_first = False  # True: held out before the class subset is drawn
   config.classes = ()  # a subset of classes, relabelled 0..k-1 (transfer tasks)
   config.train_per_class = 0  # 0 = all training images of each class
   config.model = model or 'lenet5'

@@ -46,32 +46,47 @@ class Task:
 
 
 def load_task(config) -> Task:
-  """Loads the config's dataset (optionally a subset of classes) as host arrays."""
+  """Loads the config's dataset (optionally a subset of classes) as host arrays.
+
+  `validation_size` images are held out of the training split for model selection: by
+  default from what the class subset (`classes`, `train_per_class`) leaves; with
+  `validation_first`, from the whole training split before the subset is drawn, so a
+  small-data run (e.g. 3 % of the images) is selected on as many images as a full one and
+  never trains on them."""
   info = data.info(config.dataset)
   data_dir = config.get('data_dir') or None
   train = data.load_arrays(config.dataset, 'train', data_dir=data_dir)
   test = data.load_arrays(config.dataset, 'test', data_dir=data_dir)
   num_classes = info.num_classes
   classes = tuple(config.get('classes') or ())
+  validation_size = config.get('validation_size', 0)
+  first = bool(validation_size and config.get('validation_first', False))
+  val = (None, None)
+  if first:
+    val, train = _hold_out(train, validation_size)
   if classes:
     per_class = config.get('train_per_class') or None
     train = data.subset_classes(*train, classes, per_class=per_class, seed=config.seed)
     test = data.subset_classes(*test, classes)
+    if first:
+      val = data.subset_classes(*val, classes)
     num_classes = len(classes)
-  val = (None, None)
-  validation_size = config.get('validation_size', 0)
-  if validation_size:
-    if not 0 < validation_size < len(train[1]):
-      raise ValueError(f'validation_size={validation_size} must be in 1..{len(train[1]) - 1} '
-                       f'(the training split has {len(train[1])} examples).')
-    # One fixed split for every run and seed, so runs of a table share their validation set.
-    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train[1]))
-    held, kept = np.sort(order[:validation_size]), np.sort(order[validation_size:])
-    val = (train[0][held], train[1][held])
-    train = (train[0][kept], train[1][kept])
+  if validation_size and not first:
+    val, train = _hold_out(train, validation_size)
   return Task(config.dataset, *train, *test, num_classes=num_classes,
               mean=np.asarray(info.mean, np.float32), std=np.asarray(info.std, np.float32),
               val_images=val[0], val_labels=val[1])
+
+
+def _hold_out(split: tuple, size: int) -> tuple[tuple, tuple]:
+  """`(held out, kept)`: `size` examples of `split`, the same ones for every run and seed
+  (so the runs of a table share their validation set), both in stored order."""
+  if not 0 < size < len(split[1]):
+    raise ValueError(f'validation_size={size} must be in 1..{len(split[1]) - 1} '
+                     f'(the training split has {len(split[1])} examples).')
+  order = np.random.default_rng(VALIDATION_SEED).permutation(len(split[1]))
+  held, kept = np.sort(order[:size]), np.sort(order[size:])
+  return (split[0][held], split[1][held]), (split[0][kept], split[1][kept])
 
 
 def build_model(config, num_classes: int):

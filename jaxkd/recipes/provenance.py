@@ -45,7 +45,7 @@ def machine() -> dict:
 # Config settings that shape the training trajectory besides the task, model and seed: stored
 # with every checkpoint, so a resume with another value is refused (`checkpoint.differences`).
 TRAJECTORY_SETTINGS = ('optimizer', 'label_smoothing', 'augment', 'validation_size',
-                       'num_epochs', 'num_steps')
+                       'validation_first', 'num_epochs', 'num_steps')
 
 
 def _plain(value):

@@ -113,6 +113,7 @@ def check_config(config) -> None:
                       'of the run in (0, 1), e.g. (0.5, 0.75).')
   _number(config, 'label_smoothing', low=0.0, high=1.0)
   _choice(config, 'best_mode', ('max', 'min'))
+  _choice(config, 'validation_first', (False, True))
   classes = tuple(_get(config, 'classes') or ())
   if classes:
     count = data.DATASETS[dataset].num_classes
