@@ -337,9 +337,7 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
           metadata=ocp.args.JsonRestore()))
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-      raise _damage(folder, error) from error
-    except Exception as error:  # noqa: BLE001 - zlib.error, TensorStore's own errors
+    except Exception as error:  # noqa: BLE001 - Orbax, TensorStore, zlib, JSON errors
       raise _damage(folder, error) from error
     metadata = dict(restored['metadata'])
     expected = metadata.get('state_sha256')

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import tqdm
 
-from jaxkd import tensorboard
+from jaxkd import distributed, tensorboard
 from jaxkd.parallel import Parallel
 from jaxkd.state import TrainState
 from jaxkd.steps import CHECKS
@@ -179,7 +179,7 @@ def fit(
     return {'epoch': epoch, 'step_in_epoch': offset, 'steps_per_epoch': steps_per_epoch,
             **(data_state() if data_state is not None else {})}
 
-  main = jax.process_index() == 0  # only the main process logs and prints
+  main = distributed.is_main()  # only the main process logs and prints
   if checkpointer is not None and checkpointer.latest_step() is not None:
     if checkpointer.latest_step() > num_steps:
       raise ValueError(

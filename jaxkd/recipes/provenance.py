@@ -8,13 +8,13 @@ import platform
 
 import jax
 
-from jaxkd import data
+from jaxkd import data, distributed
 
 
 def write_json(path: str, record: dict) -> None:
   """Writes `record` to `path` atomically (a temporary file, then a rename); in a run of
   several processes only the main one writes."""
-  if jax.process_index() != 0:
+  if not distributed.is_main():
     return
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   tmp = path + '.tmp'

@@ -3,11 +3,15 @@ cadence, and the finish (final metrics, `params_sha256`, the saved model)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
+import time
 from typing import Any, Callable, Iterator
 
 import jax
 
+from jaxkd import distributed
 from jaxkd.loop import fit
 from jaxkd.recipes.provenance import best_epoch, machine, write_json
 from jaxkd.state import TrainState, tree_sha256
@@ -62,9 +66,6 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   over NFS may not exclude processes on other hosts.
   """
   import fcntl  # POSIX only; imported here so the module imports everywhere
-  import json
-  import socket
-  import time
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
@@ -129,7 +130,7 @@ def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
   another run (every differing setting listed), e.g. a distillation from another teacher.
   """
   # The main process holds the lock for the run (processes of one run share the workdir).
-  lock = workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  lock = workdir_lock(workdir) if distributed.is_main() else contextlib.nullcontext()
   with lock:
     check_workdir(config, workdir, metadata)
     if not config.get('checkpoint_every', 0):
