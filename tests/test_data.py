@@ -31,7 +31,7 @@ CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 def _no_env(monkeypatch):
   """Tests see none of the user's data settings, and never download."""
   for var in ("JAXKD_DATA_DIR", "JAXKD_FASHION_MNIST_DIR", "JAXKD_CIFAR10_DIR",
-              "JAXKD_CIFAR100_DIR"):
+              "JAXKD_CIFAR100_DIR", "JAXKD_DIGITS_DIR"):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv("JAXKD_OFFLINE", "1")
 
@@ -262,7 +262,7 @@ def test_cifar_refuses_code_in_pickles(tmp_path):
 
 
 def test_info_registry():
-  assert set(data.DATASETS) == {"fashion_mnist", "cifar10", "cifar100"}
+  assert set(data.DATASETS) == {"fashion_mnist", "cifar10", "cifar100", "digits"}
   fm, c10, c100 = data.info("fashion_mnist"), data.info("cifar10"), data.info("cifar100")
   assert (fm.num_classes, c10.num_classes, c100.num_classes) == (10, 10, 100)
   assert len(set(c100.class_names)) == 100 and fm.image_shape == (28, 28, 1)

@@ -131,9 +131,10 @@ class LocalFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   Subclasses set the class attributes below and implement `_read_split`. The
   raw files are looked for in `raw_dir` if given, else in the folder named by
-  `INFO.env_var` if set, else in `DEFAULT_DIRS` and `<data_dir>/downloads/manual`;
-  if no folder holds all of them and downloads are allowed, they are downloaded
-  from `URLS` by TFDS's download manager and their sha256 and size verified.
+  `INFO.env_var` if set, else in `default_dirs()` (`DEFAULT_DIRS` unless overridden)
+  and `<data_dir>/downloads/manual`; if no folder holds all of them and downloads are
+  allowed, they are downloaded from `URLS` by TFDS's download manager and their sha256
+  and size verified. A dataset without `URLS` is never downloaded.
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -180,7 +181,11 @@ class LocalFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return [pathlib.Path(explicit).expanduser()]
     # TFDS's convention for files fetched by hand: <data_dir>/downloads/manual.
     manual = pathlib.Path(self.data_dir_root) / "downloads" / "manual"
-    return [pathlib.Path(d) for d in self.DEFAULT_DIRS] + [manual]
+    return [pathlib.Path(d) for d in self.default_dirs()] + [manual]
+
+  def default_dirs(self) -> Sequence[str | os.PathLike]:
+    """Folders searched when the user names none; override to compute them when asked."""
+    return self.DEFAULT_DIRS
 
   def find_raw_files(self) -> dict[str, pathlib.Path] | None:
     """Paths of all raw files from the first folder that holds them, else None."""
@@ -264,6 +269,8 @@ class LocalFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     files = self.find_raw_files()
     if files is None:
+      if not self.URLS:
+        raise self._not_found_error("jaxkd never downloads them")
       if not downloads_allowed(self._allow_download):
         raise self._not_found_error("downloads are disabled")
       files = self._download(dl_manager)

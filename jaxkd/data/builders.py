@@ -13,10 +13,11 @@ import tensorflow_datasets as tfds
 
 from jaxkd.data._local import DatasetInfo, LocalFileBuilder, default_data_dir
 from jaxkd.data.cifar import JaxkdCifar10, JaxkdCifar100
+from jaxkd.data.digits import JaxkdDigits
 from jaxkd.data.fashion_mnist import JaxkdFashionMnist
 
 _BUILDERS: dict[str, type[LocalFileBuilder]] = {
-    cls.INFO.name: cls for cls in (JaxkdFashionMnist, JaxkdCifar10, JaxkdCifar100)
+    cls.INFO.name: cls for cls in (JaxkdFashionMnist, JaxkdCifar10, JaxkdCifar100, JaxkdDigits)
 }
 DATASETS: dict[str, DatasetInfo] = {name: cls.INFO for name, cls in _BUILDERS.items()}
 
