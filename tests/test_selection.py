@@ -94,3 +94,10 @@ def test_validation_first_holds_out_before_the_class_subset(tmp_path):
   assert not np.array_equal(first.train_images, other_seed.train_images)  # a draw per seed
   rows = lambda images: {image.tobytes() for image in images}  # noqa: E731
   assert not rows(first.val_images) & rows(first.train_images)
+  # Without `classes`, `train_per_class` draws from every class and keeps the labels: the
+  # same examples as naming all ten classes in order.
+  with fashion_mnist_in_process(tmp_path, n_train=300, n_test=20):
+    every = load_task(_config(train_per_class=6, validation_size=100, validation_first=True))
+  np.testing.assert_array_equal(every.train_images, first.train_images)
+  np.testing.assert_array_equal(every.train_labels, first.train_labels)
+  assert every.num_classes == 10 and np.bincount(every.train_labels).tolist() == [6] * 10

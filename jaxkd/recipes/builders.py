@@ -48,6 +48,9 @@ class Task:
 def load_task(config) -> Task:
   """Loads the config's dataset (optionally a subset of classes) as host arrays.
 
+  `train_per_class` keeps that many training images of each class (of `classes`, or of
+  every class when none are given), a seeded draw: `seed` picks them.
+
   `validation_size` images are held out of the training split for model selection: by
   default from what the class subset (`classes`, `train_per_class`) leaves; with
   `validation_first`, from the whole training split before the subset is drawn, so a
@@ -64,13 +67,16 @@ def load_task(config) -> Task:
   val = (None, None)
   if first:
     val, train = _hold_out(train, validation_size)
+  per_class = config.get('train_per_class') or None
   if classes:
-    per_class = config.get('train_per_class') or None
     train = data.subset_classes(*train, classes, per_class=per_class, seed=config.seed)
     test = data.subset_classes(*test, classes)
     if first:
       val = data.subset_classes(*val, classes)
     num_classes = len(classes)
+  elif per_class:  # every class, `per_class` training images of each (labels unchanged)
+    train = data.subset_classes(*train, tuple(range(num_classes)), per_class=per_class,
+                                seed=config.seed)
   if validation_size and not first:
     val, train = _hold_out(train, validation_size)
   return Task(config.dataset, *train, *test, num_classes=num_classes,
