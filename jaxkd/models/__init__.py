@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jaxkd.models.convnet import ConvNet
 from jaxkd.models.features import feature_paths
 from jaxkd.models.features import features
 from jaxkd.models.lenet import LeNet5
@@ -41,6 +42,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'lenet5': _p(LeNet5, filters=(6, 16)),
     'lenet5_half': _p(LeNet5, filters=(3, 8)),
     'lenet5_mid': _p(LeNet5, filters=(4, 12)),  # an assistant between the two (Mirzadeh et al.)
+    # A BatchNorm CNN with headroom over LeNet-5 on Fashion-MNIST (the headroom table's teacher).
+    'convnet': ConvNet,
+    'convnet_bn': _p(ConvNet, filters=(32, 64, 128), dense=256, dropout_rate=0.3),
     # CIFAR ResNets (He et al. 2016) as in the CRD / DKD repos.
     'resnet': CifarResNet,
     'resnet8': _p(CifarResNet, depth=8),
@@ -103,6 +107,7 @@ def param_count(params: Any) -> int:
 __all__ = [
     'MODELS',
     'CifarResNet',
+    'ConvNet',
     'LeNet5',
     'MLP',
     'WideResNet',
