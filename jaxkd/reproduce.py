@@ -193,3 +193,33 @@ def command_line(doc: str, table: Any, *, default_root: str, full_results: str) 
     specs = [spec for spec in specs if spec.seed in seeds]
   run_table(table, specs, config=config, profile=args.profile, root=root, results_dir=results,
             collect_only=args.collect_only)
+
+
+# --- costs -------------------------------------------------------------------------------------
+
+def model_costs(models: dict[str, str], *, dataset: str = 'fashion_mnist',
+                num_classes: int | None = None) -> list[dict]:
+  """Parameters and inference FLOPs per example of each zoo model a table trains
+  (`models`: what the table calls it -> zoo name), on `dataset`'s image shape."""
+  from jaxkd import compare, data
+  from jaxkd import models as zoo
+  from jaxkd.state import fresh_variables
+  info = data.info(dataset)
+  rows = []
+  for label, name in models.items():
+    model = zoo.build(name, num_classes=num_classes or info.num_classes)
+    variables = fresh_variables(model, seed=0, input_shape=(1, *info.image_shape))
+    rows.append({'label': label, 'model': name,
+                 'parameters': zoo.param_count(variables['params']),
+                 'flops_per_example': compare.model_flops(model, variables, info.image_shape)})
+  return rows
+
+
+def cost_lines(costs: Sequence[dict]) -> list[str]:
+  """The Markdown of `model_costs`: one line per model."""
+  if not costs:
+    return []
+  return ['', 'Model sizes (inference, one example):', ''] + markdown_table([
+      ('model', lambda c: c['label']), ('zoo name', lambda c: f"`{c['model']}`"),
+      ('parameters', lambda c: f"{c['parameters']:,}"),
+      ('MFLOPs', lambda c: f"{c['flops_per_example'] / 1e6:.3g}")], costs)

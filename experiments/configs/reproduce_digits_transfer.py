@@ -1,0 +1,158 @@
+"""Transfer to another domain: Fashion-MNIST -> the UCI handwritten digits (scikit-learn's copy).
+
+    python experiments/reproduce_digits_transfer.py --profile full   # 5 seeds
+
+Source: LeNet-5 trained on all of Fashion-MNIST (10 classes of clothing). Target: the 1,797
+8x8 digits that ship inside scikit-learn (`pip install jaxkd[digits]`), resized to 20x20 and
+centred in 28x28 like MNIST (`jaxkd.data.digits`), with 10 labelled images per class (a
+different draw per seed) or all of the training split. Rows: scratch, linear probe, full
+fine-tune, fine-tune with only conv1-conv2 carried over (the dense layers fresh), and
+conv1-conv2 carried over and frozen. 300 of the digits' training images are held out first
+(`validation_first`) for the best-validation epoch; the test set is only reported.
+
+The primary test, fixed before any seed ran (from the Fashion-MNIST transfer table, where
+carried-over dense layers hurt and convolutions helped): `ft_convs` > `scratch` at 10 labels
+per class. Every other test is secondary.
+
+This module is the table's whole description for `jaxkd.reproduce`.
+"""
+import ml_collections
+
+from jaxkd import reproduce, sweep
+from jaxkd.sweep import RunSpec
+
+NAME = 'digits_transfer'
+ROWS = {'scratch': 'LeNet-5 from scratch', 'lp': 'linear probe (head only)',
+        'ft': 'full fine-tune', 'ft_convs': 'fine-tune, only conv1-conv2 carried over',
+        'frozen_convs': 'conv1-conv2 carried over and frozen, the rest trained'}
+PRIMARY = ('ft_convs', 'scratch', 10)  # (treatment, control, labels per class), in advance
+CONVS = ('conv1', 'conv2')
+DENSE = ('params/dense1/.*', 'params/dense2/.*')
+
+PROFILES = {
+    # labels per class: 0 = the whole training split (less the validation images)
+    'full': dict(seeds=(0, 1, 2, 3, 4), labels_per_class=(10, 0), source_epochs=10,
+                 source_steps=0, target_steps=300, validation_size=300),
+    'tiny': dict(seeds=(0,), labels_per_class=(2,), source_epochs=1, source_steps=4,
+                 target_steps=4, validation_size=40),
+}
+
+
+def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(PROFILES[profile or 'full'])
+  config.profile = profile or 'full'
+  config.target = ml_collections.ConfigDict(dict(learning_rate=1e-3, lp_learning_rate=1e-2))
+  return config
+
+
+def _table(per_class: int) -> str:
+  return f'{NAME}_{per_class}_per_class' if per_class else f'{NAME}_all'
+
+
+def _label(per_class: int) -> str:
+  return f'{per_class} / class' if per_class else 'all'
+
+
+def run_specs(config, root: str) -> list:
+  """Every run, each source before the target runs that start from it."""
+  from fashion_mnist import get_config as train_config
+  from finetune_fashion_mnist import get_config as finetune_config
+
+  specs = []
+  for seed in config.seeds:
+    source = train_config('lenet5')
+    source.seed = seed
+    source.num_epochs = config.source_epochs
+    source.num_steps = config.source_steps
+    source.log_every = 200
+    source_spec = RunSpec(f'{NAME}_source', 'source', seed, 'train', source)
+    specs.append(source_spec)
+    for per_class in config.labels_per_class:
+      for row in ROWS:
+        run = finetune_config('lp' if row == 'lp' else 'ft')
+        run.dataset = 'digits'
+        run.classes = ()
+        run.seed = seed
+        run.train_per_class = per_class
+        run.validation_size = config.validation_size
+        run.validation_first = True
+        run.batch_size = min(50, 10 * per_class // 4) if per_class else 50  # 4 steps/epoch
+        run.num_steps = config.target_steps
+        run.eval_every = 5 if per_class else 1
+        run.checkpoint_every = 0
+        run.log_every = 50
+        run.optimizer.learning_rate = (config.target.lp_learning_rate if row == 'lp'
+                                       else config.target.learning_rate)
+        run.init_dir = '' if row == 'scratch' else source_spec.workdir(root)
+        if row in ('ft_convs', 'frozen_convs'):
+          run.dont_load = (*run.dont_load, *DENSE)
+        if row == 'frozen_convs':
+          run.finetune.frozen = tuple(f'{layer}/.*' for layer in CONVS)
+        specs.append(RunSpec(_table(per_class), row, seed, 'finetune', run,
+                             info={'labels_per_class': per_class}))
+  return specs
+
+
+# --- results -----------------------------------------------------------------------------------
+
+def tabulate(records, config) -> dict:
+  tables = {r['table'] for r in records}
+  tests = []
+  for per_class in config.labels_per_class:
+    if _table(per_class) not in tables:
+      continue
+    for row in ROWS:
+      if row != 'scratch':
+        for metric in ('test_accuracy', 'best_val_test_accuracy'):
+          tests.append({**sweep.compare(records, table=_table(per_class), treatment=row,
+                                        control='scratch', metric=metric),
+                        'labels_per_class': per_class,
+                        'primary': (row, 'scratch', per_class) == PRIMARY
+                                   and metric == 'test_accuracy'})
+  return dict(runs=records, labels_per_class=list(config.labels_per_class),
+              primary=list(PRIMARY), summary=sweep.summarize(records),
+              tests=[t for t in tests if t['seeds']],
+              costs=reproduce.model_costs({'LeNet-5 (source and every target row)': 'lenet5'}))
+
+
+def render(payload: dict) -> str:
+  per_class = payload['labels_per_class']
+  lines = reproduce.header(
+      f"Transfer to another domain, Fashion-MNIST -> UCI digits ({payload['profile']} "
+      "profile)", payload)
+  source = [r for r in payload['summary'] if r['table'] == f'{NAME}_source']
+  if source:
+    lines += [f"Source LeNet-5 on Fashion-MNIST: {reproduce.cell(source[0], 'test_accuracy')} "
+              f"% test accuracy over {source[0]['n']} seeds.", '']
+  cells = {(r['table'], r['row']): r for r in payload['summary']}
+
+  def accuracy(row: str, n: int, metric: str) -> str:
+    r = cells.get((_table(n), row))
+    return reproduce.cell(r, metric) if r else '-'
+
+  lines += ['Digits test accuracy % (mean ± std over seeds; last step, and the epoch of best '
+            'validation accuracy):', '']
+  lines += reproduce.markdown_table(
+      [('row', lambda row: row), ('what', ROWS.get)] +
+      [(f'{_label(n)}, {label}', lambda row, n=n, m=metric: accuracy(row, n, m))
+       for n in per_class for label, metric in (('last', 'test_accuracy'),
+                                                ('best val', 'best_val_test_accuracy'))],
+      ROWS)
+  treatment, control, n = payload['primary']
+  primary = [t for t in payload['tests'] if t.get('primary')]
+  if primary:
+    t = primary[0]
+    lines += ['', f"Primary test (fixed before any seed ran): {treatment} > {control} at "
+              f"{_label(n)}: {100 * t['mean_difference']:+.2f} points over {len(t['seeds'])} "
+              f"seeds, p = {t['p_value']:.3g} (t-test), {t['p_value_sign_flip']:.3g} "
+              "(sign-flip)."]
+  lines += ['', 'Every row against scratch (paired, one-sided, treatment > control; secondary '
+            'tests, not corrected for multiplicity):', '']
+  lines += reproduce.markdown_table(reproduce.paired_test_columns(
+      first=[('labels', lambda t: _label(t['labels_per_class']))], metric=True),
+      payload['tests'])
+  lines += reproduce.cost_lines(payload['costs'])
+  lines += reproduce.selection_lines(
+      payload, 'held-out digits training images choose the "best val" epoch; the primary '
+      'test was fixed in advance; the test set is only reported.')
+  return '\n'.join(lines + reproduce.plots_line(payload))

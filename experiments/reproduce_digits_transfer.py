@@ -1,0 +1,22 @@
+"""Reproduces jaxkd's Fashion-MNIST -> digits transfer table (resumable: finished runs are kept).
+
+    python experiments/reproduce_digits_transfer.py --profile full  # 5 seeds, 10 labels/class and all
+    python experiments/reproduce_digits_transfer.py --profile tiny   # CI: a few steps, 1 seed
+
+Writes digits_transfer{,_<profile>}.{json,md} and a PNG plot (experiments/results/ for the full
+profile); run outputs go to --root (default workdirs/digits_transfer_<profile>).
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'configs'))
+
+import reproduce_digits_transfer as table_config  # noqa: E402
+
+from jaxkd import reproduce  # noqa: E402
+
+if __name__ == '__main__':
+  reproduce.command_line(__doc__, table_config,
+                         default_root=os.path.join('workdirs', 'digits_transfer'),
+                         full_results=os.path.join(HERE, 'results'))
