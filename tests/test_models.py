@@ -155,6 +155,9 @@ def test_num_classes_sets_the_head_width():
 #           block1 256+147456+256+147456 = 295424 -> 525184
 #   final bn 256, head 128*10+10 = 1290 -> 432+32992+131520+525184+256+1290 = 691674
 #   (with 100 classes 128*100+100 = 12900 -> 703284, RepDistiller's ~0.70M).
+# convnet_bn (28x28x1; 3x3 SAME convs without bias, BN = 2*C, 2x2 pools 28 -> 14 -> 7 -> 3):
+#   block1 9*1*32 + 64 = 352, block2 9*32*64 + 128 = 18560, block3 9*64*128 + 256 = 73984,
+#   dense1 (3*3*128 = 1152)*256 + 256 = 295168, head 256*10 + 10 = 2570 -> 390634
 PARAM_COUNTS = {
     ('mlp_1200', MNIST): 2_395_210,
     ('mlp_1200', CIFAR): 5_140_810,
@@ -167,6 +170,7 @@ PARAM_COUNTS = {
     ('resnet20', CIFAR): 272_474,
     ('resnet20', MNIST): 272_186,
     ('wrn_16_2', CIFAR): 691_674,
+    ('convnet_bn', MNIST): 390_634,
 }
 
 
