@@ -139,7 +139,8 @@ def test_digits_transfer_end_to_end(tmp_path, tables):
   final = json.loads((tmp_path / 'runs' / 'digits_transfer_2_per_class' / 'ft_convs' / 'seed0' /
                       'final_metrics.json').read_text())
   assert final['init_dir'] == specs[0].workdir(str(tmp_path / 'runs'))
-  assert final['init_model'] == 'lenet5' and final['dataset'] == 'digits'
+  assert final['init_model'] == 'lenet5' and final['init_dataset'] == 'fashion_mnist'
+  assert final['dataset'] == 'digits'
   # the digits' fixed test split; the validation images held out of its training split
   assert (final['test_count'], final['val_count']) == (596, config.validation_size)
   assert final['trainable_params'] == 61706  # LeNet-5 with a 10-class head, all trained

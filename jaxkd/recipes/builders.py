@@ -181,14 +181,15 @@ def load_init(model, config, task: Task, *, init_dir: str = '',
 
   The model's fresh init (`jaxkd.state.fresh_variables`, as in `create_train_state`) with
   every leaf not covered by `dont_load` taken from the checkpoint; plus what to record about
-  it (`init_dir`, `init_fingerprint`, the source's model and classes).
+  it (`init_dir`, `init_fingerprint`, the source's dataset, model and classes).
   """
   if not init_dir:
     return None, {}
   fresh = fresh_variables(model, seed=config.seed, input_shape=task.input_shape)
   variables, meta = transfer.load_pretrained(init_dir, fresh, dont_load=tuple(dont_load))
   return variables, {'init_dir': init_dir, 'init_fingerprint': tree_sha256(variables),
-                     'init_model': meta.get('model'), 'init_classes': meta.get('classes')}
+                     'init_dataset': meta.get('dataset'), 'init_model': meta.get('model'),
+                     'init_classes': meta.get('classes')}
 
 
 def load_teacher(directory: str, task: Task, config) -> tuple[Any, Any, dict]:
