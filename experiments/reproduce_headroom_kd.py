@@ -2,6 +2,7 @@
 
     python experiments/reproduce_headroom_kd.py --profile select  # KD settings on validation
     python experiments/reproduce_headroom_kd.py --profile full    # 5 seeds, the table
+    python experiments/reproduce_headroom_kd.py --profile teachers  # the 5 teachers alone
     python experiments/reproduce_headroom_kd.py --profile tiny    # CI: one epoch
 
 Writes headroom_kd{,_<profile>}.{json,md} and a PNG plot (experiments/results/ for the full

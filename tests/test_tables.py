@@ -79,6 +79,9 @@ def test_headroom_runs(tables):
   student, kd = full[1].config, full[2].config
   for key in ('batch_size', 'num_epochs', 'optimizer', 'augment', 'validation_size'):
     assert student[key] == kd[key], key  # one recipe: only the loss differs
+  teachers = t.run_specs(t.get_config('teachers'), '/r')
+  assert [s.workdir('/r') for s in teachers] == [s.workdir('/r') for s in full[::3]]
+  assert [s.config for s in teachers] == [s.config for s in full[::3]]
   select = t.run_specs(t.get_config('select'), '/r')
   assert select[0].workdir('/r') == full[0].workdir('/r')  # the seed-0 teacher is shared
   assert {s.seed for s in select[1:]} == {t.SELECT_SEED}

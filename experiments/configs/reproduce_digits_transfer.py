@@ -156,3 +156,23 @@ def render(payload: dict) -> str:
       payload, 'held-out digits training images choose the "best val" epoch; the primary '
       'test was fixed in advance; the test set is only reported.')
   return '\n'.join(lines + reproduce.plots_line(payload))
+
+
+def plot_files(name: str) -> dict:
+  return {'labels': f'{name}_labels.png'}
+
+
+def plot(records, specs, *, config, root: str, paths: dict) -> None:
+  del specs, root
+  # 'all': the training split less the validation images, per class (1,201 - 300 -> ~90)
+  all_per_class = (1201 - config.validation_size) / 10
+  series = {}
+  for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
+    if row['labels_per_class'] is not None and row['row'] in ROWS:
+      series.setdefault(ROWS[row['row']], []).append(
+          (row['labels_per_class'] or all_per_class, 100 * row['test_accuracy_mean']))
+  if any(len(points) > 1 for points in series.values()):
+    sweep.plot_lines(paths['labels'], {k: sorted(v) for k, v in series.items()}, logx=True,
+                     xlabel=f'labelled digits per class (all = {all_per_class:.0f})',
+                     ylabel='digits test accuracy %',
+                     title='Fashion-MNIST -> UCI digits: transfer vs labels')

@@ -2,6 +2,7 @@
 
     python experiments/reproduce_headroom_kd.py --profile select  # KD settings (validation)
     python experiments/reproduce_headroom_kd.py --profile full    # 5 seeds, the table
+    python experiments/reproduce_headroom_kd.py --profile teachers  # the 5 teachers alone
 
 The LeNet-5 -> LeNet-5-Half pair has a teacher only ~1.2 points above its student, too little
 for KD to show. Here the teacher is `convnet_bn` (3 conv-BN-ReLU-pool blocks of 32/64/128,
@@ -36,6 +37,10 @@ PROFILES = {
                    validation_size=VALIDATION_SIZE, num_steps=0),
     'full': dict(seeds=(0, 1, 2, 3, 4), select=False, teacher_epochs=15, student_epochs=15,
                  validation_size=VALIDATION_SIZE, num_steps=0),
+    # the five teachers alone (they do not depend on the KD settings: trained while the
+    # select profile runs, then found done by the full profile)
+    'teachers': dict(seeds=(0, 1, 2, 3, 4), select=False, teachers_only=True, teacher_epochs=15,
+                     student_epochs=15, validation_size=VALIDATION_SIZE, num_steps=0),
     'tiny': dict(seeds=(0,), select=True, teacher_epochs=1, student_epochs=1,
                  validation_size=100, num_steps=3),
 }
@@ -92,6 +97,8 @@ def run_specs(config, root: str) -> list:
   specs, teachers = [], {}
   for seed in sorted({0, *config.seeds}):
     teachers[seed] = teacher(seed)
+  if config.get('teachers_only'):
+    return [teachers[seed] for seed in config.seeds]
   if config.select:
     specs.append(teachers[0])
     specs.append(RunSpec(f'{NAME}_select', 'student', SELECT_SEED, 'train',
