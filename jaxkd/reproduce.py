@@ -223,3 +223,79 @@ def cost_lines(costs: Sequence[dict]) -> list[str]:
       ('model', lambda c: c['label']), ('zoo name', lambda c: f"`{c['model']}`"),
       ('parameters', lambda c: f"{c['parameters']:,}"),
       ('MFLOPs', lambda c: f"{c['flops_per_example'] / 1e6:.3g}")], costs)
+
+
+# --- tests against one control -----------------------------------------------------------------
+
+def tests_against(records: Sequence[dict], *, tables: dict[Any, str], rows: Sequence[str],
+                  control: str, primary: Sequence[Any] = (),
+                  metrics: Sequence[str] = ('test_accuracy', 'best_val_test_accuracy'),
+                  key: str = 'labels_per_class') -> list[dict]:
+  """Paired tests of every row against `control` in each of `tables` (`{key value: table}`,
+  e.g. one table per number of labels); the test named by `primary` = (treatment, control,
+  key value), on the first metric, is flagged `primary` (fixed before any seed ran)."""
+  present = {r['table'] for r in records}
+  tests = []
+  for value, table in tables.items():
+    if table not in present:
+      continue
+    for row in rows:
+      if row == control:
+        continue
+      for metric in metrics:
+        test = sweep.compare(records, table=table, treatment=row, control=control,
+                             metric=metric)
+        if test['seeds']:
+          tests.append({**test, key: value,
+                        'primary': (row, control, value) == tuple(primary)
+                                   and metric == metrics[0]})
+  return tests
+
+
+def primary_lines(tests: Sequence[dict], primary: Sequence[Any], where: str) -> list[str]:
+  """The primary test's sentence (`where`: e.g. 'at 10 labels per class')."""
+  found = [t for t in tests if t.get('primary')]
+  if not found:
+    return []
+  t = found[0]
+  return ['', f"Primary test (fixed before any seed ran): {primary[0]} > {primary[1]} {where}: "
+          f"{100 * t['mean_difference']:+.2f} points over {len(t['seeds'])} seeds, "
+          f"p = {t['p_value']:.3g} (t-test), {t['p_value_sign_flip']:.3g} (sign-flip)."]
+
+
+def grid_lines(summary: Sequence[dict], table: str, caption: str) -> list[str]:
+  """A selection grid's runs (validation accuracy of the best epoch, and test accuracy)."""
+  rows = [r for r in summary if r['table'] == table]
+  if not rows:
+    return []
+  return ['', caption, ''] + markdown_table([
+      ('run', lambda r: r['row']),
+      ('val acc % (best epoch)', lambda r: cell(r, 'best_val_accuracy')),
+      ('test acc % (last)', lambda r: cell(r, 'test_accuracy'))], rows)
+
+
+def rows_by_table_lines(summary: Sequence[dict], rows: dict[str, str],
+                        tables: dict[str, str]) -> list[str]:
+  """A Markdown table of `rows` (`{row: what it is}`) with, for each of `tables`
+  (`{column label: table}`), the mean ± std test accuracy at the last step and at the epoch
+  of best validation accuracy."""
+  cells = {(r['table'], r['row']): r for r in summary}
+
+  def accuracy(row: str, table: str, metric: str) -> str:
+    found = cells.get((table, row))
+    return cell(found, metric) if found else '-'
+
+  return markdown_table(
+      [('row', lambda row: row), ('what', rows.get)] +
+      [(f'{label}, {when}', lambda row, t=table, m=metric: accuracy(row, t, m))
+       for label, table in tables.items()
+       for when, metric in (('last', 'test_accuracy'), ('best val', 'best_val_test_accuracy'))],
+      list(rows))
+
+
+def against_lines(tests: Sequence[dict], control: str, key_label: str,
+                  key: Callable[[dict], str]) -> list[str]:
+  """The tests of `tests_against` as a Markdown table, headed as the secondary tests."""
+  return ['', f'Every row against {control} (paired, one-sided, treatment > control; '
+          'secondary tests, not corrected for multiplicity):', ''] + markdown_table(
+              paired_test_columns(first=[(key_label, key)], metric=True), tests)

@@ -96,22 +96,11 @@ def run_specs(config, root: str) -> list:
 # --- results -----------------------------------------------------------------------------------
 
 def tabulate(records, config) -> dict:
-  tables = {r['table'] for r in records}
-  tests = []
-  for per_class in config.labels_per_class:
-    if _table(per_class) not in tables:
-      continue
-    for row in ROWS:
-      if row != 'scratch':
-        for metric in ('test_accuracy', 'best_val_test_accuracy'):
-          tests.append({**sweep.compare(records, table=_table(per_class), treatment=row,
-                                        control='scratch', metric=metric),
-                        'labels_per_class': per_class,
-                        'primary': (row, 'scratch', per_class) == PRIMARY
-                                   and metric == 'test_accuracy'})
+  tables = {n: _table(n) for n in config.labels_per_class}
   return dict(runs=records, labels_per_class=list(config.labels_per_class),
               primary=list(PRIMARY), summary=sweep.summarize(records),
-              tests=[t for t in tests if t['seeds']],
+              tests=reproduce.tests_against(records, tables=tables, rows=ROWS,
+                                            control='scratch', primary=PRIMARY),
               costs=reproduce.model_costs({'LeNet-5 (source and every target row)': 'lenet5'}))
 
 
@@ -124,33 +113,14 @@ def render(payload: dict) -> str:
   if source:
     lines += [f"Source LeNet-5 on Fashion-MNIST: {reproduce.cell(source[0], 'test_accuracy')} "
               f"% test accuracy over {source[0]['n']} seeds.", '']
-  cells = {(r['table'], r['row']): r for r in payload['summary']}
-
-  def accuracy(row: str, n: int, metric: str) -> str:
-    r = cells.get((_table(n), row))
-    return reproduce.cell(r, metric) if r else '-'
-
   lines += ['Digits test accuracy % (mean ± std over seeds; last step, and the epoch of best '
             'validation accuracy):', '']
-  lines += reproduce.markdown_table(
-      [('row', lambda row: row), ('what', ROWS.get)] +
-      [(f'{_label(n)}, {label}', lambda row, n=n, m=metric: accuracy(row, n, m))
-       for n in per_class for label, metric in (('last', 'test_accuracy'),
-                                                ('best val', 'best_val_test_accuracy'))],
-      ROWS)
-  treatment, control, n = payload['primary']
-  primary = [t for t in payload['tests'] if t.get('primary')]
-  if primary:
-    t = primary[0]
-    lines += ['', f"Primary test (fixed before any seed ran): {treatment} > {control} at "
-              f"{_label(n)}: {100 * t['mean_difference']:+.2f} points over {len(t['seeds'])} "
-              f"seeds, p = {t['p_value']:.3g} (t-test), {t['p_value_sign_flip']:.3g} "
-              "(sign-flip)."]
-  lines += ['', 'Every row against scratch (paired, one-sided, treatment > control; secondary '
-            'tests, not corrected for multiplicity):', '']
-  lines += reproduce.markdown_table(reproduce.paired_test_columns(
-      first=[('labels', lambda t: _label(t['labels_per_class']))], metric=True),
-      payload['tests'])
+  lines += reproduce.rows_by_table_lines(payload['summary'], ROWS,
+                                         {_label(n): _table(n) for n in per_class})
+  lines += reproduce.primary_lines(payload['tests'], payload['primary'],
+                                   f"at {_label(payload['primary'][2])}")
+  lines += reproduce.against_lines(payload['tests'], 'scratch', 'labels',
+                                   lambda t: _label(t['labels_per_class']))
   lines += reproduce.cost_lines(payload['costs'])
   lines += reproduce.selection_lines(
       payload, 'held-out digits training images choose the "best val" epoch; the primary '

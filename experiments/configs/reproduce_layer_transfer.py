@@ -102,22 +102,12 @@ def _table(per_class: int) -> str:
 
 
 def tabulate(records, config) -> dict:
-  tables = {r['table'] for r in records}
-  tests = []
-  for per_class in config.labels_per_class:
-    if _table(per_class) not in tables:
-      continue
-    for row in rows(config.layers):
-      if row != 'scratch':
-        for metric in ('test_accuracy', 'best_val_test_accuracy'):
-          tests.append({**sweep.compare(records, table=_table(per_class), treatment=row,
-                                        control='scratch', metric=metric),
-                        'labels_per_class': per_class,
-                        'primary': (row, 'scratch', per_class) == PRIMARY
-                                   and metric == 'test_accuracy'})
+  tables = {n: _table(n) for n in config.labels_per_class}
   return dict(runs=records, labels_per_class=list(config.labels_per_class),
               layers=config.layers, primary=list(PRIMARY),
-              summary=sweep.summarize(records), tests=[t for t in tests if t['seeds']],
+              summary=sweep.summarize(records),
+              tests=reproduce.tests_against(records, tables=tables, rows=rows(config.layers),
+                                            control='scratch', primary=PRIMARY),
               costs=reproduce.model_costs({'LeNet-5 (source and every target row)': 'lenet5'}))
 
 
@@ -130,33 +120,14 @@ def render(payload: dict) -> str:
     lines += [f"Source LeNet-5 on classes 0-4 (all their training images): "
               f"{reproduce.cell(source[0], 'test_accuracy')} % test accuracy over "
               f"{source[0]['n']} seeds.", '']
-  cells = {(r['table'], r['row']): r for r in payload['summary']}
-
-  def accuracy(row: str, n: int, metric: str) -> str:
-    r = cells.get((_table(n), row))
-    return reproduce.cell(r, metric) if r else '-'
-
   lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds; last step, and the '
             'epoch of best validation accuracy):', '']
-  lines += reproduce.markdown_table(
-      [('row', lambda row: row), ('what', rows(payload['layers']).get)] +
-      [(f'{n} / class, {label}', lambda row, n=n, m=metric: accuracy(row, n, m))
-       for n in per_class for label, metric in (('last', 'test_accuracy'),
-                                                ('best val', 'best_val_test_accuracy'))],
-      rows(payload['layers']))
-  treatment, control, n = payload['primary']
-  primary = [t for t in payload['tests'] if t.get('primary')]
-  if primary:
-    t = primary[0]
-    lines += ['', f"Primary test (fixed before the sweep ran): {treatment} > {control} at {n} "
-              f"labels per class: {100 * t['mean_difference']:+.2f} points over "
-              f"{len(t['seeds'])} seeds, p = {t['p_value']:.3g} (t-test), "
-              f"{t['p_value_sign_flip']:.3g} (sign-flip)."]
-  lines += ['', 'Every row against scratch (paired, one-sided, treatment > control; secondary '
-            'tests, not corrected for multiplicity):', '']
-  lines += reproduce.markdown_table(reproduce.paired_test_columns(
-      first=[('labels / class', lambda t: str(t['labels_per_class']))], metric=True),
-      payload['tests'])
+  lines += reproduce.rows_by_table_lines(payload['summary'], rows(payload['layers']),
+                                         {f'{n} / class': _table(n) for n in per_class})
+  lines += reproduce.primary_lines(payload['tests'], payload['primary'],
+                                   f"at {payload['primary'][2]} labels per class")
+  lines += reproduce.against_lines(payload['tests'], 'scratch', 'labels / class',
+                                   lambda t: str(t['labels_per_class']))
   lines += reproduce.cost_lines(payload['costs'])
   lines += reproduce.selection_lines(
       payload, 'the target classes\' share of 5,000 training images held out before the '

@@ -181,14 +181,9 @@ def render(payload: dict) -> str:
   if tests:
     lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '']
     lines += reproduce.markdown_table(reproduce.paired_test_columns(metric=True), tests)
-  select = [r for r in payload['summary'] if r['table'] == f'{NAME}_select']
-  if select:
-    lines += ['', f'Selection (draw seed {SELECT_SEED}, validation accuracy of the best epoch '
-              'chooses T and the hard-label weight):', '']
-    lines += reproduce.markdown_table([
-        ('run', lambda r: r['row']),
-        ('val acc % (best epoch)', lambda r: cell(r, 'best_val_accuracy')),
-        ('test acc % (last)', lambda r: cell(r, 'test_accuracy'))], select)
+  lines += reproduce.grid_lines(
+      payload['summary'], f'{NAME}_select', f'Selection (draw seed {SELECT_SEED}, validation '
+      'accuracy of the best epoch chooses T and the hard-label weight):')
   lines += reproduce.cost_lines(payload['costs'])
   lines += reproduce.selection_lines(
       payload, f'{VALIDATION_SIZE:,} training images held out before the 3 % draw choose the '
