@@ -264,10 +264,12 @@ def primary_lines(tests: Sequence[dict], primary: Sequence[Any], where: str) -> 
 
 
 def grid_lines(summary: Sequence[dict], table: str, caption: str) -> list[str]:
-  """A selection grid's runs (validation accuracy of the best epoch, and test accuracy)."""
+  """A selection grid's runs (validation accuracy of the best epoch, and test accuracy); in
+  a profile without them, where they are (the select profile's `<table>.md`)."""
   rows = [r for r in summary if r['table'] == table]
   if not rows:
-    return []
+    return ['', f'The selection grid that chose these settings: `{table}.md` '
+            '(`--profile select`).']
   return ['', caption, ''] + markdown_table([
       ('run', lambda r: r['row']),
       ('val acc % (best epoch)', lambda r: cell(r, 'best_val_accuracy')),

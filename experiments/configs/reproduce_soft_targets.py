@@ -197,6 +197,8 @@ def plot_files(name: str) -> dict:
 
 
 def plot(records, specs, *, config, root: str, paths: dict) -> None:
-  del records, config
+  del records
+  if not config.seeds:
+    return  # the select profile: its grid is a table, not curves
   reproduce.plot_curves(paths['curves'], reproduce.workdirs_by_row(specs, root, NAME), ROWS,
                         tuple(ROWS), 'Soft targets on 3 % of Fashion-MNIST (LeNet-5)')
