@@ -45,8 +45,10 @@ PROFILES = {
                  validation_size=100, num_steps=3),
 }
 SELECT_GRID = ((1.0, 0.1), (2.0, 0.1), (4.0, 0.1), (8.0, 0.1), (4.0, 0.5))  # (T, hard weight)
-# Chosen by the 'select' profile: see the module docstring and the table's selection section.
-KD = dict(temperature=4.0, hard_weight=0.1)
+# Chosen by the 'select' profile (2026-12-02; validation accuracy of the best epoch, student
+# seed 10): alone 90.18 %; hard weight 0.1 at T = 1: 90.80, T = 2: 90.32, T = 4: 90.50,
+# T = 8: 89.94; hard weight 0.5 at T = 4: 90.26. T = 1, hard-label weight 0.1.
+KD = dict(temperature=1.0, hard_weight=0.1)
 
 
 def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
