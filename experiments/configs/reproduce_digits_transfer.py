@@ -135,7 +135,7 @@ def plot_files(name: str) -> dict:
 def plot(records, specs, *, config, root: str, paths: dict) -> None:
   del specs, root
   # 'all': the training split less the validation images, per class (1,201 - 300 -> ~90)
-  all_per_class = (1201 - config.validation_size) / 10
+  all_per_class = round((1201 - config.validation_size) / 10)
   series = {}
   for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
     if row['labels_per_class'] is not None and row['row'] in ROWS:
