@@ -10,8 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_tiny(tmp_path, script: str, name: str):
-  """Runs experiments/`script` in its tiny profile on generated data; returns the command,
-  its environment and the results JSON `name`_tiny.json."""
+  """Runs experiments/`script` in its tiny profile on generated data; returns the results
+  JSON `name`_tiny.json."""
   env = fashion_mnist_env(tmp_path, n_train=320, n_test=64)
   command = [sys.executable, os.path.join(ROOT, 'experiments', script), '--profile', 'tiny',
              '--root', str(tmp_path / 'runs'), '--results', str(tmp_path / 'results')]
@@ -19,11 +19,27 @@ def _run_tiny(tmp_path, script: str, name: str):
                           timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / 'results' / f'{name}_tiny.json') as f:
-    return command, env, json.load(f)
+    return json.load(f)
 
 
-def test_fashion_mnist_kd_tiny_profile(tmp_path):
-  command, env, payload = _run_tiny(tmp_path, 'reproduce_fashion_mnist_kd.py', 'fashion_mnist_kd')
+def _rerun_skips_everything(tmp_path, module: str, payload, capsys) -> None:
+  """Running the table's specs again (the code path of the script's rerun, in this process:
+  no second interpreter start) reads every finished run and trains nothing."""
+  from jaxkd import sweep
+  sys.path.insert(0, os.path.join(ROOT, 'experiments', 'configs'))
+  try:
+    table = __import__(module)
+    specs = table.run_specs(table.get_config('tiny'), str(tmp_path / 'runs'))
+  finally:
+    sys.path.pop(0)
+  capsys.readouterr()
+  records = sweep.execute(specs, root=str(tmp_path / 'runs'))
+  assert capsys.readouterr().out.count('done before') == len(payload['runs']) == len(records)
+  assert records == payload['runs']
+
+
+def test_fashion_mnist_kd_tiny_profile(tmp_path, capsys):
+  payload = _run_tiny(tmp_path, 'reproduce_fashion_mnist_kd.py', 'fashion_mnist_kd')
   rows = {(run['table'], run['row']) for run in payload['runs']}
   assert {('fashion_mnist_kd', r) for r in
           ('teacher', 'student', 'kd', 'mlp_teacher', 'mlp_student', 'mlp_kd')} <= rows
@@ -40,13 +56,11 @@ def test_fashion_mnist_kd_tiny_profile(tmp_path):
     assert run['best_val_test_accuracy'] == run['test_accuracy']  # one epoch: the same model
   assert payload['command'] and payload['git_commit'] and payload['machine']['cores']
   assert (tmp_path / 'results' / 'fashion_mnist_kd_tiny.md').read_text().count('|') > 20
-  # Re-running skips every finished run.
-  again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0 and again.stdout.count('done before') == len(payload['runs'])
+  _rerun_skips_everything(tmp_path, 'reproduce_fashion_mnist_kd', payload, capsys)
 
 
-def test_transfer_tiny_profile(tmp_path):
-  command, env, payload = _run_tiny(tmp_path, 'reproduce_transfer.py', 'transfer')
+def test_transfer_tiny_profile(tmp_path, capsys):
+  payload = _run_tiny(tmp_path, 'reproduce_transfer.py', 'transfer')
   rows = {(run['table'], run['row']) for run in payload['runs']}
   assert rows == {('transfer_source', 'source')} | {
       ('transfer_10_per_class', r)
@@ -72,8 +86,7 @@ def test_transfer_tiny_profile(tmp_path):
   assert finals['lp_ft']['lp_steps'] == 2
   assert {t['treatment'] for t in payload['tests']} == {'ft', 'lp_ft', 'ft_convs', 'kd'}
   assert (tmp_path / 'results' / 'transfer_tiny.md').read_text().count('|') > 30
-  again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0 and again.stdout.count('done before') == len(payload['runs'])
+  _rerun_skips_everything(tmp_path, 'reproduce_transfer', payload, capsys)
 
 
 def test_cifar100_tiny_profile(tmp_path):
