@@ -25,7 +25,8 @@ def test_readme_snippet_runs(index, tmp_path):
 
 @pytest.mark.parametrize('name,first_only', [
     ('fashion_mnist_kd', False), ('transfer', False), ('kd_methods', False), ('schemes', False),
-    ('layer_transfer', True), ('soft_targets', True), ('digits_transfer', True)])
+    ('layer_transfer', True), ('soft_targets', True), ('digits_transfer', True),
+    ('headroom_kd', False)])
 def test_readme_shows_the_checked_in_results(name, first_only):
   """The README's tables are the ones experiments/results/ holds, line for line (for the
   long ones, their first table: the rest is linked)."""
