@@ -20,7 +20,8 @@ def tables():
   sys.path.insert(0, CONFIGS)
   try:
     yield {name: importlib.import_module(f'reproduce_{name}')
-           for name in ('soft_targets', 'headroom_kd', 'layer_transfer', 'digits_transfer')}
+           for name in ('soft_targets', 'headroom_kd', 'layer_transfer', 'digits_transfer',
+                        'fashion_mnist_kd')}
   finally:
     sys.path.remove(CONFIGS)
 
@@ -148,3 +149,25 @@ def test_digits_transfer_end_to_end(tmp_path, tables):
   assert (final['test_count'], final['val_count']) == (596, config.validation_size)
   assert final['trainable_params'] == 61706  # LeNet-5 with a 10-class head, all trained
   assert '| ft_convs |' in (tmp_path / 'results' / 'digits_transfer_tiny.md').read_text()
+
+
+def test_mlp_selection_runs(tables):
+  """The MLP pair's selection: every candidate teacher and the student alone on a seed no
+  row uses; KD at each candidate temperature only from the committed choice of teacher."""
+  t = tables['fashion_mnist_kd']
+  specs = t.run_specs(t.get_config('mlp_select'), '/r')
+  assert {s.seed for s in specs} == {t.MLP_SELECT_SEED} and t.MLP_SELECT_SEED not in range(5)
+  teachers = [s for s in specs if s.row.startswith('teacher')]
+  assert len(teachers) == len(t.MLP_TEACHER_GRID)
+  for spec, recipe in zip(teachers, t.MLP_TEACHER_GRID.values()):
+    assert spec.config.model == 'mlp_1200' and spec.config.validation_size == 5000
+    assert spec.config.augment.crop_padding == recipe['crop_padding']
+    assert spec.config.optimizer.learning_rate == recipe['learning_rate']
+    assert spec.config.num_epochs == recipe['epochs']
+  kd = [s for s in specs if s.recipe == 'distill']
+  if t.MLP_TEACHER_CHOICE is None:
+    assert not kd
+  else:
+    chosen = teachers[list(t.MLP_TEACHER_GRID).index(t.MLP_TEACHER_CHOICE)].workdir('/r')
+    assert [s.config.kd.temperature for s in kd] == list(t.MLP_SELECT_TEMPERATURES)
+    assert {s.config.teacher_dir for s in kd} == {chosen}

@@ -30,7 +30,23 @@ PROFILES = {
                  run_mlp=False, run_sweep=False, validation_size=5000),
     'tiny': dict(seeds=(0,), lenet_epochs=1, mlp_epochs=1, sweep_seeds=(0,), num_steps=0,
                  run_mlp=True, run_sweep=True, validation_size=32),
+    # Hinton's MLP pair, chosen on validation (issue 16): the teacher's recipe from
+    # MLP_TEACHER_GRID, then (once MLP_TEACHER_CHOICE is committed) KD's temperature; all on
+    # seed MLP_SELECT_SEED, which no row of the table uses.
+    'mlp_select': dict(seeds=(), lenet_epochs=15, mlp_epochs=10, sweep_seeds=(), num_steps=0,
+                       run_mlp=False, run_sweep=False, validation_size=5000, mlp_select=True),
 }
+MLP_SELECT_SEED = 10
+# Candidate teacher recipes (dropout kept, in the model): jitter (pixels of random shift),
+# SGD learning rate, epochs. The full MNIST teacher of the paper trained far longer than 10.
+MLP_TEACHER_GRID = {
+    'jitter0_lr0.05_30ep': dict(crop_padding=0, learning_rate=0.05, epochs=30),
+    'jitter1_lr0.05_30ep': dict(crop_padding=1, learning_rate=0.05, epochs=30),
+    'jitter2_lr0.05_30ep': dict(crop_padding=2, learning_rate=0.05, epochs=30),
+    'jitter0_lr0.1_30ep': dict(crop_padding=0, learning_rate=0.1, epochs=30),
+}
+MLP_TEACHER_CHOICE = None  # a key of MLP_TEACHER_GRID, committed before the KD grid runs
+MLP_SELECT_TEMPERATURES = (4.0, 10.0, 20.0)
 
 # Published figures shown beside ours (see shared/REFERENCES.md).
 REFERENCES = {
@@ -99,6 +115,8 @@ def run_specs(config, root: str) -> list:
 
   table, specs = 'fashion_mnist_kd', []
   lenet, mlp = config.lenet, config.mlp
+  if config.get('mlp_select'):
+    return _mlp_select_specs(config, root, supervised, distilled)
   for seed in config.seeds:
     teacher = RunSpec(table, 'teacher', seed, 'train',
                       supervised('lenet5', lenet, config.lenet_epochs, seed, lenet.augment))
@@ -135,6 +153,29 @@ def run_specs(config, root: str) -> list:
             'temperature_sweep', f'T={temperature:g}', seed, 'distill',
             distilled('lenet5_half', lenet, config.lenet_epochs, seed, teacher_dir,
                       lenet.augment, temperature), info={'temperature': temperature}))
+  return specs
+
+
+def _mlp_select_specs(config, root: str, supervised, distilled) -> list:
+  """The MLP pair's selection runs: each candidate teacher and the student alone, then KD
+  from the chosen teacher at each candidate temperature."""
+  mlp, seed, specs = config.mlp, MLP_SELECT_SEED, []
+  no_augment = dict(crop_padding=0, flip=False)
+  teachers = {}
+  for key, recipe in MLP_TEACHER_GRID.items():
+    pair = ml_collections.ConfigDict(mlp.to_dict())
+    pair.optimizer.learning_rate = recipe['learning_rate']
+    teachers[key] = RunSpec('mlp_select', f'teacher {key}', seed, 'train', supervised(
+        'mlp_1200', pair, recipe['epochs'], seed,
+        dict(crop_padding=recipe['crop_padding'], flip=False)))
+  specs += [*teachers.values(), RunSpec('mlp_select', 'student', seed, 'train', supervised(
+      'mlp_800', mlp, config.mlp_epochs, seed, no_augment))]
+  if MLP_TEACHER_CHOICE:
+    teacher_dir = teachers[MLP_TEACHER_CHOICE].workdir(root)
+    specs += [RunSpec('mlp_select', f'kd T={t:g}', seed, 'distill',
+                      distilled('mlp_800', mlp, config.mlp_epochs, seed, teacher_dir, no_augment,
+                                t), info={'temperature': t})
+              for t in MLP_SELECT_TEMPERATURES]
   return specs
 
 
@@ -177,6 +218,10 @@ def render(payload: dict) -> str:
         reproduce.paired_test_columns(metric=True, t_statistic=True), tests)
   else:
     lines += ['', '(Paired tests need two seeds or more; the full profile runs five.)']
+  if any(r['table'] == 'mlp_select' for r in payload['summary']):
+    lines += reproduce.grid_lines(
+        payload['summary'], 'mlp_select', f'MLP pair, selection on validation (seed '
+        f'{MLP_SELECT_SEED}; the best epoch\'s validation accuracy chooses):')
   if payload['temperature_sweep']:
     lines += ['', 'Temperature sweep, LeNet-5 -> LeNet-5-Half (the validation accuracy chooses T; '
               'std only over several seeds):', '']
