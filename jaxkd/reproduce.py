@@ -301,3 +301,19 @@ def against_lines(tests: Sequence[dict], control: str, key_label: str,
   return ['', f'Every row against {control} (paired, one-sided, treatment > control; '
           'secondary tests, not corrected for multiplicity):', ''] + markdown_table(
               paired_test_columns(first=[(key_label, key)], metric=True), tests)
+
+
+def row_curves(table: str, rows: dict[str, str], title: str) -> tuple[Callable, Callable]:
+  """`(plot_files, plot)` for a table whose one plot is its rows' mean test accuracy per
+  epoch (`<name>_curves.png`); a profile without seeds (a select grid) draws nothing."""
+
+  def plot_files(name: str) -> dict:
+    return {'curves': f'{name}_curves.png'}
+
+  def plot(records, specs, *, config, root: str, paths: dict) -> None:
+    del records
+    if config.seeds:
+      plot_curves(paths['curves'], workdirs_by_row(specs, root, table), rows, tuple(rows),
+                  title)
+
+  return plot_files, plot

@@ -164,13 +164,4 @@ def render(payload: dict) -> str:
   return '\n'.join(lines + reproduce.plots_line(payload))
 
 
-def plot_files(name: str) -> dict:
-  return {'curves': f'{name}_curves.png'}
-
-
-def plot(records, specs, *, config, root: str, paths: dict) -> None:
-  del records
-  if not config.seeds:
-    return  # the select profile: its grid is a table, not curves
-  reproduce.plot_curves(paths['curves'], reproduce.workdirs_by_row(specs, root, NAME), ROWS,
-                        tuple(ROWS), 'ConvNet-BN -> LeNet-5-Half on Fashion-MNIST')
+plot_files, plot = reproduce.row_curves(NAME, ROWS, 'ConvNet-BN -> LeNet-5-Half on Fashion-MNIST')
