@@ -317,3 +317,17 @@ def row_curves(table: str, rows: dict[str, str], title: str) -> tuple[Callable, 
                   title)
 
   return plot_files, plot
+
+
+def plot_against_labels(path: str, records: Sequence[dict], rows: dict[str, str], *,
+                        all_labels: float = 0, **labels) -> None:
+  """Mean test accuracy of each of `rows` against its table's labelled images per class
+  (`labels_per_class`; 0 = all of them, drawn at `all_labels`), one line per row;
+  `labels` are `sweep.plot_lines`' xlabel, ylabel and title."""
+  series = {}
+  for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
+    if row['labels_per_class'] is not None and row['row'] in rows:
+      series.setdefault(rows[row['row']], []).append(
+          (row['labels_per_class'] or all_labels, 100 * row['test_accuracy_mean']))
+  if any(len(points) > 1 for points in series.values()):
+    sweep.plot_lines(path, {k: sorted(v) for k, v in series.items()}, logx=True, **labels)

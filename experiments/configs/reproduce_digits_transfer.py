@@ -18,7 +18,7 @@ This module is the table's whole description for `jaxkd.reproduce`.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
+from jaxkd import data, reproduce, sweep
 from jaxkd.sweep import RunSpec
 
 NAME = 'digits_transfer'
@@ -135,14 +135,9 @@ def plot_files(name: str) -> dict:
 def plot(records, specs, *, config, root: str, paths: dict) -> None:
   del specs, root
   # 'all': the training split less the validation images, per class (1,201 - 300 -> ~90)
-  all_per_class = round((1201 - config.validation_size) / 10)
-  series = {}
-  for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
-    if row['labels_per_class'] is not None and row['row'] in ROWS:
-      series.setdefault(ROWS[row['row']], []).append(
-          (row['labels_per_class'] or all_per_class, 100 * row['test_accuracy_mean']))
-  if any(len(points) > 1 for points in series.values()):
-    sweep.plot_lines(paths['labels'], {k: sorted(v) for k, v in series.items()}, logx=True,
-                     xlabel=f'labelled digits per class (all = {all_per_class:.0f})',
-                     ylabel='digits test accuracy %',
-                     title='Fashion-MNIST -> UCI digits: transfer vs labels')
+  info = data.info('digits')
+  all_per_class = round((info.splits['train'] - config.validation_size) / info.num_classes)
+  reproduce.plot_against_labels(
+      paths['labels'], records, ROWS, all_labels=all_per_class,
+      xlabel=f'labelled digits per class (all = {all_per_class})',
+      ylabel='digits test accuracy %', title='Fashion-MNIST -> UCI digits: transfer vs labels')

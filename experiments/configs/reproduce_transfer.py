@@ -164,13 +164,6 @@ def plot_files(name: str) -> dict:
 
 def plot(records, specs, *, config, root: str, paths: dict) -> None:
   del specs, config, root
-  series = {}
-  for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
-    if row['labels_per_class'] is not None and row['row'] in ROWS:
-      series.setdefault(ROWS[row['row']], []).append(
-          (row['labels_per_class'], 100 * row['test_accuracy_mean']))
-  if any(len(points) > 1 for points in series.values()):
-    sweep.plot_lines(paths['labels'], {k: sorted(v) for k, v in series.items()}, logx=True,
-                     xlabel='labelled training images per class (target task)',
-                     ylabel='target test accuracy %',
-                     title='Fashion-MNIST 0-4 -> 5-9: transfer vs labels')
+  reproduce.plot_against_labels(
+      paths['labels'], records, ROWS, xlabel='labelled training images per class (target task)',
+      ylabel='target test accuracy %', title='Fashion-MNIST 0-4 -> 5-9: transfer vs labels')
