@@ -18,6 +18,7 @@ and, for a table with plots,
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 from typing import Any, Callable, Sequence
 
@@ -167,8 +168,8 @@ def plot_curves(path: str, by_row: dict[str, list[str]], labels: dict[str, str],
 # --- command line ------------------------------------------------------------------------------
 
 def command_line(doc: str, table: Any, *, default_root: str, full_results: str) -> None:
-  """The reproduce scripts' shared command line: --profile, --root, --results, --seeds and
-  --collect-only; builds `table`'s specs (its config module, see above) and runs them."""
+  """The reproduce scripts' shared command line: --profile, --root, --results, --seeds, --rows
+  and --collect-only; builds `table`'s specs (its config module, see above) and runs them."""
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument('--profile', default='full', choices=sorted(table.PROFILES))
   parser.add_argument('--root', default=None,
@@ -179,6 +180,9 @@ def command_line(doc: str, table: Any, *, default_root: str, full_results: str) 
   parser.add_argument('--seeds', default='',
                       help='comma-separated subset of the profile\'s seeds, to split a sweep '
                            'over processes sharing --root (then rerun without it to collect)')
+  parser.add_argument('--rows', default='',
+                      help='comma-separated row patterns (fnmatch, e.g. "mlp_*") selecting the '
+                           'runs to do; the others are left as they are')
   parser.add_argument('--collect-only', action='store_true',
                       help='tabulate the finished runs under --root; run nothing')
   args = parser.parse_args()
@@ -191,6 +195,12 @@ def command_line(doc: str, table: Any, *, default_root: str, full_results: str) 
   if args.seeds:
     seeds = {int(seed) for seed in args.seeds.split(',')}
     specs = [spec for spec in specs if spec.seed in seeds]
+  if args.rows:
+    patterns = args.rows.split(',')
+    specs = [spec for spec in specs
+             if any(fnmatch.fnmatchcase(spec.row, pattern) for pattern in patterns)]
+    if not specs:
+      parser.error(f'--rows={args.rows!r} matches no run of profile {args.profile!r}')
   run_table(table, specs, config=config, profile=args.profile, root=root, results_dir=results,
             collect_only=args.collect_only)
 
