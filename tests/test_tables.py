@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxkd import reproduce, stats
+from jaxkd.recipes.builders import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
@@ -164,6 +165,9 @@ def test_mlp_selection_runs(tables):
     assert spec.config.augment.crop_padding == recipe['crop_padding']
     assert spec.config.optimizer.learning_rate == recipe['learning_rate']
     assert spec.config.num_epochs == recipe['epochs']
+    hidden, inputs = recipe.get('dropout', (0.5, 0.2))  # the zoo's mlp_1200 where not given
+    model = build_model(spec.config, num_classes=10)
+    assert (model.dropout_rate, model.input_dropout_rate) == (hidden, inputs)
   kd = [s for s in specs if s.recipe == 'distill']
   if t.MLP_TEACHER_CHOICE is None:
     assert not kd
@@ -171,3 +175,22 @@ def test_mlp_selection_runs(tables):
     chosen = teachers[list(t.MLP_TEACHER_GRID).index(t.MLP_TEACHER_CHOICE)].workdir('/r')
     assert [s.config.kd.temperature for s in kd] == list(t.MLP_SELECT_TEMPERATURES)
     assert {s.config.teacher_dir for s in kd} == {chosen}
+
+
+def test_mlp_rows_use_the_chosen_recipes(tables):
+  """The full table's MLP teacher is the committed choice of the selection grid (its
+  dropout, jitter, learning rate and epochs), and its KD row the committed temperature."""
+  t = tables['fashion_mnist_kd']
+  recipe = t.MLP_TEACHER_GRID[t.MLP_TEACHER_CHOICE]
+  specs = {(s.row, s.seed): s for s in t.run_specs(t.get_config('full'), '/r')}
+  teacher, kd = specs['mlp_teacher', 0].config, specs['mlp_kd', 0].config
+  model = build_model(teacher, num_classes=10)
+  assert (model.dropout_rate, model.input_dropout_rate) == recipe['dropout']
+  assert teacher.augment.crop_padding == recipe['crop_padding']
+  assert teacher.optimizer.learning_rate == recipe['learning_rate']
+  assert teacher.num_epochs == recipe['epochs']
+  assert kd.teacher_dir == specs['mlp_teacher', 0].workdir('/r')
+  assert kd.kd.temperature == t.MLP_KD_TEMPERATURE in t.MLP_SELECT_TEMPERATURES
+  assert specs['mlp_student', 0].config.num_epochs == kd.num_epochs == 10
+  tiny = [s for s in t.run_specs(t.get_config('tiny'), '/r') if s.row == 'mlp_teacher']
+  assert tiny[0].config.num_epochs == 1
