@@ -173,8 +173,13 @@ def test_mlp_selection_runs(tables):
     assert not kd
   else:
     chosen = teachers[list(t.MLP_TEACHER_GRID).index(t.MLP_TEACHER_CHOICE)].workdir('/r')
-    assert [s.config.kd.temperature for s in kd] == list(t.MLP_SELECT_TEMPERATURES)
+    long = t.MLP_SELECT_LONG
+    assert [(s.config.kd.temperature, s.config.num_epochs) for s in kd] == [
+        *((temperature, 10) for temperature in t.MLP_SELECT_TEMPERATURES),
+        *((temperature, long['epochs']) for temperature in long['temperatures'])]
     assert {s.config.teacher_dir for s in kd} == {chosen}
+    students = [s.config.num_epochs for s in specs if s.row.startswith('student')]
+    assert students == [10, long['epochs']]
 
 
 def test_mlp_rows_use_the_chosen_recipes(tables):
@@ -191,6 +196,7 @@ def test_mlp_rows_use_the_chosen_recipes(tables):
   assert teacher.num_epochs == recipe['epochs']
   assert kd.teacher_dir == specs['mlp_teacher', 0].workdir('/r')
   assert kd.kd.temperature == t.MLP_KD_TEMPERATURE in t.MLP_SELECT_TEMPERATURES
-  assert specs['mlp_student', 0].config.num_epochs == kd.num_epochs == 10
+  assert (kd.num_epochs, kd.optimizer.clip_norm) == (t.MLP_KD_EPOCHS, 5.0)
+  assert specs['mlp_student', 0].config.num_epochs == t.MLP_STUDENT_EPOCHS
   tiny = [s for s in t.run_specs(t.get_config('tiny'), '/r') if s.row == 'mlp_teacher']
   assert tiny[0].config.num_epochs == 1
