@@ -1,7 +1,6 @@
 """Loop and input overhead: one in-memory epoch of `jaxkd.loop.fit` vs its steps alone.
 
-    python benchmarks/epoch_overhead.py --json benchmarks/results/epoch_cpu.json \
-        --readme benchmarks/README.md
+    python benchmarks/epoch_overhead.py --json auto --readme benchmarks/README.md
 
 For each pair's student (SGD with momentum, batch 256) on 60,000 generated 28x28 uint8
 images held on device by `jaxkd.data.InMemoryDataset` (the experiments' path: a shuffled
@@ -23,7 +22,7 @@ import time
 import numpy as np
 
 from cases import LEARNING_RATE, NUM_CLASSES, PAIRS
-from harness import load_average, write_json
+from harness import load_average, results_path, write_json
 from report import replace_blocks
 
 NUM_EXAMPLES = 60_000
@@ -87,7 +86,8 @@ def measure_pair(name: str, *, batch_size: int, repeats: int, examples: int) -> 
 
 
 def table(result: dict) -> str:
-  lines = [f"`{result['command']}`  ", f"{result['date']}, {result['cpu_model']}, "
+  isa = f"{result['cpu_isa']['isa']}, " if result.get('cpu_isa') else ''
+  lines = [f"`{result['command']}`  ", f"{result['date']}, {result['cpu_model']}, {isa}"
            f"{result['cores']} cores, load average {result['load_average_before']:.2f}.", '',
            '| pair (student) | batch | steps/epoch | step ms | sum of steps s | epoch s | '
            f'epoch / steps (target <= {TARGET}) |', '|---|---|---|---|---|---|---|']
@@ -105,7 +105,9 @@ def main(argv=None) -> dict:
   parser.add_argument('--batch-size', type=int, default=256)
   parser.add_argument('--repeats', type=int, default=5, help='epochs (and step runs) per pair')
   parser.add_argument('--examples', type=int, default=NUM_EXAMPLES, help='images per epoch')
-  parser.add_argument('--json', default=None, help='write the results here')
+  parser.add_argument('--json', default=None,
+                      help="write the results here; 'auto': benchmarks/results/epoch-<cpu>.json, "
+                           '<cpu> from the CPU model')
   parser.add_argument('--readme', default=None,
                       help='also write the table between <!-- epoch:begin/end --> in this file')
   args = parser.parse_args(argv)
@@ -113,10 +115,12 @@ def main(argv=None) -> dict:
   unknown = [p for p in pairs if PAIRS.get(p) is None or PAIRS[p].input_shape != (28, 28, 1)]
   if unknown:
     parser.error(f"unknown or non-28x28 pair(s) {unknown}; choose from ['lenet', 'mlp'].")
-  from jaxkd.recipes.provenance import cpu_model
+  from jaxkd.recipes.provenance import cpu_isa, cpu_model
+  if args.json == 'auto':
+    args.json = results_path('epoch')
   result = {'command': ' '.join([os.path.relpath(__file__)] + list(argv or sys.argv[1:])),
             'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-            'cpu_model': cpu_model(), 'cores': os.cpu_count(),
+            'cpu_model': cpu_model(), 'cpu_isa': cpu_isa(), 'cores': os.cpu_count(),
             'load_average_before': load_average(), 'target': TARGET, 'rows': []}
   for name in pairs:
     result['rows'].append(measure_pair(name, batch_size=args.batch_size, repeats=args.repeats,
@@ -127,6 +131,8 @@ def main(argv=None) -> dict:
   if args.readme:
     replace_blocks(args.readme, {'epoch': text})
   print(text)
+  if args.json:
+    print(f'wrote {os.path.relpath(args.json)}', file=sys.stderr)
   return result
 
 

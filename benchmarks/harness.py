@@ -21,6 +21,8 @@ from report import check_targets
 
 # The entry point the scaling runs start afresh.
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'throughput.py')
+# Where `--json auto` writes, one file per kind and machine.
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
 # --- the machine ---------------------------------------------------------------------------
@@ -290,11 +292,12 @@ def run(args, *, command: str) -> dict:
       row['mfu'] *= peak / peak_after
     peak = peak_after
   checks = check_targets(rows)
-  from jaxkd.recipes.provenance import cpu_model  # pylint: disable=g-import-not-at-top
+  from jaxkd.recipes.provenance import cpu_isa, cpu_model  # pylint: disable=g-import-not-at-top
   result = {
       'command': command,
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'cpu_model': cpu_model(),
+      'cpu_isa': cpu_isa(),
       'cores': os.cpu_count(),
       'device': jax_device,
       'backend': jax.default_backend(),
@@ -315,6 +318,7 @@ def run(args, *, command: str) -> dict:
     import torch
     result['torch_version'] = torch.__version__
     result['torch_threads'] = torch.get_num_threads()
+    result['torch_build'] = torch_build()
     result['omp_wait_policy'] = os.environ.get('OMP_WAIT_POLICY')
   if args.scaling:
     write_json(args.json, result)  # the rows are safe even if a scaling run fails
@@ -323,6 +327,30 @@ def run(args, *, command: str) -> dict:
   result['load_average_after'] = load_average()
   write_json(args.json, result)
   return result
+
+
+def torch_build() -> dict:
+  """PyTorch's version, CUDA version (None on a CPU build), CPU kernel capability, oneDNN
+  availability and thread count."""
+  import torch
+  try:
+    import torch.backends.cpu  # pylint: disable=g-import-not-at-top
+    capability = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: None)()
+  except Exception:  # pylint: disable=broad-except
+    capability = None
+  try:
+    import torch.backends.mkldnn  # pylint: disable=g-import-not-at-top
+    mkldnn = bool(torch.backends.mkldnn.is_available())
+  except Exception:  # pylint: disable=broad-except
+    mkldnn = None
+  return {'version': torch.__version__, 'cuda': torch.version.cuda,
+          'cpu_capability': capability, 'mkldnn': mkldnn, 'threads': torch.get_num_threads()}
+
+
+def results_path(kind: str) -> str:
+  """Where `--json auto` writes: benchmarks/results/<kind>-<machine slug>.json."""
+  from jaxkd.recipes.provenance import machine_slug  # pylint: disable=g-import-not-at-top
+  return os.path.join(RESULTS_DIR, f'{kind}-{machine_slug()}.json')
 
 
 def write_json(path: str | None, result: dict) -> None:

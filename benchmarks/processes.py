@@ -39,6 +39,10 @@ def _without(argv: list[str], names: tuple[str, ...]) -> list[str]:
   return kept
 
 
+def _isa(result: dict) -> str:
+  return f'{result["cpu_isa"]["isa"]}, ' if result.get('cpu_isa') else ''
+
+
 def _port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -93,7 +97,8 @@ def run_processes(args, argv: list[str], *, command: str) -> dict:
                        'devices': devices, 'processes': args.processes,
                        'step_ms_1_process': one['step_ms'], 'step_ms_processes': row['step_ms'],
                        'overhead': row['step_ms'] / one['step_ms']})
-  result = {'command': command, 'cpu_model': single['cpu_model'], 'cores': single['cores'],
+  result = {'command': command, 'cpu_model': single['cpu_model'],
+            'cpu_isa': single.get('cpu_isa'), 'cores': single['cores'],
             'jax_version': single['jax_version'], 'devices': devices,
             'processes': args.processes, 'comparison': comparison,
             'single': single, 'multi': multi,
@@ -101,8 +106,8 @@ def run_processes(args, argv: list[str], *, command: str) -> dict:
                     '(gloo); the ratio is overhead, not speed-up'}
   print(render(single, None))
   print(f'\n{args.processes} processes x {devices // args.processes} devices vs 1 process x '
-        f'{devices} devices, same global batch ({result["cpu_model"]}, {result["cores"]} '
-        'cores; one host: overhead, not speed-up):\n')
+        f'{devices} devices, same global batch ({result["cpu_model"]}, {_isa(result)}'
+        f'{result["cores"]} cores; one host: overhead, not speed-up):\n')
   print('| pair | mode | batch | step ms, 1 process | step ms, '
         f'{args.processes} processes | ratio |\n|---|---|--:|--:|--:|--:|')
   for c in comparison:

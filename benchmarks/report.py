@@ -119,10 +119,23 @@ def scaling_tables(scaling: dict) -> str:
 
 # --- rendering -----------------------------------------------------------------------------
 
+def _torch(result: dict) -> str:
+  """', torch VERSION', with its build where recorded: '(CPU build, cpu capability AVX512)'."""
+  if not result.get('torch_version'):
+    return ''
+  build = result.get('torch_build')
+  if not build:
+    return f", torch {result['torch_version']}"
+  kind = f"CUDA {build['cuda']} build" if build.get('cuda') else 'CPU build'
+  capability = (f", cpu capability {build['cpu_capability']}" if build.get('cpu_capability')
+                else '')
+  return f", torch {build['version'].split('+')[0]} ({kind}{capability})"
+
+
 def summary_line(result: dict) -> str:
-  return (f"`{result['command']}`  \n{result['date']}, {result['cpu_model']}, "
-          f"{result['cores']} cores, jax {result['jax_version']}"
-          + (f", torch {result['torch_version']}" if result.get('torch_version') else '')
+  isa = f", {result['cpu_isa']['isa']}" if result.get('cpu_isa') else ''
+  return (f"`{result['command']}`  \n{result['date']}, {result['cpu_model']}{isa}, "
+          f"{result['cores']} cores, jax {result['jax_version']}" + _torch(result)
           + f", peak {result['peak_flops_per_s'] / 1e9:.1f} GFLOP/s, conv "
           f"{result['conv_impl']}, pool {result['pool_impl']}, load average "
           f"{result['load_average_before']:.2f} before, "

@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py                       # all pairs and modes, table on stdout
     python benchmarks/throughput.py --quick               # MLP and LeNet, short windows (< 2 min)
-    python benchmarks/throughput.py --peer torch --json benchmarks/results/cpu.json
+    python benchmarks/throughput.py --peer torch --json auto   # benchmarks/results/cpu-<cpu>.json
     python benchmarks/throughput.py --pairs lenet --modes student,online_kd --batch-size 128
     python benchmarks/throughput.py --scaling --pairs lenet   # batch sweep, 1 vs 8 devices, cache
     python benchmarks/throughput.py --processes 2 --pairs mlp,lenet --modes student,online_kd
@@ -28,7 +28,7 @@ import shlex
 import sys
 
 from cases import METHOD_MODES, MODES, PAIRS
-from harness import run
+from harness import results_path, run
 from report import render
 
 
@@ -63,7 +63,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
                       help="also time jaxkd with XLA's native convolution and pooling "
                            "(framework 'jaxkd-xla-layers'), interleaved: before/after of "
                            'jaxkd.models.fastconv')
-  parser.add_argument('--json', default=None, help='write the results here')
+  parser.add_argument('--json', default=None,
+                      help="write the results here; 'auto': benchmarks/results/cpu-<cpu>.json "
+                           '(processes-<cpu>.json with --processes), <cpu> from the CPU model')
   parser.add_argument('--readme', default=None,
                       help='also write the tables into this Markdown file, between its '
                            '<!-- results|targets|scaling:begin/end --> markers')
@@ -107,14 +109,25 @@ def main(argv=None) -> dict:
     return result
   command = ' '.join(shlex.quote(a) for a in [os.path.relpath(__file__)] +
                      list(sys.argv[1:] if argv is None else argv))
+  if args.json == 'auto':
+    args.json = results_path('processes' if args.processes > 1 and args.process_id is None
+                             else 'cpu')
   if args.processes > 1 and args.process_id is None:
     from processes import run_processes
-    return run_processes(args, list(sys.argv[1:] if argv is None else argv), command=command)
+    result = run_processes(args, list(sys.argv[1:] if argv is None else argv), command=command)
+    _wrote(args.json)
+    return result
   result = run(args, command=command)
   if args.process_id:  # only process 0 reports
     return result
   print('\n' + render(result, args.readme))
+  _wrote(args.json)
   return result
+
+
+def _wrote(path: str | None) -> None:
+  if path:
+    print(f'wrote {os.path.relpath(path)}', file=sys.stderr)
 
 
 if __name__ == '__main__':

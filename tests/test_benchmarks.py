@@ -1,4 +1,5 @@
 """The throughput harness runs end to end and writes the documented JSON (peer optional)."""
+import importlib.util
 import json
 import math
 import os
@@ -7,11 +8,14 @@ import sys
 
 import pytest
 
+from jaxkd.recipes.provenance import cpu_isa, machine_slug
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'throughput.py')
 ROW_TYPES = {'pair': str, 'mode': str, 'framework': str, 'batch_size': int,
              'examples_per_s': float, 'step_ms': float, 'flops_per_step': float,
              'mfu': float, 'device': str}
+ISAS = {'AMX', 'AVX-512', 'AVX2', 'SSE4.2', 'baseline', 'unknown'}
 TOP_TYPES = {'command': str, 'date': str, 'cpu_model': str, 'cores': int, 'jax_version': str,
              'peak_flops_per_s': float, 'rows': list, 'targets': list}
 
@@ -104,6 +108,52 @@ def test_gpu_script_tiny_mode_runs_on_cpu(tmp_path):
   result = json.loads((tmp_path / 'cpu.json').read_text())
   _check_rows(result, ['student', 'cached_kd', 'eval'], 64)
   assert result['backend'] == 'cpu' and result['dtype'] == 'bfloat16'
+  assert result['cpu_isa']['isa'] in ISAS and isinstance(result['cpu_isa']['flags'], list)
+
+
+def test_machine_slug_names_the_cpu_for_a_file():
+  assert machine_slug('AMD EPYC') == 'amd-epyc'
+  assert machine_slug('Intel(R) Xeon(R) Processor') == 'intel-xeon'
+  assert machine_slug('Intel(R) Xeon(R) Platinum 8488C') == 'intel-xeon-platinum-8488c'
+  assert machine_slug('Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz') == 'intel-core-i7-8700'
+
+
+def test_cpu_isa_reads_the_flags_line():
+  def info(flags):
+    return f'processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\nbugs\t\t: spectre\n'
+  sapphire = info('fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16 '
+                  'avx512_fp16 amx_bf16 amx_tile amx_int8 avx512dq')
+  assert cpu_isa(sapphire) == {
+      'isa': 'AMX', 'flags': ['amx_bf16', 'amx_int8', 'amx_tile', 'avx2', 'avx512_bf16',
+                              'avx512_fp16', 'avx512_vnni', 'avx512bw', 'avx512f', 'avx512vl',
+                              'fma']}
+  assert cpu_isa(info('sse4_2 avx avx2 fma avx512f avx512bw'))['isa'] == 'AVX-512'
+  assert cpu_isa(info('sse4_2 avx avx2 fma')) == {'isa': 'AVX2', 'flags': ['avx2', 'fma']}
+  assert cpu_isa(info('sse4_1 sse4_2')) == {'isa': 'SSE4.2', 'flags': []}
+  assert cpu_isa(info('fpu sse2')) == {'isa': 'baseline', 'flags': []}
+  assert cpu_isa('Features\t: fp asimd\n') == {'isa': 'unknown', 'flags': []}  # e.g. arm64
+  assert cpu_isa('') == {'isa': 'unknown', 'flags': []}
+  assert cpu_isa()['isa'] in ISAS  # this machine's
+
+
+def test_summary_line_names_the_isa_and_torch_build_where_recorded(monkeypatch):
+  monkeypatch.syspath_prepend(os.path.join(ROOT, 'benchmarks'))  # report.py imports cases
+  spec = importlib.util.spec_from_file_location(
+      'bench_report', os.path.join(ROOT, 'benchmarks', 'report.py'))
+  report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(report)
+  with open(os.path.join(ROOT, 'benchmarks', 'results', 'cpu-amd-epyc.json')) as f:
+    old = json.load(f)  # recorded before cpu_isa and torch_build: nothing extra
+  line = report.summary_line(old)
+  assert ', AMD EPYC, 2 cores, jax ' in line and f", torch {old['torch_version']}, " in line
+  new = dict(old, cpu_isa={'isa': 'AVX-512', 'flags': ['avx2', 'avx512f']},
+             torch_build={'version': '2.13.0+cpu', 'cuda': None, 'cpu_capability': 'AVX512',
+                          'mkldnn': True, 'threads': 2})
+  line = report.summary_line(new)
+  assert ', AMD EPYC, AVX-512, 2 cores, ' in line
+  assert ', torch 2.13.0 (CPU build, cpu capability AVX512), ' in line
+  new['torch_build'] = dict(new['torch_build'], cuda='12.8', cpu_capability=None)
+  assert ', torch 2.13.0 (CUDA 12.8 build), ' in report.summary_line(new)
 
 
 def test_unknown_pair_is_refused_with_the_valid_names():
@@ -125,3 +175,4 @@ def test_epoch_overhead_compares_an_epoch_with_its_steps(tmp_path):
   assert row['sum_of_steps_s'] == pytest.approx(8 * row['step_ms'] / 1e3)
   assert row['ratio'] == pytest.approx(row['epoch_s'] / row['sum_of_steps_s'])
   assert '| mlp (mlp_800) | 128 | 8 |' in proc.stdout
+  assert json.loads(out.read_text())['cpu_isa']['isa'] in ISAS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 
 import jax
 
@@ -33,6 +34,38 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+# The flags `cpu_isa` reports, and the instruction sets it names (best first).
+ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni', 'avx512_bf16',
+             'avx512_fp16', 'amx_tile', 'amx_bf16', 'amx_int8')
+ISA_LEVELS = (('AMX', 'amx_tile'), ('AVX-512', 'avx512f'), ('AVX2', 'avx2'),
+              ('SSE4.2', 'sse4_2'))
+
+
+def cpu_isa(cpuinfo: str | None = None) -> dict:
+  """The CPU's best vector instruction set and its relevant flags, from the `flags` line of
+  `cpuinfo` (default: /proc/cpuinfo); {'isa': 'unknown', 'flags': []} where there is none."""
+  if cpuinfo is None:
+    try:
+      with open('/proc/cpuinfo') as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ''
+  line = next((l for l in cpuinfo.splitlines() if l.split(':', 1)[0].strip() == 'flags'), None)
+  if line is None or ':' not in line:
+    return {'isa': 'unknown', 'flags': []}
+  flags = set(line.split(':', 1)[1].split())
+  isa = next((name for name, flag in ISA_LEVELS if flag in flags), 'baseline')
+  return {'isa': isa, 'flags': sorted(flags & set(ISA_FLAGS))}
+
+
+def machine_slug(model: str | None = None) -> str:
+  """The CPU model (default: `cpu_model()`) as a file-name part: lower case, without
+  '(R)', '(TM)', 'CPU', '@ ...GHz' and 'Processor', e.g. 'intel-xeon-platinum-8488c'."""
+  model = cpu_model() if model is None else model
+  model = re.sub(r'\((r|tm)\)|\bcpu\b|@\s*[\d.]+\s*ghz|\bprocessor\b', ' ', model.lower())
+  return re.sub(r'[^a-z0-9]+', '-', model).strip('-') or 'unknown'
 
 
 def machine() -> dict:
