@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxkd.losses.feature import statistics
+from jaxkd.losses.feature import relation, statistics
 from jaxkd.losses.feature.relation import (cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss,
                                            rkd_loss, sp_loss)
 from jaxkd.losses.feature.statistics import fsp_loss, fsp_matrix, ickd_loss, nst_loss
@@ -275,6 +275,101 @@ def test_rkd_hand_made_and_edge_cases():
   pair_s, pair_t = student[:2], 3.0 * teacher[:2]
   np.testing.assert_allclose(angle(pair_s, pair_t), 0.0, atol=1e-7)
   np.testing.assert_allclose(distance(pair_s, pair_t), 0.0, atol=1e-6)
+
+
+def np_direct_rkd_angle(student, teacher):
+  """The [B, B, D] formulation: normalised differences, then their dot products."""
+
+  def cosines(e):
+    d = e[None, :, :] - e[:, None, :]
+    norm = np.sqrt(np.sum(d * d, axis=-1, keepdims=True))
+    u = np.where(norm > 0, d / np.maximum(norm, 1e-12), 0.0)
+    return np.einsum('ijd,ikd->ijk', u, u)
+
+  diff = np.abs(cosines(_flat(student)) - cosines(_flat(teacher)))
+  return np.mean(np.where(diff < 1, 0.5 * diff * diff, diff - 0.5))
+
+
+def jnp_direct_rkd_angle(student, teacher):
+  """The same in jnp, differentiable: zero vectors get zero gradient, as F.normalize's."""
+
+  def cosines(e):
+    d = e[None, :, :] - e[:, None, :]
+    squared = jnp.sum(d * d, axis=-1, keepdims=True)
+    positive = squared > 0
+    norm = jnp.sqrt(jnp.where(positive, squared, 1.0))
+    u = jnp.where(positive, d / jnp.maximum(norm, 1e-12), 0.0)
+    return jnp.einsum('ijd,ikd->ijk', u, u, precision=jax.lax.Precision.HIGHEST)
+
+  diff = jnp.abs(cosines(student) - cosines(teacher))
+  return jnp.mean(jnp.where(diff < 1, 0.5 * diff * diff, diff - 0.5))
+
+
+def _angle_batches():
+  """Random [7, 5] / [7, 9] embeddings, a batch with equal rows, and one far from 0.
+
+  Far from the origin, squared distances from the Gram matrix lose float32 precision.
+  """
+  rng = np.random.default_rng(31)
+  student, teacher = rng.standard_normal((7, 5)), rng.standard_normal((7, 9))
+  dup_s, dup_t = student.copy(), teacher.copy()
+  dup_s[4] = dup_s[1]  # two identical rows
+  dup_s[5] = dup_s[6] = dup_s[2]  # one row repeated
+  dup_t[3] = dup_t[0]  # the teacher's duplicates elsewhere
+  dup_t[6] = dup_t[5] = dup_t[2]
+  return [(student, teacher), (dup_s, dup_t), (student + 10.0, teacher - 10.0)]
+
+
+def _assert_gradients_close(got, want, rtol):
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.max(np.abs(w)))
+
+
+def test_rkd_angle_matches_the_direct_formulation_with_equal_rows():
+  # The loss works from pairwise squared distances; the direct [B, B, D] formulation is
+  # the reference for the value (NumPy) and the gradient (jax.grad of it in jnp).
+  grad = jax.jit(jax.value_and_grad(rkd_angle_loss, argnums=(0, 1)))
+  grad_direct = jax.jit(jax.value_and_grad(jnp_direct_rkd_angle, argnums=(0, 1)))
+  for student, teacher in _angle_batches():
+    with jax.enable_x64(True):
+      value, grads = grad(student, teacher)
+      want_value, want_grads = grad_direct(student, teacher)
+      assert value.dtype == jnp.float64
+      np.testing.assert_allclose(value, np_direct_rkd_angle(student, teacher), rtol=1e-10)
+      np.testing.assert_allclose(want_value, np_direct_rkd_angle(student, teacher), rtol=1e-10)
+      _assert_gradients_close(grads, want_grads, 1e-10)
+    value32, grads32 = grad(np.float32(student), np.float32(teacher))
+    assert value32.dtype == jnp.float32
+    np.testing.assert_allclose(value32, np_direct_rkd_angle(student, teacher), rtol=1e-5)
+    _assert_gradients_close(grads32, want_grads, 1e-5)
+    # Equal rows meet zero differences: the gradient stays finite.
+    assert all(np.all(np.isfinite(g)) for g in grads32)
+
+
+def test_rkd_angle_accelerator_formulation_agrees():
+  # GPUs and TPUs take the direct [B, B, D] formulation: the same values and gradients.
+  student, teacher = _angle_batches()[0]
+  direct = lambda s, t: relation._smooth_l1(relation._angles(s), relation._angles(t))  # noqa: E731
+  with jax.enable_x64(True):
+    value, grad = jax.jit(jax.value_and_grad(rkd_angle_loss))(student, teacher)
+    want_value, want_grad = jax.jit(jax.value_and_grad(direct))(student, teacher)
+    np.testing.assert_allclose(value, want_value, rtol=1e-10)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_rkd_angle_steps_agree():
+  # CPU runs the vertices a few per loop step (step 0: all at once): the same values,
+  # whatever the step and remainder.
+  student, teacher = _angle_batches()[1]
+  value = jax.jit(relation._angle_huber_sum, static_argnums=2)
+  grad = jax.jit(relation._angle_gradient, static_argnums=3)
+  with jax.enable_x64(True):
+    want = value(student, teacher, relation._CPU_ANGLE_ROWS)
+    want_grad = grad(student, teacher, 1.0, relation._CPU_ANGLE_ROWS)
+    for step in [0, 1, 3, 7]:
+      np.testing.assert_allclose(value(student, teacher, step), want, rtol=1e-12)
+      np.testing.assert_allclose(grad(student, teacher, 1.0, step), want_grad, rtol=1e-12,
+                                 atol=1e-12 * np.max(np.abs(want_grad)))
 
 
 def test_relation_losses_zero_for_identical_inputs():
