@@ -200,3 +200,33 @@ def test_mlp_rows_use_the_chosen_recipes(tables):
   assert specs['mlp_student', 0].config.num_epochs == t.MLP_STUDENT_EPOCHS
   tiny = [s for s in t.run_specs(t.get_config('tiny'), '/r') if s.row == 'mlp_teacher']
   assert tiny[0].config.num_epochs == 1
+
+
+def _command_line(table, monkeypatch, tmp_path, *args):
+  """`reproduce.command_line` with `args`; the specs it would run (nothing runs)."""
+  ran = []
+  monkeypatch.setattr(reproduce.recipes, 'enable_compilation_cache', lambda: None)
+  monkeypatch.setattr(reproduce, 'run_table', lambda table, specs, **kw: ran.extend(specs))
+  monkeypatch.setattr(sys, 'argv', ['reproduce', '--root', str(tmp_path / 'runs'), *args])
+  reproduce.command_line('doc', table, default_root=str(tmp_path / 'r'),
+                         full_results=str(tmp_path / 'results'))
+  return ran
+
+
+def test_rows_select_runs_by_pattern(tables, monkeypatch, tmp_path):
+  t = tables['fashion_mnist_kd']
+  specs = _command_line(t, monkeypatch, tmp_path, '--profile', 'full', '--rows', 'mlp_*,T=2',
+                        '--seeds', '1,2')
+  assert sorted((s.row, s.seed) for s in specs) == sorted(
+      [(row, seed) for row in ('mlp_teacher', 'mlp_student', 'mlp_kd') for seed in (1, 2)] +
+      [('T=2', 1)])
+
+
+def test_rows_matching_nothing_is_refused_before_anything_runs(tables, monkeypatch, tmp_path,
+                                                               capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _command_line(tables['fashion_mnist_kd'], monkeypatch, tmp_path, '--profile', 'tiny',
+                  '--rows', 'nope*')
+  assert exit_info.value.code == 2
+  assert "--rows='nope*' matches no run of profile 'tiny'" in capsys.readouterr().err
+  assert not list(tmp_path.iterdir())
