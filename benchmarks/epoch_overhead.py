@@ -23,7 +23,7 @@ import numpy as np
 
 from cases import LEARNING_RATE, NUM_CLASSES, PAIRS
 from harness import load_average, results_path, write_json
-from report import replace_blocks
+from report import isa_suffix, replace_blocks
 
 NUM_EXAMPLES = 60_000
 TARGET = 1.1
@@ -86,9 +86,9 @@ def measure_pair(name: str, *, batch_size: int, repeats: int, examples: int) -> 
 
 
 def table(result: dict) -> str:
-  isa = f"{result['cpu_isa']['isa']}, " if result.get('cpu_isa') else ''
-  lines = [f"`{result['command']}`  ", f"{result['date']}, {result['cpu_model']}, {isa}"
-           f"{result['cores']} cores, load average {result['load_average_before']:.2f}.", '',
+  lines = [f"`{result['command']}`  ", f"{result['date']}, {result['cpu_model']}"
+           f"{isa_suffix(result)}, {result['cores']} cores, load average "
+           f"{result['load_average_before']:.2f}.", '',
            '| pair (student) | batch | steps/epoch | step ms | sum of steps s | epoch s | '
            f'epoch / steps (target <= {TARGET}) |', '|---|---|---|---|---|---|---|']
   for r in result['rows']:

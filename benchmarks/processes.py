@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from report import render
+from report import isa_suffix, render
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'throughput.py')
 
@@ -37,10 +37,6 @@ def _without(argv: list[str], names: tuple[str, ...]) -> list[str]:
       continue
     kept.append(arg)
   return kept
-
-
-def _isa(result: dict) -> str:
-  return f'{result["cpu_isa"]["isa"]}, ' if result.get('cpu_isa') else ''
 
 
 def _port() -> int:
@@ -106,7 +102,7 @@ def run_processes(args, argv: list[str], *, command: str) -> dict:
                     '(gloo); the ratio is overhead, not speed-up'}
   print(render(single, None))
   print(f'\n{args.processes} processes x {devices // args.processes} devices vs 1 process x '
-        f'{devices} devices, same global batch ({result["cpu_model"]}, {_isa(result)}'
+        f'{devices} devices, same global batch ({result["cpu_model"]}{isa_suffix(result)}, '
         f'{result["cores"]} cores; one host: overhead, not speed-up):\n')
   print('| pair | mode | batch | step ms, 1 process | step ms, '
         f'{args.processes} processes | ratio |\n|---|---|--:|--:|--:|--:|')

@@ -119,6 +119,11 @@ def scaling_tables(scaling: dict) -> str:
 
 # --- rendering -----------------------------------------------------------------------------
 
+def isa_suffix(result: dict) -> str:
+  """', ISA' (e.g. ', AVX-512') where the result records the CPU's instruction set."""
+  return f", {result['cpu_isa']['isa']}" if result.get('cpu_isa') else ''
+
+
 def _torch(result: dict) -> str:
   """', torch VERSION', with its build where recorded: '(CPU build, cpu capability AVX512)'."""
   if not result.get('torch_version'):
@@ -133,8 +138,7 @@ def _torch(result: dict) -> str:
 
 
 def summary_line(result: dict) -> str:
-  isa = f", {result['cpu_isa']['isa']}" if result.get('cpu_isa') else ''
-  return (f"`{result['command']}`  \n{result['date']}, {result['cpu_model']}{isa}, "
+  return (f"`{result['command']}`  \n{result['date']}, {result['cpu_model']}{isa_suffix(result)}, "
           f"{result['cores']} cores, jax {result['jax_version']}" + _torch(result)
           + f", peak {result['peak_flops_per_s'] / 1e9:.1f} GFLOP/s, conv "
           f"{result['conv_impl']}, pool {result['pool_impl']}, load average "
