@@ -237,11 +237,12 @@ def load_peer():
   return torch_peer
 
 
-def make_torch_case(torch_peer, pair: Pair, mode: str, data: dict, *, device: str) -> TorchCase:
+def make_torch_case(torch_peer, pair: Pair, mode: str, data: dict, *, device: str,
+                    dtype: str = 'float32') -> TorchCase:
   peer = torch_peer.Peer(teacher=pair.teacher, student=pair.student, mode=mode,
                          images_nhwc=data['image'], labels=data['label'],
                          teacher_logits=data['teacher_logits'], learning_rate=LEARNING_RATE,
-                         device=device)
+                         device=device, dtype=dtype)
   return TorchCase(peer=peer, param_count=peer.param_count)
 
 

@@ -2,6 +2,9 @@
 as Markdown, printed or written between a README's markers."""
 from __future__ import annotations
 
+import glob
+import json
+import os
 import re
 
 from cases import BASELINE, METHOD_MODES
@@ -117,6 +120,33 @@ def scaling_tables(scaling: dict) -> str:
   return '\n'.join(lines)
 
 
+def machines_table(results_dir: str) -> str:
+  """jaxkd/PyTorch per row on every machine with a float32 run (`cpu-<machine>.json`)."""
+  runs = []
+  for path in sorted(glob.glob(os.path.join(results_dir, 'cpu-*.json'))):
+    with open(path) as f:
+      result = json.load(f)
+    if result.get('dtype', 'float32') == 'float32' and result.get('torch_version'):
+      runs.append((os.path.basename(path), result))
+  if not runs:
+    return '(no float32 run with the PyTorch peer)'
+  keys = []  # (pair, mode) in the order of the first run that has them
+  for _, result in runs:
+    keys += [(r['pair'], r['mode']) for r in result['rows']
+             if r['framework'] == 'jaxkd' and 'vs_pytorch' in r
+             and (r['pair'], r['mode']) not in keys]
+  ratios = [{(r['pair'], r['mode']): r['vs_pytorch'] for r in result['rows']
+             if r['framework'] == 'jaxkd' and 'vs_pytorch' in r} for _, result in runs]
+  lines = ['| pair | mode | ' + ' | '.join(
+               f"{result['cpu_model']}{isa_suffix(result)}, {result['date'][:10]} "
+               f"(`{name}`)" for name, result in runs) + ' |',
+           '|---|---|' + '---|' * len(runs)]
+  for pair, mode in keys:
+    cells = [f'{r[(pair, mode)]:.2f}x' if (pair, mode) in r else '' for r in ratios]
+    lines.append(f'| {pair} | {mode} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 # --- rendering -----------------------------------------------------------------------------
 
 def isa_suffix(result: dict) -> str:
@@ -162,9 +192,18 @@ def replace_blocks(path: str, blocks: dict[str, str]) -> None:
 
 
 def render(result: dict, readme: str | None = None) -> str:
-  """The run's tables as Markdown; with `readme`, also written between its markers."""
-  blocks = {'results': summary_line(result) + '\n\n' + markdown_table(result['rows']),
-            'targets': checks_table(result['targets']) if result['targets'] else '(none)'}
+  """The run's tables as Markdown; with `readme`, also written between its markers.
+
+  A float32 run fills the `results` and `targets` blocks; another dtype's run (reported,
+  not targeted) fills its own block, e.g. `results-bfloat16`, and leaves those alone."""
+  table = summary_line(result) + '\n\n' + markdown_table(result['rows'])
+  if result.get('dtype', 'float32') != 'float32':
+    blocks = {f"results-{result['dtype']}": table}
+  else:
+    blocks = {'results': table,
+              'targets': checks_table(result['targets']) if result['targets'] else '(none)'}
+    if readme:  # every machine's ratios, from the result files beside this one
+      blocks['machines'] = machines_table(os.path.join(os.path.dirname(readme), 'results'))
   if result.get('scaling'):
     blocks['scaling'] = scaling_tables(result['scaling'])
   if readme:

@@ -65,7 +65,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
                            'jaxkd.models.fastconv')
   parser.add_argument('--json', default=None,
                       help="write the results here; 'auto': benchmarks/results/cpu-<cpu>.json "
-                           '(processes-<cpu>.json with --processes), <cpu> from the CPU model')
+                           '(processes-<cpu>.json with --processes, cpu-bfloat16-<cpu>.json '
+                           'with --dtype bfloat16), <cpu> from the CPU model')
   parser.add_argument('--readme', default=None,
                       help='also write the tables into this Markdown file, between its '
                            '<!-- results|targets|scaling:begin/end --> markers')
@@ -110,8 +111,8 @@ def main(argv=None) -> dict:
   command = ' '.join(shlex.quote(a) for a in [os.path.relpath(__file__)] +
                      list(sys.argv[1:] if argv is None else argv))
   if args.json == 'auto':
-    args.json = results_path('processes' if args.processes > 1 and args.process_id is None
-                             else 'cpu')
+    kind = 'processes' if args.processes > 1 and args.process_id is None else 'cpu'
+    args.json = results_path(kind if args.dtype == 'float32' else f'{kind}-{args.dtype}')
   if args.processes > 1 and args.process_id is None:
     from processes import run_processes
     result = run_processes(args, list(sys.argv[1:] if argv is None else argv), command=command)

@@ -3,10 +3,13 @@
 Imported only with `--peer torch`. Models match jaxkd's parameter counts exactly (checked by
 `throughput.py`); steps are written the way a PyTorch user would write them: NCHW tensors,
 `torch.optim.SGD(momentum=0.9)`, `loss.backward()`, `torch.no_grad()` for the teacher,
-`requires_grad_(False)` for a frozen backbone.
+`requires_grad_(False)` for a frozen backbone. With `dtype='bfloat16'` the forward passes
+run under `torch.autocast(..., dtype=torch.bfloat16)` (parameters and optimizer float32), the
+PyTorch counterpart of jaxkd's bfloat16 compute dtype.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable
 
@@ -141,9 +144,12 @@ class Peer:
 
   def __init__(self, *, teacher: str, student: str, mode: str, images_nhwc: np.ndarray,
                labels: np.ndarray, teacher_logits: np.ndarray | None, learning_rate: float,
-               device: str = 'cpu', seed: int = 0):
+               device: str = 'cpu', seed: int = 0, dtype: str = 'float32'):
+    if dtype not in ('float32', 'bfloat16'):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}.")
     torch.manual_seed(seed)
     self.device = torch.device(device)
+    self.dtype = dtype
     self.mode = mode
     self.images = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
     self.images = self.images.to(self.device)
@@ -174,6 +180,12 @@ class Peer:
     model = self.teacher if self.mode == 'teacher_forward' else self.student
     return param_count(model)
 
+  def _compute(self):
+    """The forward passes' precision: bfloat16 autocast, or float32 as stored."""
+    if self.dtype == 'bfloat16':
+      return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
   def sync(self):
     if self.device.type == 'cuda':
       torch.cuda.synchronize()
@@ -181,34 +193,37 @@ class Peer:
   def _supervised(self):
     self.student.train()
     self.optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(self.student(self.images), self.labels)
+    with self._compute():
+      loss = F.cross_entropy(self.student(self.images), self.labels)
     loss.backward()
     self.optimizer.step()
 
   def _online_kd(self):
     self.student.train()
-    with torch.no_grad():
+    with torch.no_grad(), self._compute():
       teacher_logits = self.teacher(self.images)
     self.optimizer.zero_grad(set_to_none=True)
-    loss = kd_objective(self.student(self.images), teacher_logits, self.labels)
+    with self._compute():
+      loss = kd_objective(self.student(self.images), teacher_logits, self.labels)
     loss.backward()
     self.optimizer.step()
 
   def _cached_kd(self):
     self.student.train()
     self.optimizer.zero_grad(set_to_none=True)
-    loss = kd_objective(self.student(self.images), self.teacher_logits, self.labels)
+    with self._compute():
+      loss = kd_objective(self.student(self.images), self.teacher_logits, self.labels)
     loss.backward()
     self.optimizer.step()
 
   def _eval(self):
     self.student.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), self._compute():
       logits = self.student(self.images)
       loss_sum = F.cross_entropy(logits, self.labels, reduction='sum')
       correct = (logits.argmax(-1) == self.labels).sum()
     return loss_sum, correct
 
   def _teacher_forward(self):
-    with torch.inference_mode():
+    with torch.inference_mode(), self._compute():
       return self.teacher(self.images)
