@@ -176,6 +176,11 @@ def summary_line(result: dict) -> str:
           f"{result.get('load_average_after', float('nan')):.2f} after.")
 
 
+def _has_block(path: str, name: str) -> bool:
+  with open(path) as f:
+    return f'<!-- {name}:begin -->' in f.read()
+
+
 def replace_blocks(path: str, blocks: dict[str, str]) -> None:
   """Writes each block's text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` lines of
   the Markdown file `path`; the file is left untouched if any marker pair is missing."""
@@ -202,7 +207,8 @@ def render(result: dict, readme: str | None = None) -> str:
   else:
     blocks = {'results': table,
               'targets': checks_table(result['targets']) if result['targets'] else '(none)'}
-    if readme:  # every machine's ratios, from the result files beside this one
+    if readme and _has_block(readme, 'machines'):  # every machine's ratios, from the
+      # result files beside this README
       blocks['machines'] = machines_table(os.path.join(os.path.dirname(readme), 'results'))
   if result.get('scaling'):
     blocks['scaling'] = scaling_tables(result['scaling'])

@@ -136,12 +136,17 @@ def test_cpu_isa_reads_the_flags_line():
   assert cpu_isa()['isa'] in ISAS  # this machine's
 
 
-def test_summary_line_names_the_isa_and_torch_build_where_recorded(monkeypatch):
+def _report(monkeypatch):
   monkeypatch.syspath_prepend(os.path.join(ROOT, 'benchmarks'))  # report.py imports cases
   spec = importlib.util.spec_from_file_location(
       'bench_report', os.path.join(ROOT, 'benchmarks', 'report.py'))
   report = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(report)
+  return report
+
+
+def test_summary_line_names_the_isa_and_torch_build_where_recorded(monkeypatch):
+  report = _report(monkeypatch)
   with open(os.path.join(ROOT, 'benchmarks', 'results', 'cpu-amd-epyc.json')) as f:
     old = json.load(f)  # recorded before cpu_isa and torch_build: nothing extra
   line = report.summary_line(old)
@@ -154,6 +159,47 @@ def test_summary_line_names_the_isa_and_torch_build_where_recorded(monkeypatch):
   assert ', torch 2.13.0 (CPU build, cpu capability AVX512), ' in line
   new['torch_build'] = dict(new['torch_build'], cuda='12.8', cpu_capability=None)
   assert ', torch 2.13.0 (CUDA 12.8 build), ' in report.summary_line(new)
+
+
+def _row(pair, mode, framework, examples_per_s, **extra):
+  return dict(pair=pair, mode=mode, framework=framework, examples_per_s=examples_per_s,
+              **extra)
+
+
+def test_machines_table_and_bfloat16_block(monkeypatch, tmp_path):
+  report = _report(monkeypatch)
+  results = tmp_path / 'results'
+  results.mkdir()
+  run = dict(cpu_model='CPU A', date='2026-01-02T00:00:00', dtype='float32',
+             torch_version='2.14', rows=[
+                 _row('lenet', 'student', 'jaxkd', 2.0, vs_pytorch=0.5),
+                 _row('lenet', 'student', 'pytorch', 4.0),
+                 _row('lenet', 'eval', 'jaxkd', 3.0, vs_pytorch=1.5)])
+  other = dict(run, cpu_model='CPU B', cpu_isa={'isa': 'AMX', 'flags': []},
+               rows=[_row('lenet', 'student', 'jaxkd', 1.0, vs_pytorch=1.25)])
+  for name, result in (('cpu-a.json', run), ('cpu-b.json', other),
+                       ('cpu-bfloat16-a.json', dict(run, dtype='bfloat16')),  # not a column
+                       ('methods-a.json', run)):  # not a cpu-* run
+    (results / name).write_text(json.dumps(result))
+  table = report.machines_table(str(results)).splitlines()
+  assert table[0] == ('| pair | mode | CPU A, 2026-01-02 (`cpu-a.json`) | '
+                      'CPU B, AMX, 2026-01-02 (`cpu-b.json`) |')
+  assert table[2:] == ['| lenet | student | 0.50x | 1.25x |', '| lenet | eval | 1.50x |  |']
+  # A bfloat16 run fills its own block and leaves the float32 tables alone.
+  readme = tmp_path / 'README.md'
+  blocks = ('results', 'targets', 'machines', 'results-bfloat16')
+  readme.write_text(''.join(f'<!-- {b}:begin -->\nold {b}\n<!-- {b}:end -->\n'
+                            for b in blocks))
+  bf16 = dict(run, dtype='bfloat16', command='x', cores=2, jax_version='0.10',
+              peak_flops_per_s=1e9, conv_impl='fast', pool_impl='reshape',
+              load_average_before=0.5, load_average_after=0.5, targets=[],
+              rows=[dict(_row('lenet', 'student', 'jaxkd', 2.0), teacher='t', student='s',
+                         batch_size=256, step_ms=1.0, flops_per_step=1e9, mfu=0.1,
+                         compile_s=1.0)])
+  report.render(bf16, str(readme))
+  text = readme.read_text()
+  assert 'old results\n' in text and 'old targets\n' in text and 'old machines\n' in text
+  assert 'old results-bfloat16' not in text and '| lenet (t -> s) | student | 256 |' in text
 
 
 def test_unknown_pair_is_refused_with_the_valid_names():

@@ -33,6 +33,7 @@ PLANS = [
     {'forward': 'direct', 'input_grad': 'col2im', 'kernel_grad': 'xla'},
     {'forward': 'xla', 'input_grad': 'xla', 'kernel_grad': 'xla_mat'},
     {'forward': 'direct', 'input_grad': 'xla', 'kernel_grad': 'xla'},
+    {'forward': 'direct', 'input_grad': 'col2im', 'kernel_grad': 'taps'},
 ]
 
 

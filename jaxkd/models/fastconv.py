@@ -7,11 +7,14 @@ Same maths, same parameter layout (kernel `[kh, kw, cin, cout]`), different prog
   * few channels (LeNet, a ResNet's stem): the forward pass is one fused elementwise loop
     instead of XLA's convolution, and the input gradient one matrix product whose columns
     are scattered back (col2im);
-  * many channels: XLA's convolutions throughout, but the kernel gradient reads a
-    materialized copy of the input. XLA:CPU computes that gradient as a convolution with
-    batch and channels swapped, so it transposes the activation first, and it fuses the
-    activation's producers (BatchNorm, ReLU, the residual sum, blocks deep) into that
-    transpose and recomputes them in transposed, cache-hostile order.
+  * many channels: XLA's convolutions forward and for the input gradient; the kernel
+    gradient is one matrix product per kernel tap, in a loop, on a materialized copy of the
+    input. XLA:CPU computes that gradient as a convolution with batch and channels
+    swapped, so it transposes the activation first, and it fuses the activation's
+    producers (BatchNorm, ReLU, the residual sum, blocks deep) into that transpose and
+    recomputes them in transposed, cache-hostile order; its convolution is then 1.3-3x
+    slower than the products. A ResNet's first 1x1 shortcut (few multiply-adds, many input
+    channels) also reads a materialized input for its kernel gradient.
 - `max_pool` / `avg_pool`: non-overlapping pooling as a reshape and a reduction. The
   backward pass of max pooling is an elementwise mask (the first maximum of each window,
   exactly as `nn.max_pool`'s gradient), not XLA's select-and-scatter.
@@ -178,6 +181,35 @@ def _col2im_input_grad(grad, kernel, x_shape, strides, padding, precision):
       acc[:, padding[0][0]:padding[0][0] + height, padding[1][0]:padding[1][0] + width, :])
 
 
+def _tap_loop_kernel_grad(x, grad, kernel_shape, strides, padding, precision):
+  """dL/dW one kernel tap at a time: `dW[i, j] = X_ij^T dY`, in a loop over the taps.
+
+  `X_ij` is the input under tap `(i, j)` at every output position, `[B*Ho*Wo, C]`, sliced
+  from the padded input inside the loop body, so that each product reads two plain
+  buffers: XLA:CPU runs a product whose operand is a fused slice, or its own kernel-
+  gradient convolution (a transpose of the input, then a convolution with batch and
+  channels swapped), 1.3-3x slower (ResNet stages, batch 256).
+  """
+  kh, kw, cin, cout = kernel_shape
+  batch = x.shape[0]
+  ho, wo = grad.shape[1:3]
+  sh, sw = strides
+  padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  grad_t = grad.reshape(-1, cout).T  # [cout, B*Ho*Wo], transposed once
+
+  def tap(t, acc):
+    i, j = t // kw, t % kw
+    window = lax.dynamic_slice(padded, (0, i, j, 0),
+                               (batch, (ho - 1) * sh + 1, (wo - 1) * sw + 1, cin))
+    window = window[:, ::sh, ::sw, :].reshape(-1, cin)
+    product = jnp.dot(grad_t, window, precision=precision,
+                      preferred_element_type=jnp.float32)  # [cout, cin]
+    return lax.dynamic_update_slice(acc, product.T[None], (t, 0, 0))
+
+  acc = lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
+  return acc.reshape(kh, kw, cin, cout)
+
+
 # `_direct` is used up to this many multiply-adds per output element (kh*kw*cin*cout):
 # LeNet-5-half's convolutions (75, 600), LeNet-5's first (150), a CIFAR ResNet's stem (432)
 # and first 1x1 shortcut (512) are below it; LeNet-5's second (2400) and the 3x3
@@ -191,13 +223,18 @@ def _plan(kernel_shape) -> dict[str, str]:
   """Which formulation each of the three products uses for this kernel shape.
 
   forward: 'direct' or 'xla'. input_grad: 'col2im' or 'xla'. kernel_grad: 'xla' (XLA's
-  kernel-gradient convolution) or 'xla_mat' (the same, on a materialized copy of the input).
+  kernel-gradient convolution), 'xla_mat' (the same, on a materialized copy of the input)
+  or 'taps' (a product per kernel tap, `_tap_loop_kernel_grad`).
   """
   kh, kw, cin, cout = kernel_shape
   if kh * kw * cin * cout <= DIRECT_MAX_MACS:
-    plan = {'forward': 'direct', 'input_grad': 'col2im', 'kernel_grad': 'xla'}
+    # Many input channels (a ResNet's first 1x1 shortcut reads the whole first stage's
+    # output): the kernel gradient reads a materialized input, as below; few (an image,
+    # LeNet's maps) have no chain of producers worth cutting.
+    plan = {'forward': 'direct', 'input_grad': 'col2im',
+            'kernel_grad': 'xla_mat' if cin > 8 else 'xla'}
   else:
-    plan = {'forward': 'xla', 'input_grad': 'xla', 'kernel_grad': 'xla_mat'}
+    plan = {'forward': 'xla', 'input_grad': 'xla', 'kernel_grad': 'taps'}
   return {**plan, **STRATEGY}
 
 
@@ -217,7 +254,7 @@ def _conv2d(x, kernel, strides, padding, precision):
 def _conv2d_fwd(x, kernel, strides, padding, precision):
   plan = _plan(kernel.shape)
   y = _forward(x, kernel, strides, padding, precision, plan)
-  if plan['kernel_grad'] == 'xla_mat':
+  if plan['kernel_grad'] in ('xla_mat', 'taps'):
     x = _materialized(x)
   return y, (x, kernel)
 
@@ -225,8 +262,11 @@ def _conv2d_fwd(x, kernel, strides, padding, precision):
 def _conv2d_bwd(strides, padding, precision, residuals, grad):
   x, kernel = residuals
   plan = _plan(kernel.shape)
-  _, kernel_vjp = jax.vjp(lambda k: _native(x, k, strides, padding, precision), kernel)
-  (dkernel,) = kernel_vjp(grad)
+  if plan['kernel_grad'] == 'taps':
+    dkernel = _tap_loop_kernel_grad(x, grad, kernel.shape, strides, padding, precision)
+  else:
+    _, kernel_vjp = jax.vjp(lambda k: _native(x, k, strides, padding, precision), kernel)
+    (dkernel,) = kernel_vjp(grad)
   if plan['input_grad'] == 'col2im':
     dx = _col2im_input_grad(grad, kernel, x.shape, strides, padding, precision)
   else:
