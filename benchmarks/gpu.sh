@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throughput on an accelerator: bfloat16 compute (the models' `dtype` override; parameters,
 # softmax and KL stay float32), batch 1024, every pair and mode, written to
-# benchmarks/results/<device>.json (device kind, lower-cased, spaces as underscores).
+# benchmarks/results/<device>.json (device kind, lower-cased, spaces as underscores); on a
+# CPU, cpu-bfloat16-<cpu model>.json, as `throughput.py --dtype bfloat16 --json auto` names it.
 #
 #   benchmarks/gpu.sh                      # the full run
 #   benchmarks/gpu.sh --tiny               # a seconds-long smoke run (works on CPU too)
@@ -32,6 +33,12 @@ if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/
   args+=(--peer torch)
 fi
 
+name=$device
+if [[ "$device" == cpu ]]; then
+  name=cpu-bfloat16-$("$PYTHON" -c 'from jaxkd.recipes.provenance import machine_slug
+print(machine_slug())')
+fi
+
 mkdir -p "$OUT_DIR"
-echo "gpu.sh: ${device} -> ${OUT_DIR}/${device}.json" >&2
-exec "$PYTHON" benchmarks/throughput.py "${args[@]}" "$@" --json "${OUT_DIR}/${device}.json"
+echo "gpu.sh: ${device} -> ${OUT_DIR}/${name}.json" >&2
+exec "$PYTHON" benchmarks/throughput.py "${args[@]}" "$@" --json "${OUT_DIR}/${name}.json"

@@ -105,7 +105,8 @@ def test_gpu_script_tiny_mode_runs_on_cpu(tmp_path):
   proc = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu.sh'), '--tiny'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads((tmp_path / 'cpu.json').read_text())
+  # on a CPU, named per machine as `throughput.py --dtype bfloat16 --json auto` names it
+  result = json.loads((tmp_path / f'cpu-bfloat16-{machine_slug()}.json').read_text())
   _check_rows(result, ['student', 'cached_kd', 'eval'], 64)
   assert result['backend'] == 'cpu' and result['dtype'] == 'bfloat16'
   assert result['cpu_isa']['isa'] in ISAS and isinstance(result['cpu_isa']['flags'], list)

@@ -111,6 +111,22 @@ def test_bfloat16_conv_stays_close_and_keeps_dtype():
   np.testing.assert_allclose(np.asarray(y, np.float32), expected, atol=0.1, rtol=0.02)
 
 
+@pytest.mark.parametrize('plan', PLANS, indirect=True, ids=lambda p: '-'.join(p.values()) or 'auto')
+def test_bfloat16_gradients_stay_close_and_keep_dtype(plan):
+  # 16 -> 16 channels: the default plan's tap-loop kernel gradient
+  x = _random((2, 8, 8, 16), 11)
+  kernel = _random((3, 3, 16, 16), 12) / 12
+  grad = _random((2, 8, 8, 16), 13)
+  conv = lambda x, k: fastconv.conv2d(x, k, padding=((1, 1), (1, 1)))  # noqa: E731
+  expected = jax.vjp(conv, x, kernel)[1](grad)
+  x16, k16, g16 = (a.astype(jnp.bfloat16) for a in (x, kernel, grad))
+  actual = jax.jit(lambda x, k, g: jax.vjp(conv, x, k)[1](g))(x16, k16, g16)
+  for a, e in zip(actual, expected):
+    assert a.dtype == jnp.bfloat16
+    scale = float(np.max(np.abs(e)))
+    np.testing.assert_allclose(np.asarray(a, np.float32) / scale, e / scale, atol=0.03)
+
+
 # --- pooling ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('shape,window', [((2, 28, 28, 3), 2), ((2, 10, 10, 8), 2),

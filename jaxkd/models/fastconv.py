@@ -194,16 +194,17 @@ def _tap_loop_kernel_grad(x, grad, kernel_shape, strides, padding, precision):
   batch = x.shape[0]
   ho, wo = grad.shape[1:3]
   sh, sw = strides
-  padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  grad_t = grad.reshape(-1, cout).T  # [cout, B*Ho*Wo], transposed once
+  # Products in float32 (XLA:CPU has no bfloat16 x bfloat16 -> float32 product, and a sum
+  # over every output position in bfloat16 would lose the gradient's low bits).
+  padded = jnp.pad(x.astype(jnp.float32), ((0, 0), padding[0], padding[1], (0, 0)))
+  grad_t = grad.astype(jnp.float32).reshape(-1, cout).T  # [cout, B*Ho*Wo], transposed once
 
   def tap(t, acc):
     i, j = t // kw, t % kw
     window = lax.dynamic_slice(padded, (0, i, j, 0),
                                (batch, (ho - 1) * sh + 1, (wo - 1) * sw + 1, cin))
     window = window[:, ::sh, ::sw, :].reshape(-1, cin)
-    product = jnp.dot(grad_t, window, precision=precision,
-                      preferred_element_type=jnp.float32)  # [cout, cin]
+    product = jnp.dot(grad_t, window, precision=precision)  # [cout, cin]
     return lax.dynamic_update_slice(acc, product.T[None], (t, 0, 0))
 
   acc = lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
