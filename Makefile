@@ -40,14 +40,8 @@ data: install
 demo: data
 	$(VPY) experiments/reproduce_fashion_mnist_kd.py --profile demo
 
-# One pytest-xdist worker more than there are cores: the suite is CPU-bound, but its
-# subprocess-heavy tests (experiment scripts, multi-process runs) leave gaps a third worker
-# fills (2 cores: 321 s vs 340 s). Bytecode is written even where the environment says not
-# to (PYTHONDONTWRITEBYTECODE): its tests start many interpreters that import jaxkd.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
-
 test: install-test
-	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -n auto $(PYTEST_ARGS)
 
 bench: install
 	$(VPY) -m pip install -q -e '.[bench]'
