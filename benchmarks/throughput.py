@@ -69,7 +69,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
                            'with --dtype bfloat16), <cpu> from the CPU model')
   parser.add_argument('--readme', default=None,
                       help='also write the tables into this Markdown file, between its '
-                           '<!-- results|targets|scaling:begin/end --> markers')
+                           '<!-- results|targets|machines|scaling:begin/end --> markers '
+                           '(a bfloat16 run: results-bfloat16)')
   parser.add_argument('--from-json', default=None,
                       help='measure nothing: print (and with --readme, write) the tables of '
                            'this earlier --json file')
