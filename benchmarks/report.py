@@ -130,13 +130,9 @@ def machines_table(results_dir: str) -> str:
       runs.append((os.path.basename(path), result))
   if not runs:
     return '(no float32 run with the PyTorch peer)'
-  keys = []  # (pair, mode) in the order of the first run that has them
-  for _, result in runs:
-    keys += [(r['pair'], r['mode']) for r in result['rows']
-             if r['framework'] == 'jaxkd' and 'vs_pytorch' in r
-             and (r['pair'], r['mode']) not in keys]
   ratios = [{(r['pair'], r['mode']): r['vs_pytorch'] for r in result['rows']
              if r['framework'] == 'jaxkd' and 'vs_pytorch' in r} for _, result in runs]
+  keys = dict.fromkeys(key for run in ratios for key in run)  # first-seen order
   lines = ['| pair | mode | ' + ' | '.join(
                f"{result['cpu_model']}{isa_suffix(result)}, {result['date'][:10]} "
                f"(`{name}`)" for name, result in runs) + ' |',
