@@ -7,17 +7,21 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test install install-test data bench clean
 
+# uv installs the venv's packages (a fresh set-up 56 s -> 26 s with pip's, on 2 cores); it
+# compiles their bytecode as pip does, so each Python process imports as fast.
+UV_INSTALL := $(VPY) -m uv pip install -q --python $(VPY) --compile-bytecode
+
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q uv
 
 # Stamps re-run the install whenever pyproject.toml changes (idempotent otherwise).
 $(VENV)/.installed: pyproject.toml | $(VPY)
-	$(VPY) -m pip install -q -e .
+	$(UV_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VPY)
-	$(VPY) -m pip install -q -e '.[test]'
+	$(UV_INSTALL) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

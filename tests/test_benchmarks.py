@@ -62,6 +62,7 @@ def _check_rows(result, modes, batch_size):
       assert torch_row['flops_per_step'] == jax_row['flops_per_step']
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_json_schema(tmp_path):
   out = tmp_path / 'bench.json'
   modes = ['student', 'cached_kd', 'eval']
@@ -98,6 +99,7 @@ def test_quick_run_writes_the_json_schema(tmp_path):
   assert readme.read_text() == 'no markers\n'  # left as it was
 
 
+@pytest.mark.slow
 def test_gpu_script_tiny_mode_runs_on_cpu(tmp_path):
   env = _env()
   env['JAXKD_BENCH_OUT'] = str(tmp_path)

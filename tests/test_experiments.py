@@ -32,6 +32,7 @@ def _read(workdir):
     return records, json.load(f)
 
 
+@pytest.mark.slow
 def test_train_then_distill_cli(env, tmp_path):
   teacher = str(tmp_path / 'teacher')
   _run('train.py', env, f'--config={CONFIGS}/fashion_mnist.py:lenet5_half',
@@ -58,6 +59,7 @@ def test_train_then_distill_cli(env, tmp_path):
     shas.append(final['params_sha256'])
 
 
+@pytest.mark.slow
 def test_distill_refuses_teacher_of_another_task(env, tmp_path):
   teacher = str(tmp_path / 'teacher5')
   _run('train.py', env, f'--config={CONFIGS}/fashion_mnist.py:lenet5_half',

@@ -78,6 +78,7 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('jaxkd', 'flax')))
 """
 
 
+@pytest.mark.slow
 def test_every_zoo_model_round_trips_in_a_fresh_process_without_jaxkd(tmp_path, monkeypatch):
   images = _images(2)
   np.save(tmp_path / 'images.npy', images)

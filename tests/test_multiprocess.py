@@ -84,6 +84,7 @@ def two_runs(setup):
   return one, two, outs
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(two_runs):
   one, two, outs = two_runs
   a, b = _final(one), _final(two)
@@ -108,6 +109,7 @@ def _flat(tree, prefix=''):
       yield f'{prefix}{key}', np.asarray(value)
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_exactly(setup, two_runs):
   tmp, _ = setup
   _, two, _ = two_runs

@@ -15,6 +15,7 @@ def test_readme_has_snippets():
   assert SNIPPETS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('index', range(len(SNIPPETS)))
 def test_readme_snippet_runs(index, tmp_path):
   result = subprocess.run([sys.executable, '-c', SNIPPETS[index]], cwd=tmp_path,

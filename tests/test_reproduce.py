@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fakedata import fashion_mnist_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +40,7 @@ def _rerun_skips_everything(tmp_path, module: str, payload, capsys) -> None:
   assert records == payload['runs']
 
 
+@pytest.mark.slow
 def test_fashion_mnist_kd_tiny_profile(tmp_path, capsys):
   payload = _run_tiny(tmp_path, 'reproduce_fashion_mnist_kd.py', 'fashion_mnist_kd')
   rows = {(run['table'], run['row']) for run in payload['runs']}
@@ -59,6 +62,7 @@ def test_fashion_mnist_kd_tiny_profile(tmp_path, capsys):
   _rerun_skips_everything(tmp_path, 'reproduce_fashion_mnist_kd', payload, capsys)
 
 
+@pytest.mark.slow
 def test_transfer_tiny_profile(tmp_path, capsys):
   payload = _run_tiny(tmp_path, 'reproduce_transfer.py', 'transfer')
   rows = {(run['table'], run['row']) for run in payload['runs']}
@@ -89,6 +93,7 @@ def test_transfer_tiny_profile(tmp_path, capsys):
   _rerun_skips_everything(tmp_path, 'reproduce_transfer', payload, capsys)
 
 
+@pytest.mark.slow
 def test_cifar100_tiny_profile(tmp_path):
   """The CIFAR-100 table's machinery on a generated archive (12 training images): teacher,
   student, KD and DKD with the papers' recipe, the published figures beside ours."""

@@ -60,6 +60,7 @@ def _sha(workdir):
     return json.load(f)['params_sha256']
 
 
+@pytest.mark.slow
 def test_killed_and_terminated_runs_resume_exactly(env, tmp_path):
   reference = str(tmp_path / 'reference')
   _finish(_start(reference, env))

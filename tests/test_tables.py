@@ -121,6 +121,7 @@ def test_transfer_rows_copy_and_freeze_what_they_say(tables, name):
   assert primary[0]['mean_difference'] == pytest.approx(0.001 * (len(treatment) - len(control)))
 
 
+@pytest.mark.slow
 def test_digits_transfer_end_to_end(tmp_path, tables):
   """Fashion-MNIST source (generated) -> the real digits: scratch and conv1-conv2 carried
   over, the source's convolutions loaded and its dense layers not."""
