@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test install install-test data bench clean
 
-# uv installs the venv's packages (a fresh set-up 56 s -> 26 s with pip's, on 2 cores); it
+# uv installs the venv's packages (fresh set-up 56 s with pip -> 22 s, 2 cores); it
 # compiles their bytecode as pip does, so each Python process imports as fast.
 UV_INSTALL := $(VPY) -m uv pip install -q --python $(VPY) --compile-bytecode
 

@@ -36,7 +36,7 @@ if CACHE != "off":
 def pytest_collection_modifyitems(session, config, items):
   """Tests marked `slow` (subprocesses, 10 s or more) run first. pytest-xdist hands each
   worker a chunk of consecutive tests and then the rest one by one, so the long ones no
-  longer end the run on one worker while the other idles (fresh clone, 2 cores, AMD EPYC:
+  longer end the run on one worker while the other idles (2 cores, AMD EPYC, suite alone:
   384 s -> 311 s). The order is otherwise unchanged, so a module's tests still share its
   fixtures and compiled steps on one worker."""
   del session, config
