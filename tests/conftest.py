@@ -17,11 +17,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
                       "--xla_llvm_disable_expensive_passes=true")
 # The controller process sets it before the workers start, so they all share it.
 _OWN_CACHE = "JAXKD_TEST_COMPILATION_CACHE" not in os.environ  # "off": no cache
-if _OWN_CACHE:
+if _OWN_CACHE:  # removed at exit by the process that made it, after its workers
   os.environ["JAXKD_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jaxkd-test-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAXKD_TEST_COMPILATION_CACHE"],
+                  ignore_errors=True)
 CACHE = os.environ["JAXKD_TEST_COMPILATION_CACHE"]
-if _OWN_CACHE:  # removed by the process that made it, after its workers (also `--help`)
-  atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
 
 import jax  # noqa: E402
 
