@@ -39,14 +39,14 @@ def _trained_like(name, seed=0, **overrides):
   rng = np.random.default_rng(seed)
 
   def draw(key_path, leaf):
-    path, noise = path_str(key_path), rng.normal(size=leaf.shape)
+    path, noise = path_str(key_path), rng.standard_normal(leaf.shape, np.float32)
     if path.endswith('kernel'):
       values = noise * math.sqrt(2 / math.prod(leaf.shape[:-1]))
     elif path.endswith(('var', 'scale')):
       values = 1 + 0.1 * (np.abs(noise) if path.endswith('var') else noise)
     else:  # biases, BatchNorm shifts and means
       values = 0.1 * noise
-    return values.astype(np.float32)
+    return np.asarray(values, np.float32)
 
   return model, jax.tree_util.tree_map_with_path(draw, abstract)
 

@@ -13,7 +13,7 @@ from fakedata import fashion_mnist_env
 from jaxkd import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = [f'--config={ROOT}/experiments/configs/smoke.py', '--config.num_steps=200',
+ARGS = [f'--config={ROOT}/experiments/configs/smoke.py', '--config.num_steps=120',
         '--config.train_per_class=50', '--config.eval_batch_size=100']
 
 
@@ -82,10 +82,10 @@ def test_killed_and_terminated_runs_resume_exactly(env, tmp_path):
   assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
   stopped_at = checkpoint.latest_step(os.path.join(workdir, 'checkpoints'))
   assert f'SIGTERM at step {stopped_at}: checkpoint saved' in err
-  assert killed_at < stopped_at < 200
+  assert killed_at < stopped_at < 120
 
   out = _finish(_start(workdir, env))
   assert f'resumed from step {stopped_at}' in out
   assert _sha(workdir) == _sha(reference)
   assert _train_steps(workdir) == _train_steps(reference)  # no step logged twice
-  assert checkpoint.latest_step(os.path.join(workdir, 'checkpoints')) == 200
+  assert checkpoint.latest_step(os.path.join(workdir, 'checkpoints')) == 120
