@@ -24,6 +24,9 @@ if _OWN_CACHE:  # removed at exit by the process that made it, after its workers
 CACHE = os.environ["JAXKD_TEST_COMPILATION_CACHE"]
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxkd.models import layers  # noqa: E402
 
 # Must happen before JAX's backend starts; every test module sees 8 CPU devices.
 jax.config.update("jax_num_cpu_devices", 8)
@@ -31,6 +34,27 @@ if CACHE != "off":
   jax.config.update("jax_compilation_cache_dir", CACHE)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# In-process tests trace XLA's native convolution unless JAXKD_CONV_IMPL says otherwise: the
+# CPU formulations (`jaxkd.models.fastconv`, the library's default on CPU) trace into many
+# more operations, and what these tests check (losses, parallel modes, recipes) does not
+# depend on them: 10 of the test files, 2 workers: 125 s -> 96-107 s (AMD EPYC). The CPU
+# path stays covered: tests/test_layers.py compares it with XLA's values and gradients,
+# modules that use `cpu_convolutions` (parallel modes, export) run it, and every subprocess
+# (experiment scripts, resume, multi-process) runs the library's default.
+_CONV_DEFAULT = layers.CONV_IMPL
+if 'JAXKD_CONV_IMPL' not in os.environ:
+  layers.CONV_IMPL = 'xla'
+
+
+@pytest.fixture(scope='module')
+def cpu_convolutions():
+  """The library's default convolution (`auto`: fastconv on CPU) for a whole module:
+  `pytestmark = pytest.mark.usefixtures('cpu_convolutions')`."""
+  saved, layers.CONV_IMPL = layers.CONV_IMPL, _CONV_DEFAULT
+  yield
+  layers.CONV_IMPL = saved
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -18,6 +18,9 @@ from jaxkd.paths import path_str
 from jaxkd.recipes.builders import Task
 from test_models import MNIST, PARAM_COUNTS
 
+# Artifacts trace the library's default (CPU) convolutions, as a user's export does.
+pytestmark = pytest.mark.usefixtures('cpu_convolutions')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (28, 28, 1)
 MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST's, as jaxkd.data.info has them
