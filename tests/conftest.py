@@ -38,11 +38,11 @@ if CACHE != "off":
 
 # In-process tests trace XLA's native convolution unless JAXKD_CONV_IMPL says otherwise: the
 # CPU formulations (`jaxkd.models.fastconv`, the library's default on CPU) trace into many
-# more operations, and what these tests check (losses, parallel modes, recipes) does not
-# depend on them: 10 of the test files, 2 workers: 125 s -> 96-107 s (AMD EPYC). The CPU
-# path stays covered: tests/test_layers.py compares it with XLA's values and gradients,
-# modules that use `cpu_convolutions` (parallel modes, export) run it, and every subprocess
-# (experiment scripts, resume, multi-process) runs the library's default.
+# more operations, and what most tests check (losses, terms, recipes, schemes) does not
+# depend on them. 11 such test files on 2 workers, twice each: 115 s and 97 s -> 89 s and
+# 81 s (AMD EPYC). The CPU path stays covered: tests/test_layers.py compares it with XLA's
+# values and gradients, the modules that use `cpu_convolutions` (parallel modes, export) run
+# it, and so do the experiment scripts the tests start (resume, CLI, CIFAR-100 table, README).
 _CONV_DEFAULT = layers.CONV_IMPL
 if 'JAXKD_CONV_IMPL' not in os.environ:
   layers.CONV_IMPL = 'xla'
