@@ -12,7 +12,9 @@ import pytest
 
 from jaxkd import losses, models
 from jaxkd.distill import create_distill_state, make_distill_step
+from jaxkd.losses import projectors
 from jaxkd.losses.feature import ofd_margin
+from jaxkd.models import layers
 from jaxkd.parallel import Parallel
 from jaxkd.state import DistillState, init_variables
 
@@ -60,10 +62,16 @@ def _run(spec, teacher_vars, parallel, batches):
   return parallel.unreplicate(state), history
 
 
-def test_every_new_term_trains_the_lenet_pair(teacher_vars):
-  """All ten together in one objective (one compile): each term positive and finite, the
-  projectors of ickd/fsp/vid/ofd/reviewkd beside the student's parameters."""
-  state, history = _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1), _batches(2))
+@pytest.fixture(scope='module')
+def all_new_terms(teacher_vars):
+  """All ten together in one objective (one compile), two steps, as the session traces."""
+  return _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1), _batches(2))
+
+
+def test_every_new_term_trains_the_lenet_pair(all_new_terms):
+  """Each term positive and finite, the projectors of ickd/fsp/vid/ofd/reviewkd beside the
+  student's parameters."""
+  state, history = all_new_terms
   for name in NEW:
     values = [h[f'{name}_loss'] for h in history]
     assert all(np.isfinite(v) and v > 0 for v in values), (name, values)
@@ -75,6 +83,45 @@ def test_every_new_term_trains_the_lenet_pair(teacher_vars):
   np.testing.assert_allclose(jax.nn.softplus(state.loss_params['vid']['pair0']['log_scale']),
                              5.0 - 1e-5, rtol=1e-3)  # initial variance 5 (after one update)
   assert 'ickd' not in str(jax.tree_util.tree_structure(state.params))
+
+
+def test_terms_on_the_cpu_formulations_match_xla(teacher_vars, all_new_terms, monkeypatch):
+  """The same two steps traced on the CPU formulations (`layers.CONV_IMPL = 'fast'`: the
+  models' convolutions, `fastconv.pointwise` connectors, buffers cut by `computed_once`)
+  give the losses and parameters of XLA's (the session's `'xla'`)."""
+  monkeypatch.setattr(layers, 'CONV_IMPL', 'fast')
+  fast, fast_history = _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1),
+                            _batches(2))
+  xla, xla_history = all_new_terms
+  for a, b in zip(fast_history, xla_history):
+    for name in NEW:
+      np.testing.assert_allclose(a[f'{name}_loss'], b[f'{name}_loss'], rtol=2e-4, atol=1e-7)
+  for a, b in zip(jax.tree.leaves((fast.params, fast.loss_params)),
+                  jax.tree.leaves((xla.params, xla.loss_params))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_connector_batch_norm_folds_into_the_kernel():
+  """`conv1x1_batch_norm` is BatchNorm (batch statistics) of the 1x1 convolution: values
+  against NumPy in float64, gradients against the two steps written out."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(1.0, 2.0, size=(4, 5, 6, 3)).astype(np.float32)
+  kernel = rng.normal(size=(3, 7)).astype(np.float32)
+  scale, bias = rng.uniform(0.5, 2, 7).astype(np.float32), rng.normal(size=7).astype(np.float32)
+  y = x.astype(np.float64) @ kernel.astype(np.float64)
+  mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+  expected = (y - mean) / np.sqrt(var + projectors.BN_EPS) * scale + bias
+  folded = lambda *a: projectors.conv1x1_batch_norm(*a, None)  # noqa: E731
+  np.testing.assert_allclose(folded(x, kernel, scale, bias), expected, rtol=1e-4, atol=1e-4)
+
+  def two_steps(x, kernel, scale, bias):
+    return projectors.batch_norm(projectors.conv1x1(x, {'kernel': kernel}), scale, bias, None)
+
+  weights = rng.normal(size=expected.shape).astype(np.float32)
+  grads = [jax.grad(lambda *a: jnp.sum(f(*a) * weights), argnums=(0, 1, 2, 3))(
+      x, kernel, scale, bias) for f in (folded, two_steps)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 BATCH_LEVEL = _spec(('sp', 'cc', 'rkd', 'pkt', 'ofd', 'reviewkd'))

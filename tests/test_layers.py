@@ -127,6 +127,41 @@ def test_bfloat16_gradients_stay_close_and_keep_dtype(plan):
     np.testing.assert_allclose(np.asarray(a, np.float32) / scale, e / scale, atol=0.03)
 
 
+# --- pointwise (1x1) convolution -----------------------------------------------------------
+
+@pytest.mark.parametrize('cin,cout', [(3, 6), (8, 16), (16, 4), (12, 20)],
+                         ids=lambda c: str(c))  # both sides of POINTWISE_DIRECT_MAX
+def test_pointwise_matches_numpy_values_and_gradients(cin, cout):
+  x = _random((2, 5, 7, cin), 20)
+  kernel = _random((cin, cout), 21) / np.sqrt(cin)
+  grad = _random((2, 5, 7, cout), 22)
+  y, vjp = jax.jit(lambda x, k: jax.vjp(fastconv.pointwise, x, k))(x, kernel)
+  dx, dkernel = jax.jit(vjp)(grad)
+  x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, kernel, grad))
+  _assert_close(y, x64 @ k64)
+  _assert_close(dx, g64 @ k64.T)
+  _assert_close(dkernel, x64.reshape(-1, cin).T @ g64.reshape(-1, cout))
+
+
+@pytest.mark.parametrize('shape', [(6,), (3, 7), (2, 4, 16)], ids=str)
+def test_materialized_is_the_identity_with_its_gradient(shape):
+  y = _random(shape, 25)
+  weights = _random(shape, 26)
+  np.testing.assert_array_equal(jax.jit(fastconv.materialized)(y), y)
+  grad = jax.jit(jax.grad(lambda y: jnp.sum(fastconv.materialized(y) * weights)))(y)
+  np.testing.assert_array_equal(grad, weights)
+
+
+def test_pointwise_keeps_bfloat16():
+  x = _random((2, 4, 4, 3), 23).astype(jnp.bfloat16)
+  kernel = _random((3, 5), 24).astype(jnp.bfloat16)
+  y, vjp = jax.vjp(fastconv.pointwise, x, kernel)
+  dx, dkernel = vjp(jnp.ones_like(y))
+  assert (y.dtype, dx.dtype, dkernel.dtype) == (jnp.bfloat16,) * 3
+  expected = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
+  np.testing.assert_allclose(np.asarray(y, np.float64), expected, atol=0.05, rtol=0.02)
+
+
 # --- pooling ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('shape,window', [((2, 28, 28, 3), 2), ((2, 10, 10, 8), 2),

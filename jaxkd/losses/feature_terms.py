@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.feature import attention_transfer_loss, hint_loss
 from jaxkd.losses.feature.attention import _pool_to
-from jaxkd.losses.projectors import conv1x1_init
+from jaxkd.losses.projectors import channel_mix, conv1x1_init
 from jaxkd.losses.terms import OneTap, Term, combine_teachers
 
 
@@ -62,7 +62,7 @@ class FitNet(OneTap, Term):
     target = teachers[0].features[self.teacher_tap].astype(jnp.float32)
     if self._spatial(features.shape, target.shape):
       features = _pool_to(features, target.shape[1:3])
-      regressed = jnp.einsum('bhwc,cd->bhwd', features, params['kernel'][0, 0])
+      regressed = channel_mix(features, params['kernel'][0, 0])
     else:
       target = target.reshape(target.shape[0], -1)
       regressed = features.reshape(features.shape[0], -1) @ params['kernel']

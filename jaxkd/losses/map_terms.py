@@ -17,7 +17,8 @@ from jaxkd.losses.feature.attention import _pool_to
 from jaxkd.losses.feature.overhaul import ofd_loss, ofd_margin
 from jaxkd.losses.feature.statistics import fsp_loss, ickd_loss, nst_loss
 from jaxkd.losses.feature.variational import vid_log_scale_init, vid_loss
-from jaxkd.losses.projectors import BN_EPS, batch_norm, conv1x1, conv1x1_init
+from jaxkd.losses.projectors import (BN_EPS, computed_once, conv1x1, conv1x1_batch_norm,
+                                     conv1x1_init)
 from jaxkd.losses.terms import Term, combine_teachers
 
 def _pool_onto(student: jax.Array, teacher_shape, term: str, tap: str) -> jax.Array:
@@ -161,8 +162,9 @@ class VID(_Projected):
     for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps)):
       p = params[f'pair{i}']
       x = _pool_onto(s, t.shape, self.name, tap)
-      mean = conv1x1(jax.nn.relu(conv1x1(jax.nn.relu(conv1x1(x, p['conv1'])), p['conv2'])),
-                      p['conv3'])
+      hidden = computed_once(jax.nn.relu(conv1x1(x, p['conv1'])))
+      hidden = computed_once(jax.nn.relu(conv1x1(hidden, p['conv2'])))
+      mean = conv1x1(hidden, p['conv3'])
       total = total + vid_loss(mean, t, log_scale=p['log_scale'],
                                min_variance=self.min_variance)
     return total
@@ -218,8 +220,10 @@ class OFD(_Projected):
     n, total = len(student), 0.0
     for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps)):
       p = params[f'pair{i}']
-      connected = batch_norm(conv1x1(_pool_onto(s, t.shape, self.name, tap), p['conv']),
-                              p['bn_scale'], p['bn_bias'], axis_name)
+      connected = conv1x1_batch_norm(_pool_onto(s, t.shape, self.name, tap),
+                                     p['conv']['kernel'], p['bn_scale'], p['bn_bias'],
+                                     axis_name)
       margin = jax.lax.stop_gradient(self._margin(i, t, teacher_outputs, axis_name))
+      margin = computed_once(margin)
       total = total + ofd_loss(connected, t, margin=margin) / 2 ** (n - 1 - i)
     return total

@@ -10,13 +10,17 @@ import jax.numpy as jnp
 from jaxkd import paths
 from jaxkd.losses.feature.review import abf_combine, hcl_loss, nearest_upsample
 from jaxkd.losses.feature.scale_decoupled import multiscale_pooled_features, sdd_loss
-from jaxkd.losses.projectors import batch_norm, conv1x1, conv1x1_init
+from jaxkd.losses.projectors import (batch_norm, computed_once, conv1x1, conv1x1_batch_norm,
+                                     conv1x1_init)
 from jaxkd.losses.terms import OneTap, Term, combine_teachers, validated
+from jaxkd.models import fastconv, layers
 
 
 def _conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  """A SAME 3x3 convolution on the models' implementation (`layers.conv_impl`)."""
+  conv = (fastconv.conv_general_dilated if layers.conv_impl() == 'fast'
+          else jax.lax.conv_general_dilated)
+  return conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +72,13 @@ class ReviewKD(Term):
     outputs, residual = [None] * len(maps), None
     for i in reversed(range(len(maps))):
       p = params[f'stage{i}']
-      x = batch_norm(conv1x1(maps[i], p['conv1']), p['bn1']['scale'], p['bn1']['bias'],
-                      axis_name)
+      x = conv1x1_batch_norm(maps[i], p['conv1']['kernel'], p['bn1']['scale'],
+                             p['bn1']['bias'], axis_name)
       if residual is not None:
         residual = nearest_upsample(residual, *x.shape[1:3])
         attention = jax.nn.sigmoid(conv1x1(jnp.concatenate([x, residual], -1), p['attention']))
         x = abf_combine(x, residual, attention)
-      x = nearest_upsample(x, *target_shapes[i][1:3])
+      x = computed_once(nearest_upsample(x, *target_shapes[i][1:3]))
       residual = x
       outputs[i] = batch_norm(_conv3x3(x, p['conv2']), p['bn2']['scale'], p['bn2']['bias'],
                                axis_name)

@@ -191,9 +191,8 @@ def abf_combine(
   return x.astype(dtype) * attention[..., 0:1] + residual * attention[..., 1:2]
 
 
-def _per_example_mse(a: jax.Array, b: jax.Array) -> jax.Array:
-  squared = jnp.square(a - b)
-  return jnp.mean(squared.reshape(squared.shape[0], -1), axis=-1)
+def _per_example_mean_square(x: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.square(x).reshape(x.shape[0], -1), axis=-1)
 
 
 def _check_levels(levels) -> tuple[int, ...]:
@@ -273,16 +272,16 @@ def hcl_loss(
   total = None
   for fs, ft in zip(student_features, teacher_features):
     dtype = jnp.promote_types(fs.dtype, ft.dtype)
-    fs, ft = fs.astype(dtype), ft.astype(dtype)
-    loss = _per_example_mse(fs, ft)
+    # Pooling is linear: the pooled maps' difference is the pooled difference.
+    diff = fs.astype(dtype) - ft.astype(dtype)
+    loss = _per_example_mean_square(diff)
     weight, weight_total = 1.0, 1.0
     for level in levels:
       if level >= fs.shape[1]:
         continue
       weight /= 2.0
       weight_total += weight
-      loss = loss + weight * _per_example_mse(
-          _adaptive_avg_pool(fs, level, level), _adaptive_avg_pool(ft, level, level))
+      loss = loss + weight * _per_example_mean_square(_adaptive_avg_pool(diff, level, level))
     loss = loss / weight_total
     total = loss if total is None else total + loss
   return total

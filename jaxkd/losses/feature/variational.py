@@ -124,5 +124,9 @@ def vid_loss(
   mean = _pool_to(predicted_mean.astype(dtype), spatial)
   target = _pool_to(teacher_features.astype(dtype), spatial)
   variance = jax.nn.softplus(log_scale.astype(dtype)) + jnp.asarray(min_variance, dtype)
-  neg_log_prob = 0.5 * (jnp.square(mean - target) / variance + jnp.log(variance))
-  return jnp.mean(neg_log_prob.reshape(neg_log_prob.shape[0], -1), axis=-1)
+  variance = jnp.broadcast_to(variance, (channels,))
+  # Squared errors summed per example and channel first, so the per-channel variance (its
+  # softplus and log) is applied to [B, C] sums, not computed again for every element.
+  squared = jnp.sum(jnp.square(mean - target).reshape(mean.shape[0], -1, channels), axis=1)
+  return 0.5 * (jnp.sum(squared / variance, axis=-1) / mean[0].size +
+                jnp.mean(jnp.log(variance)))
