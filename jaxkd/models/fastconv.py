@@ -16,6 +16,11 @@ Same maths, same parameter layout (kernel `[kh, kw, cin, cout]`), different prog
     recomputes them in transposed, cache-hostile order; its convolution is then 1.3-3x
     slower than the products. A ResNet's first 1x1 shortcut (few multiply-adds, many input
     channels) also reads a materialized input for its kernel gradient.
+- `pointwise`: a 1x1 convolution (`[..., C] x [C, O]`, the distillation terms'
+  connectors and regressors) with a custom VJP: an elementwise channel mix for few
+  channels, the kernel gradient as one product over the positions, no transposes.
+- `materialized`: a value computed into its own buffer (XLA:CPU otherwise recomputes an
+  elementwise chain inside every consumer); the identity, with its gradient.
 - `max_pool` / `avg_pool`: non-overlapping pooling as a reshape and a reduction. The
   backward pass of max pooling is an elementwise mask (the first maximum of each window,
   exactly as `nn.max_pool`'s gradient), not XLA's select-and-scatter.
