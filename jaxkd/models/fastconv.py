@@ -151,15 +151,22 @@ def _direct(x, kernel, strides, padding, out_hw):
   convolution (tuned for many channels) by up to an order of magnitude. Accumulates in
   float32; the result is materialized, so consumers read it instead of re-running the loop.
   """
-  kh, kw, channels, _ = kernel.shape
+  kh, kw = kernel.shape[:2]
   kernel = kernel.astype(jnp.float32)
   acc = None
   for t, tap in enumerate(_taps(x.astype(jnp.float32), kh, kw, strides, padding, out_hw)):
-    i, j = divmod(t, kw)
-    for c in range(channels):
-      term = tap[..., c:c + 1] * kernel[i, j, c]
-      acc = term if acc is None else acc + term
+    term = _channel_sum(tap, kernel[divmod(t, kw)])
+    acc = term if acc is None else acc + term
   return materialized(acc).astype(x.dtype)
+
+
+def _channel_sum(x, kernel):
+  """`sum_c x[..., c:c+1] * kernel[c]`: `[..., C] x [C, O] -> [..., O]` as elementwise terms."""
+  acc = None
+  for c in range(kernel.shape[0]):
+    term = x[..., c:c + 1] * kernel[c]
+    acc = term if acc is None else acc + term
+  return acc
 
 
 def _col2im_input_grad(grad, kernel, x_shape, strides, padding, precision):
@@ -323,12 +330,7 @@ def _mix(x, kernel, precision):
   if kernel.shape[0] > POINTWISE_DIRECT_MAX:
     return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
                            precision=precision).astype(dtype)
-  x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
-  acc = None
-  for c in range(kernel.shape[0]):
-    term = x[..., c:c + 1] * kernel[c]
-    acc = term if acc is None else acc + term
-  return acc.astype(dtype)
+  return _channel_sum(x.astype(jnp.float32), kernel.astype(jnp.float32)).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
