@@ -9,7 +9,8 @@ Same maths, same parameter layout (kernel `[kh, kw, cin, cout]`), different prog
     are scattered back (col2im);
   * many channels: XLA's convolutions forward and for the input gradient; the kernel
     gradient is one matrix product per kernel tap, in a loop, on a materialized copy of the
-    input (float32; 16-bit inputs keep XLA's kernel-gradient convolution on that copy).
+    input (float32 and more than 8 input channels; 16-bit inputs and fewer channels, as in
+    LeNet-5's second convolution, keep XLA's kernel-gradient convolution on that copy).
     XLA:CPU computes that gradient as a convolution with batch and channels
     swapped, so it transposes the activation first, and it fuses the activation's
     producers (BatchNorm, ReLU, the residual sum, blocks deep) into that transpose and
