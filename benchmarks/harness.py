@@ -19,6 +19,8 @@ from cases import (BASELINE, METHOD_MODES, MODES, PAIRS, _with_xla_layers, load_
                    make_data, make_jax_case, make_torch_case)
 from report import check_targets
 
+from jaxkd import hostmem
+
 # The entry point the scaling runs start afresh.
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'throughput.py')
 # Where `--json auto` writes, one file per kind and machine.
@@ -313,6 +315,7 @@ def run(args, *, command: str) -> dict:
       'conv_impl': layers.conv_impl(),
       'pool_impl': layers.pool_impl(),
       'load_average_before': load_before,
+      'huge_pages': hostmem.huge_pages(),  # malloc's large blocks (jaxkd.hostmem)
       'rows': rows,
       'targets': checks,
   }
