@@ -7,7 +7,8 @@ Same maths, same parameter layout (kernel `[kh, kw, cin, cout]`), different prog
   * few channels (LeNet, a ResNet's stem): the forward pass is one fused elementwise loop
     instead of XLA's convolution, and the input gradient one matrix product whose columns
     are scattered back (col2im);
-  * many channels: XLA's convolutions forward and for the input gradient; the kernel
+  * many channels: XLA's convolutions forward and for the input gradient (col2im for a
+    strided one, where XLA's convolves a zero-dilated gradient); the kernel
     gradient is one matrix product per kernel tap, in a loop, on a materialized copy of the
     input (float32 and more than 8 input channels; 16-bit inputs and fewer channels, as in
     LeNet-5's second convolution, keep XLA's kernel-gradient convolution on that copy).
@@ -238,8 +239,9 @@ DIRECT_MAX_MACS = 1024
 STRATEGY: dict[str, str] = {}
 
 
-def _plan(kernel_shape, dtype=jnp.float32) -> dict[str, str]:
-  """Which formulation each of the three products uses for this kernel shape and dtype.
+def _plan(kernel_shape, dtype=jnp.float32, strides=(1, 1)) -> dict[str, str]:
+  """Which formulation each of the three products uses for this kernel shape, dtype and
+  strides.
 
   forward: 'direct' or 'xla'. input_grad: 'col2im' or 'xla'. kernel_grad: 'xla' (XLA's
   kernel-gradient convolution), 'xla_mat' (the same, on a materialized copy of the input)
@@ -260,7 +262,13 @@ def _plan(kernel_shape, dtype=jnp.float32) -> dict[str, str]:
     # a materialized input instead (AMD EPYC, batch 256: LeNet-5's training step 39.0 ->
     # 35.1-36.4 ms; 8 -> 16 channels on 5x5 maps alone, 1.8 -> 1.0 ms).
     taps = jnp.dtype(dtype) == jnp.float32 and cin > 8
-    plan = {'forward': 'xla', 'input_grad': 'xla', 'kernel_grad': 'taps' if taps else 'xla_mat'}
+    # Strided (a ResNet stage's first convolution): XLA:CPU's input gradient is a
+    # convolution over the zero-dilated output gradient, 64 ms for ResNet-20's 16 -> 32
+    # channels at batch 256 (0.6 GFLOP); col2im instead (its training step 1.67-1.73 ->
+    # 1.59-1.61 s, two interleaved A/B runs of 11 windows, AMD EPYC).
+    strided = tuple(strides) != (1, 1)
+    plan = {'forward': 'xla', 'input_grad': 'col2im' if strided else 'xla',
+            'kernel_grad': 'taps' if taps else 'xla_mat'}
   return {**plan, **STRATEGY}
 
 
@@ -274,11 +282,12 @@ def _forward(x, kernel, strides, padding, precision, plan):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv2d(x, kernel, strides, padding, precision):
-  return _forward(x, kernel, strides, padding, precision, _plan(kernel.shape, x.dtype))
+  return _forward(x, kernel, strides, padding, precision,
+                  _plan(kernel.shape, x.dtype, strides))
 
 
 def _conv2d_fwd(x, kernel, strides, padding, precision):
-  plan = _plan(kernel.shape, x.dtype)
+  plan = _plan(kernel.shape, x.dtype, strides)
   y = _forward(x, kernel, strides, padding, precision, plan)
   if plan['kernel_grad'] in ('xla_mat', 'taps'):
     x = materialized(x)
@@ -287,7 +296,7 @@ def _conv2d_fwd(x, kernel, strides, padding, precision):
 
 def _conv2d_bwd(strides, padding, precision, residuals, grad):
   x, kernel = residuals
-  plan = _plan(kernel.shape, x.dtype)
+  plan = _plan(kernel.shape, x.dtype, strides)
   if plan['kernel_grad'] == 'taps':
     dkernel = _tap_loop_kernel_grad(x, grad, kernel.shape, strides, padding, precision)
   else:
