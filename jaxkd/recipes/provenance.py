@@ -9,7 +9,7 @@ import re
 
 import jax
 
-from jaxkd import data, distributed
+from jaxkd import data, distributed, hostmem
 
 
 def write_json(path: str, record: dict) -> None:
@@ -71,8 +71,9 @@ def machine_slug(model: str | None = None) -> str:
 def machine() -> dict:
   device = jax.devices()[0]
   return {'device_kind': device.device_kind, 'platform': device.platform,
-          'device_count': jax.device_count(), 'processes': jax.process_count(), 'cpu': platform.processor() or platform.machine(),
-          'cores': os.cpu_count()}
+          'device_count': jax.device_count(), 'processes': jax.process_count(),
+          'cpu': platform.processor() or platform.machine(), 'cores': os.cpu_count(),
+          'huge_pages': hostmem.huge_pages()}  # malloc's large blocks (jaxkd.hostmem)
 
 
 # Config settings that shape the training trajectory besides the task, model and seed: stored
