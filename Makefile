@@ -43,7 +43,7 @@ data: install
 	$(VPY) -m jaxkd.data prepare fashion_mnist
 
 # The demo: LeNet-5 teacher, LeNet-5-Half alone and distilled, 5 epochs each, then a table
-# beside the published figures (2 min 27 s from a fresh clone, set-up included, on 2 CPU
+# beside the published figures (2 min 06 s from a fresh clone, set-up included, on 2 CPU
 # cores: AMD EPYC VM, 2026-12-03).
 demo: data
 	$(VPY) experiments/reproduce_fashion_mnist_kd.py --profile demo
