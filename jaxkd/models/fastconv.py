@@ -8,7 +8,7 @@ Same maths, same parameter layout (kernel `[kh, kw, cin, cout]`), different prog
     instead of XLA's convolution, and the input gradient one matrix product whose columns
     are scattered back (col2im);
   * many channels: XLA's convolutions forward and for the input gradient (col2im for a
-    strided one, where XLA's convolves a zero-dilated gradient); the kernel
+    strided one, where XLA convolves a zero-dilated gradient); the kernel
     gradient is one matrix product per kernel tap, in a loop, on a materialized copy of the
     input (float32 and more than 8 input channels; 16-bit inputs and fewer channels, as in
     LeNet-5's second convolution, keep XLA's kernel-gradient convolution on that copy).
