@@ -207,7 +207,10 @@ def _tap_loop_kernel_grad(x, grad, kernel_shape, strides, padding, precision):
   from the padded input inside the loop body, so that each product reads two plain
   buffers: XLA:CPU runs a product whose operand is a fused slice, or its own kernel-
   gradient convolution (a transpose of the input, then a convolution with batch and
-  channels swapped), 1.3-3x slower (ResNet stages, batch 256).
+  channels swapped), 1.3-3x slower (ResNet stages, batch 256). Both operands contract
+  their leading (positions) axis as they lie: with the output gradient transposed once to
+  `[cout, positions]` instead, as this loop first did, ResNet-20's training step took
+  1.51 s against 1.11 s (AMD EPYC, batch 256, 9 interleaved windows).
   """
   kh, kw, cin, cout = kernel_shape
   batch = x.shape[0]
@@ -216,15 +219,16 @@ def _tap_loop_kernel_grad(x, grad, kernel_shape, strides, padding, precision):
   # Products in float32 (XLA:CPU has no bfloat16 x bfloat16 -> float32 product, and a sum
   # over every output position in bfloat16 would lose the gradient's low bits).
   padded = jnp.pad(x.astype(jnp.float32), ((0, 0), padding[0], padding[1], (0, 0)))
-  grad_t = grad.astype(jnp.float32).reshape(-1, cout).T  # [cout, B*Ho*Wo], transposed once
+  dy = grad.astype(jnp.float32).reshape(-1, cout)
 
   def tap(t, acc):
     i, j = t // kw, t % kw
     window = lax.dynamic_slice(padded, (0, i, j, 0),
                                (batch, (ho - 1) * sh + 1, (wo - 1) * sw + 1, cin))
     window = window[:, ::sh, ::sw, :].reshape(-1, cin)
-    product = jnp.dot(grad_t, window, precision=precision)  # [cout, cin]
-    return lax.dynamic_update_slice(acc, product.T[None], (t, 0, 0))
+    product = lax.dot_general(window, dy, (((0,), (0,)), ((), ())),  # [cin, cout]
+                              precision=precision)
+    return lax.dynamic_update_slice(acc, product[None], (t, 0, 0))
 
   acc = lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
   return acc.reshape(kh, kw, cin, cout)
