@@ -27,6 +27,11 @@ LeNet pair with NST, without         < 100                0.00 s              28
 LeNet pair with NST, hugetlb=1       < 200                0.00 s              29 ms
 ===================================  ===================  ==================  =============
 
+The table's figures come from a throwaway script timing a few steps in each process. To
+rerun the comparison: ``GLIBC_TUNABLES= python benchmarks/throughput.py --pairs resnet
+--modes student --windows 3`` and the same with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+(2026-12-03, same VM, after the tap-loop change: 1939 vs 1318 ms a step).
+
 What was tried instead: ``mallopt`` at run time (one arena, no ``mmap``, no trimming) removes
 every fault (ResNet-20 1.62-1.74 s, CRD 0.25 s) but puts all threads on one arena lock, and
 steps of many small operations slowed by 13 % (NST 28-30 -> 32-34 ms); not used.
@@ -64,8 +69,9 @@ def huge_pages(environ=None) -> str:
     ``'on'`` or ``'off (<why>)'``, for a benchmark's or a run's record.
   """
   environ = os.environ if environ is None else environ
-  if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-    return f'off (not Linux with glibc: {platform.system()} {platform.libc_ver()[0]})'.strip()
+  system, libc = platform.system(), platform.libc_ver()[0]
+  if system != 'Linux' or libc != 'glibc':
+    return f'off (not Linux with glibc: {system} {libc or "unknown libc"})'
   mode = _kernel_thp_mode()
   if mode == 'never':
     return 'off (the kernel has transparent huge pages off: never)'
