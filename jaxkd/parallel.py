@@ -90,13 +90,14 @@ class Parallel:
     Returns a callable `(first, batch, *step_args) -> outputs`; every output is replicated
     (under pmap: stacked over devices, see `unreplicate`).
     """
+    from jaxkd.models import layers  # `jax.jit`, on CPU with XLA's own convolution kernels
     donate_argnums = (0,) if donate else ()
     if self.mode == 'jit':
       replicated = self._sharding(P())
-      return jax.jit(functools.partial(fn, axis_name=None), donate_argnums=donate_argnums,
-                     out_shardings=replicated)
+      return layers.jit(functools.partial(fn, axis_name=None), donate_argnums=donate_argnums,
+                        out_shardings=replicated)
     per_device = functools.partial(fn, axis_name=self.axis)
-    if self.mode == 'pmap':
+    if self.mode == 'pmap':  # (`jax.pmap` takes no compiler options: YNNPACK's kernels)
       return jax.pmap(per_device, axis_name=self.axis, devices=list(self.mesh.devices.flat),
                       donate_argnums=donate_argnums)
     in_specs = (P(), P(self.axis)) + (P(),) * num_step_args
@@ -104,7 +105,7 @@ class Parallel:
     # per-device until the step's own pmean (with it, autodiff would psum them already).
     mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=P(),
                            check_vma=False)
-    return jax.jit(mapped, donate_argnums=donate_argnums)
+    return layers.jit(mapped, donate_argnums=donate_argnums)
 
   # --- placing data ----------------------------------------------------------------------
 

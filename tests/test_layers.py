@@ -201,7 +201,7 @@ def impls():
   layers.CONV_IMPL, layers.POOL_IMPL = saved
 
 
-def _apply(name, shape, conv, pool):
+def _apply(name, shape, conv, pool, jit=jax.jit):
   layers.CONV_IMPL, layers.POOL_IMPL = conv, pool
   model = models.build(name, num_classes=10)
   images = _random(shape, 13)
@@ -212,21 +212,47 @@ def _apply(name, shape, conv, pool):
                             mutable=['batch_stats'])
     return jnp.sum(logits ** 2)
 
-  value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
+  value, grads = jit(jax.value_and_grad(loss))(variables['params'])
   return variables, value, grads
 
 
+@pytest.mark.parametrize('jit', [jax.jit, layers.jit], ids=['jax.jit', 'layers.jit'])
 @pytest.mark.parametrize('name,shape', [('lenet5_half', (4, 28, 28, 1)),
                                         ('resnet8', (2, 32, 32, 3))])
-def test_fast_layers_keep_parameters_and_numerics(impls, name, shape):
+def test_fast_layers_keep_parameters_and_numerics(impls, name, shape, jit):
+  # layers.jit: XLA's own convolution kernels and the kernel gradient planned for them
   xla_vars, xla_value, xla_grads = _apply(name, shape, 'xla', 'xla')
-  fast_vars, fast_value, fast_grads = _apply(name, shape, 'fast', 'reshape')
+  fast_vars, fast_value, fast_grads = _apply(name, shape, 'fast', 'reshape', jit)
   assert jax.tree.structure(fast_vars) == jax.tree.structure(xla_vars)
   for a, b in zip(jax.tree.leaves(fast_vars), jax.tree.leaves(xla_vars)):
     np.testing.assert_array_equal(a, b)  # same initialisation, same layout
   np.testing.assert_allclose(fast_value, xla_value, rtol=1e-4)
   for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(xla_grads)):
     _assert_close(a, b)
+
+
+def test_layers_jit_traces_and_compiles_for_xla_own_kernels(impls):
+  x = _random((2, 8, 8, 32), 14)
+  kernel = _random((3, 3, 32, 32), 15) / 24
+
+  def kernel_grad(x, kernel):
+    return jax.grad(lambda k: jnp.sum(fastconv.conv2d(x, k, padding=((1, 1), (1, 1)))))(kernel)
+
+  # The tap loop (a `while`) only where YNNPACK runs the convolutions (plain jax.jit).
+  layers.CONV_IMPL = 'fast'
+  assert 'while' in jax.jit(kernel_grad).lower(x, kernel).as_text()
+  assert 'while' not in layers.jit(kernel_grad).lower(x, kernel).as_text()
+  np.testing.assert_allclose(layers.jit(kernel_grad)(x, kernel),
+                             jax.jit(kernel_grad)(x, kernel), rtol=1e-4, atol=1e-4)
+  # No convolution handed to a library fusion under layers.jit.
+  forward = layers.jit(lambda x, k: fastconv.conv2d(x, k, padding=((1, 1), (1, 1))))
+  assert 'ynn' not in forward.lower(x, kernel).compile().as_text().lower()
+
+  own = lambda x: x * fastconv._own_kernels()  # noqa: E731 - read while tracing
+  assert float(layers.jit(own)(jnp.ones(()))) == 1.0
+  assert float(jax.jit(own)(jnp.ones(()))) == 0.0 and not fastconv._own_kernels()
+  layers.CONV_IMPL = 'xla'  # XLA's layers throughout: plain jax.jit, no options
+  assert float(layers.jit(own)(jnp.ones(()))) == 0.0
 
 
 def test_auto_picks_the_fast_path_on_cpu_only(impls, monkeypatch):

@@ -8,16 +8,18 @@ Same maths, same parameter layout (kernel `[kh, kw, cin, cout]`), different prog
     instead of XLA's convolution, and the input gradient one matrix product whose columns
     are scattered back (col2im);
   * many channels: XLA's convolutions forward and for the input gradient (col2im for a
-    strided one, where XLA convolves a zero-dilated gradient); the kernel
-    gradient is one matrix product per kernel tap, in a loop, on a materialized copy of the
-    input (float32 and more than 8 input channels; 16-bit inputs and fewer channels, as in
-    LeNet-5's second convolution, keep XLA's kernel-gradient convolution on that copy).
-    XLA:CPU computes that gradient as a convolution with batch and channels
-    swapped, so it transposes the activation first, and it fuses the activation's
-    producers (BatchNorm, ReLU, the residual sum, blocks deep) into that transpose and
-    recomputes them in transposed, cache-hostile order; its convolution is then 1.3-3x
-    slower than the products. A ResNet's first 1x1 shortcut (few multiply-adds, many input
-    channels) also reads a materialized input for its kernel gradient.
+    strided one, where XLA convolves a zero-dilated gradient), and XLA's kernel-gradient
+    convolution on a materialized copy of the input. XLA:CPU computes that gradient as a
+    convolution with batch and channels swapped, so it transposes the activation first,
+    and it would fuse the activation's producers (BatchNorm, ReLU, the residual sum, blocks
+    deep) into that transpose and recompute them in transposed, cache-hostile order. A
+    ResNet's first 1x1 shortcut (few multiply-adds, many input channels) also reads a
+    materialized input for its kernel gradient.
+- `jit`: `jax.jit` with `COMPILER_OPTIONS`, under which XLA:CPU runs convolutions with its
+  own kernels instead of the YNNPACK library's (1.4-1.9x faster for a ResNet's stages).
+  The library's steps compile this way on CPU (`layers.jit`). Traced without these
+  options, the kernel gradient above is instead one matrix product per kernel tap, in a
+  loop (float32, more than 8 input channels), which beats YNNPACK's convolutions there.
 - `pointwise`: a 1x1 convolution (`[..., C] x [C, O]`, the distillation terms'
   connectors and regressors) with a custom VJP: an elementwise channel mix for few
   channels, the kernel gradient as one product over the positions, no transposes.
@@ -33,6 +35,7 @@ to the native operation, so they are always safe to use.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Sequence
 
 import jax
@@ -41,6 +44,55 @@ from jax import lax
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+# --- compiling ----------------------------------------------------------------------------
+
+# XLA:CPU's default library offload (YNNPACK: single dot products, float32 convolutions and
+# reductions), minus the convolutions, which then run on XLA's own (Eigen) kernels. Alone,
+# at batch 256 (AMD EPYC, AVX2, 2 cores): 3x3 convolutions of 32 channels at 16x16 17 ->
+# 9 ms, 64 at 8x8 16 -> 9 ms; their input gradients alike. In ResNet-20's training step,
+# with the kernel gradient below: 1.23-1.44 s -> 0.76-0.80 s (interleaved windows).
+COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
+                    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+_TRACING = threading.local()
+
+
+@functools.cache
+def _options_supported() -> bool:
+  """Whether this jaxlib's CPU compiler accepts `COMPILER_OPTIONS` (a newer one may not)."""
+  try:
+    jax.jit(lambda x: x + 1).lower(jnp.zeros((), jnp.float32)).compile(
+        compiler_options=COMPILER_OPTIONS)
+  except Exception:  # noqa: BLE001 - any refusal means: compile without them
+    return False
+  return True
+
+
+def jit(fn, **jit_kwargs):
+  """`jax.jit(fn, **jit_kwargs)`, compiled with `COMPILER_OPTIONS` (XLA's own convolution
+  kernels) and traced with the plans measured for them.
+
+  For CPU programs; where this jaxlib refuses the options it is plain `jax.jit`.
+  """
+  if not _options_supported():
+    return jax.jit(fn, **jit_kwargs)
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    previous = getattr(_TRACING, 'own_kernels', False)
+    _TRACING.own_kernels = True
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _TRACING.own_kernels = previous
+
+  return jax.jit(traced, compiler_options=COMPILER_OPTIONS, **jit_kwargs)
+
+
+def _own_kernels() -> bool:
+  """Whether the program being traced compiles with `COMPILER_OPTIONS` (under `jit`)."""
+  return getattr(_TRACING, 'own_kernels', False)
 
 
 # --- convolution ---------------------------------------------------------------------------
@@ -88,7 +140,8 @@ def conv2d(x, kernel, *, strides: Sequence[int] = (1, 1), padding: Padding = ((0
   Returns:
     `[B, Ho, Wo, O]`, as `lax.conv_general_dilated` with NHWC/HWIO/NHWC.
   """
-  return _conv2d(x, kernel, tuple(strides), tuple(map(tuple, padding)), precision)
+  return _conv2d(x, kernel, tuple(strides), tuple(map(tuple, padding)), precision,
+                 _own_kernels())
 
 
 def _native(x, kernel, strides, padding, precision):
@@ -243,9 +296,10 @@ DIRECT_MAX_MACS = 1024
 STRATEGY: dict[str, str] = {}
 
 
-def _plan(kernel_shape, dtype=jnp.float32, strides=(1, 1)) -> dict[str, str]:
+def _plan(kernel_shape, dtype=jnp.float32, strides=(1, 1),
+          own_kernels=False) -> dict[str, str]:
   """Which formulation each of the three products uses for this kernel shape, dtype and
-  strides.
+  strides, and whether XLA runs convolutions on its own kernels (`COMPILER_OPTIONS`).
 
   forward: 'direct' or 'xla'. input_grad: 'col2im' or 'xla'. kernel_grad: 'xla' (XLA's
   kernel-gradient convolution), 'xla_mat' (the same, on a materialized copy of the input)
@@ -259,17 +313,20 @@ def _plan(kernel_shape, dtype=jnp.float32, strides=(1, 1)) -> dict[str, str]:
     plan = {'forward': 'direct', 'input_grad': 'col2im',
             'kernel_grad': 'xla_mat' if cin > 8 else 'xla'}
   else:
-    # The tap loop's products run in float32; for 16-bit inputs the upcasts cost more than
-    # they save (ResNet-20, bfloat16: 1286 -> 1460 ms a step), XLA's convolution stays.
+    # XLA's own kernels: its kernel-gradient convolution on a materialized input; ResNet-20's
+    # training step 0.99-1.07 s with the tap loop -> 0.76-0.80 s (AMD EPYC, batch 256, 5
+    # interleaved windows, two runs). With YNNPACK's convolutions the tap loop wins (that
+    # step 1.23 s against 2.18 s). Its products run in float32; for 16-bit inputs the
+    # upcasts cost more than they save (ResNet-20, bfloat16: 1286 -> 1460 ms a step).
     # Few input channels (LeNet-5's second convolution, ReviewKD's fusion on LeNet maps):
-    # the loop's products are too thin to pay for it; XLA's kernel-gradient convolution on
-    # a materialized input instead (AMD EPYC, batch 256: LeNet-5's training step 39.0 ->
-    # 35.1-36.4 ms; 8 -> 16 channels on 5x5 maps alone, 1.8 -> 1.0 ms).
-    taps = jnp.dtype(dtype) == jnp.float32 and cin > 8
+    # the loop's products are too thin to pay for it (AMD EPYC, batch 256: LeNet-5's
+    # training step 39.0 -> 35.1-36.4 ms with the materialized input instead).
+    taps = not own_kernels and jnp.dtype(dtype) == jnp.float32 and cin > 8
     # Strided (a ResNet stage's first convolution): XLA:CPU's input gradient is a
     # convolution over the zero-dilated output gradient, 64 ms for ResNet-20's 16 -> 32
     # channels at batch 256 (0.6 GFLOP); col2im instead (its training step 1.67-1.73 ->
-    # 1.59-1.61 s, two interleaved A/B runs of 11 windows, AMD EPYC).
+    # 1.59-1.61 s, two interleaved A/B runs of 11 windows, AMD EPYC; with XLA's own kernels
+    # 0.78 -> 0.97 s without it).
     strided = tuple(strides) != (1, 1)
     plan = {'forward': 'xla', 'input_grad': 'col2im' if strided else 'xla',
             'kernel_grad': 'taps' if taps else 'xla_mat'}
@@ -284,23 +341,24 @@ def _forward(x, kernel, strides, padding, precision, plan):
   return _native(x, kernel, strides, padding, precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv2d(x, kernel, strides, padding, precision):
+# `own_kernels` (static): traced for `COMPILER_OPTIONS`; it chooses the kernel gradient.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv2d(x, kernel, strides, padding, precision, own_kernels):
   return _forward(x, kernel, strides, padding, precision,
-                  _plan(kernel.shape, x.dtype, strides))
+                  _plan(kernel.shape, x.dtype, strides, own_kernels))
 
 
-def _conv2d_fwd(x, kernel, strides, padding, precision):
-  plan = _plan(kernel.shape, x.dtype, strides)
+def _conv2d_fwd(x, kernel, strides, padding, precision, own_kernels):
+  plan = _plan(kernel.shape, x.dtype, strides, own_kernels)
   y = _forward(x, kernel, strides, padding, precision, plan)
   if plan['kernel_grad'] in ('xla_mat', 'taps'):
     x = materialized(x)
   return y, (x, kernel)
 
 
-def _conv2d_bwd(strides, padding, precision, residuals, grad):
+def _conv2d_bwd(strides, padding, precision, own_kernels, residuals, grad):
   x, kernel = residuals
-  plan = _plan(kernel.shape, x.dtype, strides)
+  plan = _plan(kernel.shape, x.dtype, strides, own_kernels)
   if plan['kernel_grad'] == 'taps':
     dkernel = _tap_loop_kernel_grad(x, grad, kernel.shape, strides, padding, precision)
   else:
