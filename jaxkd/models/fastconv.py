@@ -87,6 +87,9 @@ def jit(fn, **jit_kwargs):
     finally:
       _TRACING.own_kernels = previous
 
+  # (a partial has no name of its own: profiles and logs then show its function's)
+  traced.__name__ = getattr(fn, '__name__', getattr(getattr(fn, 'func', None), '__name__',
+                                                    'traced'))
   return jax.jit(traced, compiler_options=COMPILER_OPTIONS, **jit_kwargs)
 
 
