@@ -331,3 +331,14 @@ def test_export_cli(tmp_path, capsys):
     cli.exit_on_user_error(export.export_run, workdir, str(tmp_path / 'out'))
   assert exit_info.value.code == 2
   assert capsys.readouterr().err.startswith(f"error: Export folder '{tmp_path / 'out'}'")
+
+
+def test_serving_compiles_with_the_libraries_cpu_options():
+  # serving.py imports nothing from jaxkd, so it writes the option out: the two stay equal.
+  from jaxkd.models import fastconv
+  assert serving.CPU_COMPILER_OPTIONS == fastconv.COMPILER_OPTIONS
+  x = np.zeros((2, 8, 8, 32), np.float32)
+  kernel = np.ones((3, 3, 32, 32), np.float32)
+  conv = lambda x: jax.lax.conv_general_dilated(  # noqa: E731 - YNNPACK's by default
+      x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  assert 'ynn' not in serving._jit(conv).lower(x).compile().as_text().lower()
