@@ -258,14 +258,26 @@ def make_data(pair: Pair, batch_size: int, seed: int) -> dict:
 
 
 BASELINE = 'jaxkd-xla-layers'
+KERNELS_BASELINE = 'jaxkd-ynnpack'
+# Before/after baselines: the `jaxkd.models.layers` settings each is built with, the ratio
+# key on the jaxkd row and the README table's two columns.
+BASELINES = {
+    BASELINE: ({'CONV_IMPL': 'xla', 'POOL_IMPL': 'xla'}, 'vs_xla_layers',
+               'XLA layers ex/s', 'fastconv speed-up'),
+    KERNELS_BASELINE: ({'CPU_CONV_KERNELS': 'ynnpack'}, 'vs_ynnpack',
+                       'YNNPACK kernels ex/s', 'own-kernel speed-up'),
+}
 
 
-def _with_xla_layers(build: Callable):
-  """Builds (and so traces) a case with XLA's native convolution and pooling."""
+def with_baseline(framework: str, build: Callable):
+  """Builds (and so traces and compiles) a case with `BASELINES[framework]`'s settings."""
   from jaxkd.models import layers
-  saved = layers.CONV_IMPL, layers.POOL_IMPL
-  layers.CONV_IMPL, layers.POOL_IMPL = 'xla', 'xla'
+  settings = BASELINES[framework][0]
+  saved = {name: getattr(layers, name) for name in settings}
+  for name, value in settings.items():
+    setattr(layers, name, value)
   try:
     return build()
   finally:
-    layers.CONV_IMPL, layers.POOL_IMPL = saved
+    for name, value in saved.items():
+      setattr(layers, name, value)

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from cases import (BASELINE, METHOD_MODES, MODES, PAIRS, _with_xla_layers, load_peer,
-                   make_data, make_jax_case, make_torch_case)
+from cases import (BASELINE, BASELINES, KERNELS_BASELINE, METHOD_MODES, MODES, PAIRS, load_peer,
+                   make_data, make_jax_case, make_torch_case, with_baseline)
 from report import check_targets
 
 from jaxkd import hostmem
@@ -125,9 +125,11 @@ def run_rows(args, *, pairs, modes, batch_size, peer_module, peak, parallel, jax
       cases = {'jaxkd': make_jax_case(pair, mode, data, dtype=dtype, parallel=parallel)}
       if mode in RELATED_MODES:
         related[mode] = cases['jaxkd']
-      if args.baseline_layers and pair_name != 'mlp':
-        cases[BASELINE] = _with_xla_layers(
-            lambda: make_jax_case(pair, mode, data, dtype=dtype, parallel=parallel))
+      wanted = {BASELINE: args.baseline_layers, KERNELS_BASELINE: args.baseline_kernels}
+      for framework in BASELINES:
+        if wanted[framework] and pair_name != 'mlp':  # (the MLP has no convolution)
+          cases[framework] = with_baseline(framework, lambda: make_jax_case(
+              pair, mode, data, dtype=dtype, parallel=parallel))
       if peer_module is not None and mode in MODES:
         cases['pytorch'] = make_torch_case(peer_module, pair, mode, data, device=torch_device,
                                            dtype=args.dtype)
@@ -152,9 +154,10 @@ def run_rows(args, *, pairs, modes, batch_size, peer_module, peak, parallel, jax
       if 'pytorch' in new:
         new['jaxkd']['vs_pytorch'] = (new['jaxkd']['examples_per_s'] /
                                       new['pytorch']['examples_per_s'])
-      if BASELINE in new:
-        new['jaxkd']['vs_xla_layers'] = (new['jaxkd']['examples_per_s'] /
-                                         new[BASELINE]['examples_per_s'])
+      for framework, (_, ratio, _, _) in BASELINES.items():
+        if framework in new:
+          new['jaxkd'][ratio] = (new['jaxkd']['examples_per_s'] /
+                                 new[framework]['examples_per_s'])
       rows += new.values()
       related_rows[mode] = new['jaxkd']
       print(_progress(list(new.values())), file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ import json
 import os
 import re
 
-from cases import BASELINE, METHOD_MODES
+from cases import BASELINE, BASELINES, METHOD_MODES
 
 
 # --- targets and tables --------------------------------------------------------------------
@@ -52,12 +52,14 @@ def check_targets(rows: list[dict]) -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
   jax_rows = [r for r in rows if r['framework'] == 'jaxkd']
   by_key = {(r['framework'], r['pair'], r['mode'], r['batch_size']): r for r in rows}
-  baseline = any(r['framework'] == BASELINE for r in rows)
+  present = {r['framework'] for r in rows}
+  baselines = [(framework, *spec[1:]) for framework, spec in BASELINES.items()
+               if framework in present]
   header = ('| pair | mode | batch | jaxkd ex/s | jaxkd ms | PyTorch ex/s | jaxkd/PyTorch | '
             'GFLOP/step | MFU jaxkd | MFU PyTorch | compile s |')
   rule = '|---|---|---|---|---|---|---|---|---|---|---|'
-  if baseline:
-    header += ' XLA layers ex/s | fastconv speed-up |'
+  for _, _, throughput, speed_up in baselines:
+    header += f' {throughput} | {speed_up} |'
     rule += '---|---|'
   lines = [header, rule]
   for r in jax_rows:
@@ -71,10 +73,10 @@ def markdown_table(rows: list[dict]) -> str:
         f"| {r['flops_per_step'] / 1e9:.2f} | {100 * r['mfu']:.1f} % "
         f"| {'' if t is None else format(100 * t['mfu'], '.1f') + ' %'} "
         f"| {r['compile_s']:.1f} |")
-    if baseline:
-      b = by_key.get((BASELINE,) + key)
+    for framework, ratio, _, _ in baselines:
+      b = by_key.get((framework,) + key)
       line += (f" {'' if b is None else format(b['examples_per_s'], ',.0f')} "
-               f"| {'' if b is None else format(r['vs_xla_layers'], '.2f') + 'x'} |")
+               f"| {'' if b is None else format(r[ratio], '.2f') + 'x'} |")
     lines.append(line)
   return '\n'.join(lines)
 

@@ -63,6 +63,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
                       help="also time jaxkd with XLA's native convolution and pooling "
                            "(framework 'jaxkd-xla-layers'), interleaved: before/after of "
                            'jaxkd.models.fastconv')
+  parser.add_argument('--baseline-kernels', action='store_true',
+                      help="also time jaxkd compiled for XLA:CPU's default YNNPACK "
+                           "convolution kernels (framework 'jaxkd-ynnpack'), interleaved: "
+                           "before/after of XLA's own kernels (layers.jit)")
   parser.add_argument('--json', default=None,
                       help="write the results here; 'auto': benchmarks/results/cpu-<cpu>.json "
                            '(processes-<cpu>.json with --processes, cpu-bfloat16-<cpu>.json '

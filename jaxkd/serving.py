@@ -31,9 +31,9 @@ import numpy as np
 ARTIFACT = 'model.jaxexport'
 DESCRIPTION = 'model.json'
 # On CPU: XLA's own convolution kernels instead of the YNNPACK library's it picks by default
-# (an exported ResNet-20, batch 256: 268 -> 206 ms, AMD EPYC, 2 cores). The option is
-# `jaxkd.models.fastconv.COMPILER_OPTIONS`, written out because this module imports nothing
-# from jaxkd (a test keeps the two equal).
+# (an exported ResNet-20, batch 256: 268 -> 206 ms, AMD EPYC, 2 cores, one-off timing). The
+# option is `jaxkd.models.fastconv.COMPILER_OPTIONS`, written out because this module
+# imports nothing from jaxkd (a test keeps the two equal).
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 

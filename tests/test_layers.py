@@ -266,3 +266,15 @@ def test_unknown_impl_lists_the_valid_ones(impls):
   layers.CONV_IMPL = 'winograd'
   with pytest.raises(ValueError, match=r"\['auto', 'xla', 'fast'\]"):
     layers.conv(8, 3)
+
+
+def test_cpu_conv_kernels_setting_is_checked_and_switches_jit(impls, monkeypatch):
+  own = lambda x: x * fastconv._own_kernels()  # noqa: E731 - read while tracing
+  layers.CONV_IMPL = 'fast'
+  monkeypatch.setattr(layers, 'CPU_CONV_KERNELS', 'ynnpack')  # XLA:CPU's default: plain jit
+  assert float(layers.jit(own)(jnp.ones(()))) == 0.0
+  monkeypatch.setattr(layers, 'CPU_CONV_KERNELS', 'eigen')
+  for call in (layers.check_settings, lambda: layers.jit(own)):
+    with pytest.raises(ValueError, match=r"CPU convolution kernels 'eigen'.*\['xla', 'ynnpack'\]"
+                                         r".*JAXKD_CPU_CONV_KERNELS"):
+      call()

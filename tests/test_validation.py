@@ -120,3 +120,16 @@ def test_script_prints_one_line_and_exits_2(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       'error: batch_size=-4: must be an integer >= 1.')
   assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'run')
+
+
+def test_script_refuses_an_unknown_layers_setting_first(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'train.py'),
+       f'--config={CONFIGS}/fashion_mnist.py:lenet5_half', f'--workdir={tmp_path / "run"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', JAXKD_CPU_CONV_KERNELS='eigen'))
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: Unknown CPU convolution kernels 'eigen'; choose one of ['xla', 'ynnpack'] "
+      "(layers.CPU_CONV_KERNELS or JAXKD_CPU_CONV_KERNELS).")
+  assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'run')

@@ -52,7 +52,8 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 # reductions), minus the convolutions, which then run on XLA's own (Eigen) kernels. Alone,
 # at batch 256 (AMD EPYC, AVX2, 2 cores): 3x3 convolutions of 32 channels at 16x16 17 ->
 # 9 ms, 64 at 8x8 16 -> 9 ms; their input gradients alike. In ResNet-20's training step,
-# with the kernel gradient below: 1.23-1.44 s -> 0.76-0.80 s (interleaved windows).
+# with the kernel gradient below: 1169 -> 844 ms (`benchmarks/throughput.py
+# --baseline-kernels`, 2026-12-03).
 COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                     'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 _TRACING = threading.local()

@@ -32,14 +32,35 @@ Dtype = Any
 
 CONV_IMPLS = ('auto', 'xla', 'fast')
 POOL_IMPLS = ('auto', 'xla', 'reshape')
+CPU_CONV_KERNELS_CHOICES = ('xla', 'ynnpack')
 CONV_IMPL: str = os.environ.get('JAXKD_CONV_IMPL', 'auto')
 POOL_IMPL: str = os.environ.get('JAXKD_POOL_IMPL', 'auto')
+# With the fast convolutions on CPU, which kernels `jit` compiles them for: 'xla' (XLA's own,
+# `fastconv.jit`) or 'ynnpack' (XLA:CPU's default library, plain `jax.jit`; the before/after
+# baseline of `benchmarks/throughput.py --baseline-kernels`).
+CPU_CONV_KERNELS: str = os.environ.get('JAXKD_CPU_CONV_KERNELS', 'xla')
+
+
+_DESCRIBED = {'CONV_IMPL': 'conv implementation', 'POOL_IMPL': 'pool implementation',
+              'CPU_CONV_KERNELS': 'CPU convolution kernels'}
+
+
+def _check(setting: str, value: str, known: tuple[str, ...]) -> None:
+  if value not in known:
+    raise ValueError(f'Unknown {_DESCRIBED[setting]} {value!r}; choose one of {list(known)} '
+                     f'(layers.{setting} or JAXKD_{setting}).')
+
+
+def check_settings() -> None:
+  """Raises ValueError for an unknown `CONV_IMPL`, `POOL_IMPL` or `CPU_CONV_KERNELS`, without
+  starting JAX's backend (the experiment scripts call it before anything else)."""
+  _check('CONV_IMPL', CONV_IMPL, CONV_IMPLS)
+  _check('POOL_IMPL', POOL_IMPL, POOL_IMPLS)
+  _check('CPU_CONV_KERNELS', CPU_CONV_KERNELS, CPU_CONV_KERNELS_CHOICES)
 
 
 def _resolve(kind: str, value: str, known: tuple[str, ...], fast: str) -> str:
-  if value not in known:
-    raise ValueError(f'Unknown {kind} implementation {value!r}; choose one of {list(known)} '
-                     f'(layers.{kind.upper()}_IMPL or JAXKD_{kind.upper()}_IMPL).')
+  _check(f'{kind.upper()}_IMPL', value, known)
   if value == 'auto':
     return fast if jax.default_backend() == 'cpu' else 'xla'
   return value
@@ -56,10 +77,12 @@ def jit(fn, **jit_kwargs):
   Every step the library builds compiles through this (`Parallel.compile`, the teacher
   cache). Under `fastconv.jit`, XLA:CPU runs the convolutions on its own kernels instead of
   YNNPACK's and the kernel gradient is planned for them: ResNet-20's training step at
-  batch 256 1.23-1.44 s -> 0.76-0.80 s, LeNet-5-half's 15.7 -> 11.1 ms (AMD EPYC,
-  interleaved windows). Compile your own loops with it for the same speed.
+  batch 256 1169 -> 844 ms, LeNet-5-half's 14.4 -> 11.7 ms (AMD EPYC, `benchmarks/
+  throughput.py --baseline-kernels`). Compile your own loops with it for the same speed.
+  `CPU_CONV_KERNELS = 'ynnpack'` makes it plain `jax.jit`.
   """
-  if conv_impl() == 'fast' and jax.default_backend() == 'cpu':
+  _check('CPU_CONV_KERNELS', CPU_CONV_KERNELS, CPU_CONV_KERNELS_CHOICES)
+  if conv_impl() == 'fast' and CPU_CONV_KERNELS == 'xla' and jax.default_backend() == 'cpu':
     return fastconv.jit(fn, **jit_kwargs)
   return jax.jit(fn, **jit_kwargs)
 
