@@ -51,9 +51,14 @@ demo: data
 test: install-test
 	$(VPY) -m pytest -q -n auto $(PYTEST_ARGS)
 
+# tcmalloc where the system has it (Debian: libtcmalloc-minimal4): it reuses freed blocks,
+# so XLA's step temporaries stop faulting in afresh, for PyTorch's peer too (ResNet-20 step
+# beside PyTorch's 1454 -> 670 ms; jaxkd/hostmem.py). The results record it (`malloc`).
+TCMALLOC ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4))
+
 bench: install
 	$(VPY) -m pip install -q -e '.[bench]'
-	$(VPY) benchmarks/throughput.py --quick
+	LD_PRELOAD=$(TCMALLOC) $(VPY) benchmarks/throughput.py --quick
 
 clean:
 	rm -rf $(VENV) workdirs

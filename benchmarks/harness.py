@@ -319,6 +319,7 @@ def run(args, *, command: str) -> dict:
       'pool_impl': layers.pool_impl(),
       'load_average_before': load_before,
       'huge_pages': hostmem.huge_pages(),  # malloc's large blocks (jaxkd.hostmem)
+      'malloc': hostmem.malloc(),  # glibc, or a preloaded tcmalloc/jemalloc
       'rows': rows,
       'targets': checks,
   }

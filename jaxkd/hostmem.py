@@ -32,6 +32,32 @@ rerun the comparison: ``GLIBC_TUNABLES= python benchmarks/throughput.py --pairs 
 --modes student --windows 3`` and the same with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (2026-12-03, same VM, after the tap-loop change: 1939 vs 1318 ms a step).
 
+Huge pages have a cost when other code churns memory too: with the kernel's default
+``defrag`` setting (``madvise``) each huge-page fault may compact memory first. Timing
+ResNet-20's student step with PyTorch's peer step in the same process, one after the other
+(as ``benchmarks/throughput.py --peer torch`` does; AMD EPYC, 2 cores, 7 steps each,
+2026-12-03, a throwaway script, ``ru_minflt``/``ru_stime`` per step):
+
+=====================================  ==============  ===============  ================
+allocator                              jaxkd alone     jaxkd after      PyTorch alone /
+                                                       each torch step  interleaved
+=====================================  ==============  ===============  ================
+glibc, no tunable                      935 ms, 151 k   (not run)        -
+                                       faults
+glibc, hugetlb=1                       754 ms, 1.1 k   1454 ms, 1.1 k   678 / 821 ms
+                                       faults, 81 ms   faults, 1440 ms
+                                       system          system
+tcmalloc (``LD_PRELOAD``)              680 ms, 434     670 ms, 693      666 / 655 ms
+                                       faults, 7 ms    faults, 7 ms
+                                       system          system
+jemalloc (``LD_PRELOAD``)              918 ms, 152 k   847 ms           1450 / 1537 ms
+=====================================  ==============  ===============  ================
+
+tcmalloc keeps freed blocks for reuse, so a step's temporaries fault in once per process:
+the fastest and steadiest of the four for both frameworks. It is a system library
+(Debian: ``libtcmalloc-minimal4``), so it is the caller's choice: ``make bench`` preloads it
+where it is installed, and :func:`malloc` says which allocator a process runs with.
+
 What was tried instead: ``mallopt`` at run time (one arena, no ``mmap``, no trimming) removes
 every fault (ResNet-20 1.62-1.74 s, CRD 0.25 s) but puts all threads on one arena lock, and
 steps of many small operations slowed by 13 % (NST 28-30 -> 32-34 ms); not used.
@@ -41,10 +67,12 @@ from __future__ import annotations
 import os
 import platform
 
-__all__ = ['HUGE_PAGES_TUNABLE', 'huge_pages']
+__all__ = ['HUGE_PAGES_TUNABLE', 'huge_pages', 'malloc']
 
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
+# Allocators that replace the C library's malloc when preloaded (`LD_PRELOAD`).
+_ALLOCATORS = ('tcmalloc', 'jemalloc', 'mimalloc')
 
 
 def _kernel_thp_mode() -> str | None:
@@ -56,6 +84,28 @@ def _kernel_thp_mode() -> str | None:
     return None
   start, end = text.find('['), text.find(']')
   return text[start + 1:end] if 0 <= start < end else None
+
+
+def malloc(maps: str = '/proc/self/maps') -> str:
+  """The allocator behind this process's ``malloc``, for a benchmark's or a run's record.
+
+  ``'tcmalloc'``, ``'jemalloc'`` or ``'mimalloc'`` when that library is mapped into the
+  process (preloaded: ``LD_PRELOAD=libtcmalloc_minimal.so.4``), else the C library's
+  (``'glibc'``). Which one serves XLA's per-step temporaries decides how often they fault
+  in afresh (module docstring).
+
+  Args:
+    maps: the process's memory map (Linux); elsewhere the C library's name is returned.
+  """
+  try:
+    with open(maps) as f:
+      text = f.read()
+  except OSError:
+    text = ''
+  for name in _ALLOCATORS:
+    if f'lib{name}' in text:
+      return name
+  return platform.libc_ver()[0] or 'libc'
 
 
 def huge_pages(environ=None) -> str:
@@ -72,6 +122,9 @@ def huge_pages(environ=None) -> str:
   system, libc = platform.system(), platform.libc_ver()[0]
   if system != 'Linux' or libc != 'glibc':
     return f'off (not Linux with glibc: {system} {libc or "unknown libc"})'
+  allocator = malloc()
+  if allocator != 'glibc':
+    return f'off (malloc is {allocator}, which does not read glibc\'s tunable)'
   mode = _kernel_thp_mode()
   if mode == 'never':
     return 'off (the kernel has transparent huge pages off: never)'

@@ -17,7 +17,8 @@ ROW_TYPES = {'pair': str, 'mode': str, 'framework': str, 'batch_size': int,
              'mfu': float, 'device': str}
 ISAS = {'AMX', 'AVX-512', 'AVX2', 'SSE4.2', 'baseline', 'unknown'}
 TOP_TYPES = {'command': str, 'date': str, 'cpu_model': str, 'cores': int, 'jax_version': str,
-             'peak_flops_per_s': float, 'rows': list, 'targets': list, 'huge_pages': str}
+             'peak_flops_per_s': float, 'rows': list, 'targets': list, 'huge_pages': str,
+             'malloc': str}
 
 
 def _env():

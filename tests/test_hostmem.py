@@ -57,3 +57,30 @@ def test_huge_pages_reads_the_tunable(monkeypatch):
       'off (the kernel')
   monkeypatch.setattr(hostmem, '_kernel_thp_mode', lambda: 'always')
   assert hostmem.huge_pages({}) == 'on (kernel: always)'
+
+
+_TCMALLOC = next((path for path in ('/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4',
+                                    '/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4')
+                  if os.path.exists(path)), None)
+
+
+def test_malloc_names_the_allocator(tmp_path):
+  maps = tmp_path / 'maps'
+  maps.write_text('7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n')
+  assert hostmem.malloc(str(maps)) == (platform.libc_ver()[0] or 'libc')
+  maps.write_text('7f00-7f01 r-xp 0 08:01 2 /usr/lib/libtcmalloc_minimal.so.4.5.10\n')
+  assert hostmem.malloc(str(maps)) == 'tcmalloc'
+  assert hostmem.malloc(str(tmp_path / 'absent')) == (platform.libc_ver()[0] or 'libc')
+
+
+@pytest.mark.skipif(not GLIBC or _TCMALLOC is None, reason='glibc and libtcmalloc-minimal4')
+def test_preloaded_tcmalloc_is_recorded_and_huge_pages_are_off():
+  program = 'from jaxkd import hostmem; print(hostmem.malloc(), "|", hostmem.huge_pages())'
+  env = {**os.environ, 'GLIBC_TUNABLES': hostmem.HUGE_PAGES_TUNABLE, 'LD_PRELOAD': _TCMALLOC}
+  out = subprocess.run([sys.executable, '-c', program], env=env, capture_output=True,
+                       text=True, timeout=60, check=True).stdout.strip()
+  assert out == "tcmalloc | off (malloc is tcmalloc, which does not read glibc's tunable)"
+  env.pop('LD_PRELOAD')
+  out = subprocess.run([sys.executable, '-c', program], env=env, capture_output=True,
+                       text=True, timeout=60, check=True).stdout.strip()
+  assert out.startswith('glibc | ') and 'tcmalloc' not in out
