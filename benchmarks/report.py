@@ -169,9 +169,16 @@ def summary_line(result: dict) -> str:
   return (f"`{result['command']}`  \n{result['date']}, {result['cpu_model']}{isa_suffix(result)}, "
           f"{result['cores']} cores, jax {result['jax_version']}" + _torch(result)
           + f", peak {result['peak_flops_per_s'] / 1e9:.1f} GFLOP/s, conv "
-          f"{result['conv_impl']}, pool {result['pool_impl']}, load average "
-          f"{result['load_average_before']:.2f} before, "
+          f"{result['conv_impl']}, pool {result['pool_impl']}" + _memory(result)
+          + f", load average {result['load_average_before']:.2f} before, "
           f"{result.get('load_average_after', float('nan')):.2f} after.")
+
+
+def _memory(result: dict) -> str:
+  """', malloc tcmalloc' / ', huge pages on', where the run recorded them (jaxkd.hostmem)."""
+  if result.get('malloc', 'glibc') != 'glibc':
+    return f", malloc {result['malloc']}"
+  return f", huge pages {result['huge_pages'].split(' (')[0]}" if 'huge_pages' in result else ''
 
 
 def _has_block(path: str, name: str) -> bool:
