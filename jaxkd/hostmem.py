@@ -53,6 +53,10 @@ tcmalloc (``LD_PRELOAD``)              680 ms, 434     670 ms, 693      666 / 65
 jemalloc (``LD_PRELOAD``)              918 ms, 152 k   847 ms           1450 / 1537 ms
 =====================================  ==============  ===============  ================
 
+(The table's figures come from a throwaway script; the benchmark's own interleaved timing
+compares the same: ``python benchmarks/throughput.py --pairs resnet --modes student --peer
+torch`` with and without ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``;
+its JSON records ``malloc`` and ``huge_pages``.)
 tcmalloc keeps freed blocks for reuse, so a step's temporaries fault in once per process:
 the fastest and steadiest of the four for both frameworks. It is a system library
 (Debian: ``libtcmalloc-minimal4``), so it is the caller's choice: ``make bench`` preloads it
