@@ -172,7 +172,7 @@ def contrast_scores(
 
   Args:
     bank: ``[N, d]`` memory bank of the *other* network.
-    indices: ``[B, K + 1]`` integer rows of the bank, positive first
+    indices: ``[B, K + 1]`` integer rows of the bank, in ``[0, N)``, positive first
       (:func:`~jaxkd.losses.feature.memory_bank.sample_contrast_indices`).
     embeddings: ``[B, d]`` unit-norm embeddings (any float dtype; computed in >= float32).
     temperature: ``T > 0`` (0.07 in the authors' code; Python float or scalar array).
