@@ -21,6 +21,7 @@ three lines:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -38,14 +39,19 @@ CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
 
+@functools.cache
+def _cpu_options_supported() -> bool:
+  """Whether this jaxlib's CPU compiler accepts `CPU_COMPILER_OPTIONS` (checked once)."""
+  try:
+    jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=CPU_COMPILER_OPTIONS)
+  except Exception:  # noqa: BLE001 - a jaxlib without the option: its defaults
+    return False
+  return True
+
+
 def _jit(fn):
   """`jax.jit(fn)`, on CPU with `CPU_COMPILER_OPTIONS` where this jaxlib accepts them."""
-  if jax.default_backend() == 'cpu':
-    try:
-      jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(
-          compiler_options=CPU_COMPILER_OPTIONS)
-    except Exception:  # noqa: BLE001 - a jaxlib without the option: its defaults
-      return jax.jit(fn)
+  if jax.default_backend() == 'cpu' and _cpu_options_supported():
     return jax.jit(fn, compiler_options=CPU_COMPILER_OPTIONS)
   return jax.jit(fn)
 
