@@ -11,16 +11,8 @@ from jaxkd import paths
 from jaxkd.losses.feature.review import abf_combine, hcl_loss, nearest_upsample
 from jaxkd.losses.feature.scale_decoupled import multiscale_pooled_features, sdd_loss
 from jaxkd.losses.projectors import (batch_norm, computed_once, conv1x1, conv1x1_batch_norm,
-                                     conv1x1_init)
+                                     conv1x1_init, conv3x3)
 from jaxkd.losses.terms import OneTap, Term, combine_teachers, validated
-from jaxkd.models import fastconv, layers
-
-
-def _conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A SAME 3x3 convolution on the models' implementation (`layers.conv_impl`)."""
-  conv = (fastconv.conv_general_dilated if layers.conv_impl() == 'fast'
-          else jax.lax.conv_general_dilated)
-  return conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +72,7 @@ class ReviewKD(Term):
         x = abf_combine(x, residual, attention)
       x = computed_once(nearest_upsample(x, *target_shapes[i][1:3]))
       residual = x
-      outputs[i] = batch_norm(_conv3x3(x, p['conv2']), p['bn2']['scale'], p['bn2']['bias'],
+      outputs[i] = batch_norm(conv3x3(x, p['conv2']), p['bn2']['scale'], p['bn2']['bias'],
                                axis_name)
     return outputs
 

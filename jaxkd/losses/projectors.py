@@ -47,6 +47,14 @@ def channel_mix(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.einsum('...c,cd->...d', x, kernel)
 
 
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A SAME 3x3 convolution of NHWC `x` with an HWIO `kernel`, on the models' implementation
+  (`layers.conv_impl`)."""
+  conv = (fastconv.conv_general_dilated if layers.conv_impl() == 'fast'
+          else jax.lax.conv_general_dilated)
+  return conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, axis_name) -> jax.Array:
   """BatchNorm over the global batch's statistics (a connector used in training only)."""
   mean = jnp.mean(x, axis=(0, 1, 2))
