@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkd
-from jaxkd import models, quantize
+from jaxkd import models, paths, quantize
 from jaxkd.models import layers
 from jaxkd.serving import ARTIFACT, DESCRIPTION, Artifact, load
 
@@ -105,6 +105,7 @@ def export_model(variables: PyTree, model, *, input_shape: Sequence[int],
   Raises:
     ValueError: a bad dtype, int8 selection or input shape.
   """
+  check_platforms(platforms)
   input_shape = tuple(int(n) for n in input_shape)
   channels = np.broadcast_shapes(np.shape(mean), np.shape(std), (1,))[0]
   if len(input_shape) != 3 or channels not in (1, input_shape[-1]):
@@ -115,6 +116,18 @@ def export_model(variables: PyTree, model, *, input_shape: Sequence[int],
   spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8)
   return jax.export.export(jax.jit(predict),
                            platforms=tuple(platforms) if platforms else None)(spec)
+
+
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')  # what `jax.export` lowers for
+
+
+def check_platforms(platforms: Sequence[str] | None) -> None:
+  """Raises ValueError unless `platforms` is None or a non-empty sequence of `PLATFORMS`."""
+  if platforms is None:
+    return
+  if isinstance(platforms, str) or not platforms or any(p not in PLATFORMS for p in platforms):
+    raise ValueError(f'platforms={platforms!r}: give a list of {list(PLATFORMS)} (or none for '
+                     'the current backend).')
 
 
 def check_out_dir(out_dir: str) -> None:
@@ -225,6 +238,9 @@ def export_run(workdir: str, out_dir: str, *, dtype: str = 'float32',
     ValueError: a bad dtype or int8 selection.
   """
   from jaxkd import data  # local import: TFDS is slow to import
+  check_platforms(platforms)
+  if not isinstance(int8, bool):
+    paths.check_patterns(int8)
   check_out_dir(out_dir)
   model, variables, meta = load_run(workdir)
   info = data.info(meta['dataset'])
@@ -237,6 +253,7 @@ def export_run(workdir: str, out_dir: str, *, dtype: str = 'float32',
   return write(out_dir, exported, description)
 
 
-__all__ = ['ARTIFACT', 'Artifact', 'DESCRIPTION', 'DTYPES', 'check_out_dir', 'describe',
+__all__ = ['ARTIFACT', 'Artifact', 'DESCRIPTION', 'DTYPES', 'PLATFORMS', 'check_out_dir',
+           'check_platforms', 'describe',
            'export_model', 'export_run', 'final_dir', 'inference_function', 'load', 'load_run',
            'normalization_table', 'stored_weights', 'write']

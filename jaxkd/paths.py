@@ -37,9 +37,13 @@ def matches(path: str, patterns: Sequence[str]) -> bool:
 
 
 def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
-  """The patterns as a tuple, each compiled once (a bad regex raises `re.error` now)."""
+  """The patterns as a tuple, each compiled once (a bad regex raises ValueError now)."""
   if isinstance(patterns, str):
     raise TypeError(f'Pass patterns as a sequence of regexes, not the string {patterns!r}.')
   for p in patterns:
-    re.compile(p)
+    try:
+      re.compile(p)
+    except re.error as error:
+      raise ValueError(f'{p!r} is not a valid regular expression ({error}); patterns are '
+                       "Python regexes over '/'-joined paths, e.g. 'params/head/.*'.") from None
   return tuple(patterns)

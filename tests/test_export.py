@@ -1,6 +1,7 @@
 """Deploying the student: jax.export artifacts, int8 weights and the compression report."""
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -342,3 +343,15 @@ def test_serving_compiles_with_the_libraries_cpu_options():
   conv = lambda x: jax.lax.conv_general_dilated(  # noqa: E731 - YNNPACK's by default
       x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   assert 'ynn' not in serving._jit(conv).lower(x).compile().as_text().lower()
+
+
+@pytest.mark.parametrize('kwargs,words', [
+    ({'platforms': ['bogus']}, "platforms=['bogus']"),
+    ({'platforms': 'cpu'}, "platforms='cpu'"),
+    ({'int8': ['params/(conv']}, "'params/(conv' is not a valid regular expression"),
+])
+def test_export_run_refuses_bad_settings_before_any_work(kwargs, words, tmp_path):
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError, match=re.escape(words)):
+    export.export_run(str(tmp_path / 'no_run'), str(out), **kwargs)
+  assert not out.exists()
