@@ -8,7 +8,8 @@ import sys
 
 # What a run refuses (a bad setting, a missing or foreign folder, a diverged loss): printed as
 # one line and exit status 2, no traceback unless $JAXKD_TRACEBACK is set.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, PermissionError,
+               NotADirectoryError, IsADirectoryError)
 TRACEBACK_ENV = 'JAXKD_TRACEBACK'
 
 

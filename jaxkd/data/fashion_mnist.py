@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pathlib
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,7 +26,7 @@ def read_idx(path: str | pathlib.Path, *, ndim: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
       data = f.read()
-  except (OSError, EOFError) as e:
+  except (OSError, EOFError, zlib.error) as e:  # zlib: a damaged deflate stream
     raise CorruptDataError(f"Cannot read {path}: {e}. Replace the file.") from e
   header = 4 + 4 * ndim
   expected_magic = bytes([0, 0, _IDX_UBYTE, ndim])
