@@ -27,3 +27,12 @@ def test_damaged_deflate_stream_is_a_corrupt_data_error(tmp_path):
   path.write_bytes(bytes(raw))
   with pytest.raises(CorruptDataError, match='labels-idx1-ubyte.gz.*Replace the file'):
     read_idx(path, ndim=1)
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path, monkeypatch):
+  from jaxkd import data
+  afile = tmp_path / 'afile'
+  afile.write_text('')
+  monkeypatch.setenv('JAXKD_DATA_DIR', str(afile))
+  with pytest.raises(ValueError, match=r'\$JAXKD_DATA_DIR=.*afile.* is a file, not a folder'):
+    data.prepare('fashion_mnist')

@@ -70,7 +70,13 @@ class RemoteFile:
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """`data_dir`, else $JAXKD_DATA_DIR, else ~/tensorflow_datasets."""
   chosen = data_dir or os.environ.get(DATA_DIR_ENV) or _DEFAULT_DATA_DIR
-  return pathlib.Path(chosen).expanduser()
+  path = pathlib.Path(chosen).expanduser()
+  if path.exists() and not path.is_dir():
+    where = 'data_dir' if data_dir else (f'${DATA_DIR_ENV}' if os.environ.get(DATA_DIR_ENV)
+                                         else 'the default data folder')
+    raise ValueError(f'{where}={str(path)!r} is a file, not a folder; point it at a folder '
+                     '(created if missing) where prepared datasets are kept.')
+  return path
 
 
 def downloads_allowed(allow_download: bool | None = None) -> bool:
