@@ -47,3 +47,12 @@ def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
       raise ValueError(f'{p!r} is not a valid regular expression ({error}); patterns are '
                        "Python regexes over '/'-joined paths, e.g. 'params/head/.*'.") from None
   return tuple(patterns)
+
+
+def check_patterns_match(setting: str, patterns: Sequence[str], paths: Sequence[str]) -> None:
+  """Raises ValueError naming `setting` when one of `patterns` fully matches none of `paths`
+  (a pattern that matches nothing freezes or skips nothing: almost surely a typo)."""
+  unused = [p for p in patterns if not any(re.fullmatch(p, path) for path in paths)]
+  if unused:
+    raise ValueError(f'{setting} pattern(s) {unused} match no path; paths look like '
+                     f'{sorted(paths)[:4]}.')

@@ -26,7 +26,7 @@ import optax
 from jaxkd import losses
 from jaxkd.augment import Augment
 from jaxkd.parallel import Parallel
-from jaxkd.paths import check_patterns, flatten, matches, path_str
+from jaxkd.paths import check_patterns, check_patterns_match, flatten, matches, path_str
 from jaxkd.steps import build_update
 
 PyTree = Any
@@ -91,6 +91,7 @@ def merge_params(target_init: PyTree, source: PyTree, *, dont_load: Sequence[str
   target, treedef = jax.tree_util.tree_flatten_with_path(target_init)
   flat_source = flatten(source)
   flat_target = {path_str(p): leaf for p, leaf in target}
+  check_patterns_match('dont_load', dont_load, [*flat_target, *flat_source])
   _raise_on(mismatches(flat_target, flat_source, dont_load), dont_load, 'the source variables')
   leaves = []
   for path, leaf in flat_target.items():
@@ -119,6 +120,7 @@ def load_pretrained(directory: str, target_init: PyTree, *,
   is_meta = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')  # noqa: E731
   stored, metadata, step = checkpoint.variables_metadata(directory)
   flat_target = flatten(target_init)
+  check_patterns_match('dont_load', dont_load, [*flat_target, *flatten(stored, is_leaf=is_meta)])
   _raise_on(mismatches(flat_target, flatten(stored, is_leaf=is_meta), dont_load), dont_load,
             f'{directory} (step {step}, model {metadata.get("model")})')
 
@@ -218,6 +220,8 @@ def partition_optimizer(make_tx: Callable[[], optax.GradientTransformation], par
   """
   if not 0 < layer_decay <= 1:
     raise ValueError(f'layer_decay must be in (0, 1], got {layer_decay}.')
+  check_patterns_match('frozen', check_patterns(frozen), list(flatten(params)))
+  check_patterns_match('trainable', check_patterns(trainable), list(flatten(params)))
   starts = unfreeze_steps(params, order=order, frozen=frozen, trainable=trainable,
                           unfreeze_every=unfreeze_every)
   scales = layer_scales(order, layer_decay)

@@ -263,6 +263,20 @@ def test_unknown_layer_and_bad_patterns_are_refused():
     transfer.merge_params(params, params, dont_load='head/.*')
 
 
+def test_patterns_that_match_nothing_are_refused():
+  """A freeze or skip pattern that matches no path would freeze or skip nothing."""
+  params = {'head': {'kernel': jnp.zeros((2, 2))}, 'conv1': {'kernel': jnp.zeros((2, 2))}}
+  make_tx = lambda: optax.sgd(0.1)  # noqa: E731
+  with pytest.raises(ValueError, match=r"frozen pattern\(s\) \['conv9/.\*'\] match no path"):
+    transfer.partition_optimizer(make_tx, params, order=('conv1', 'head'), frozen=('conv9/.*',))
+  with pytest.raises(ValueError, match=r"trainable pattern\(s\) \['haed/.\*'\] match no path"):
+    transfer.partition_optimizer(make_tx, params, order=('conv1', 'head'), trainable=('haed/.*',))
+  with pytest.raises(ValueError, match=r"dont_load pattern\(s\) \['params/haed/.\*'\]"):
+    transfer.merge_params({'params': params}, {'params': params}, dont_load=('params/haed/.*',))
+  tx = transfer.partition_optimizer(make_tx, params, order=('conv1', 'head'), frozen=('conv1/.*',))
+  assert tx.init(params) is not None  # a matching pattern is accepted
+
+
 @pytest.fixture()
 def fake_data(tmp_path, monkeypatch):
   make_fashion_mnist(tmp_path / 'raw', n_train=400, n_test=100, learnable=True)
