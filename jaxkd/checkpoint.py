@@ -341,7 +341,11 @@ class Checkpointer:
       raise _damage(folder, error) from error
     metadata = dict(restored['metadata'])
     expected = metadata.get('state_sha256')
-    if expected is not None and tree_sha256(restored['state']) != expected:
+    if expected is None:
+      raise DamagedCheckpointError(
+          f'{folder} is damaged: its metadata has lost the checksum of its state, so it cannot '
+          'be checked.')
+    if tree_sha256(restored['state']) != expected:
       raise DamagedCheckpointError(
           f'{folder} is damaged: its state does not match the checksum saved with it.')
     return Restored(restored['state'], dict(restored['data'] or {}), metadata, int(step))
@@ -474,7 +478,11 @@ def _verify(directory: str, variables: PyTree, metadata: dict) -> None:
   expected = metadata.get('leaf_sha256')
   if expected is None:  # saved before per-leaf checksums: the whole tree, when all was read
     whole = metadata.get('variables_sha256')
-    if whole and not any(leaf is ocp.PLACEHOLDER for leaf in jax.tree.leaves(variables)) and (
+    if not whole:
+      raise DamagedCheckpointError(
+          f'{directory} is damaged: its metadata has lost both checksums (leaf_sha256, '
+          'variables_sha256), so its variables cannot be checked. Retrain or restore this model.')
+    if not any(leaf is ocp.PLACEHOLDER for leaf in jax.tree.leaves(variables)) and (
         tree_sha256(variables) != whole):
       raise DamagedCheckpointError(
           f'{directory} is damaged: its variables do not match the checksum saved with them.')

@@ -1,5 +1,6 @@
 """Checkpoints: round trip, retention, half-written folders, refused resumes, SIGTERM, exact
 resume of the shared loop, and the final export."""
+import json
 import os
 import signal
 
@@ -208,3 +209,20 @@ def test_final_export_is_idempotent_and_never_overwritten(tmp_path):
   placed, _ = checkpoint.load_variables(directory, target=abstract)
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(placed))
   assert jnp.array_equal(placed['params']['head']['kernel'], variables['params']['head']['kernel'])
+
+
+def test_variables_whose_metadata_lost_its_checksums_are_refused(tmp_path):
+  """Metadata without checksums cannot vouch for the arrays: refused, not trusted."""
+  _, _, state = _state()
+  directory = str(tmp_path / 'final')
+  checkpoint.save_variables(directory, jax.device_get(state.variables),
+                            metadata={'model': 'mlp'}, step=1)
+  (meta_file,) = [os.path.join(d, f) for d, _, files in os.walk(directory) for f in files
+                  if os.path.basename(d) == 'metadata' and f == 'metadata']
+  with open(meta_file) as f:
+    meta = json.load(f)
+  del meta['leaf_sha256'], meta['variables_sha256']
+  with open(meta_file, 'w') as f:
+    json.dump(meta, f)
+  with pytest.raises(checkpoint.DamagedCheckpointError, match='lost both checksums'):
+    checkpoint.load_variables(directory)
