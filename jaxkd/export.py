@@ -27,6 +27,7 @@ import json
 import os
 from typing import Any, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,8 +245,13 @@ def export_run(workdir: str, out_dir: str, *, dtype: str = 'float32',
   check_out_dir(out_dir)
   model, variables, meta = load_run(workdir)
   info = data.info(meta['dataset'])
-  exported = export_model(variables, model, input_shape=info.image_shape, mean=info.mean,
-                          std=info.std, dtype=dtype, int8=int8, platforms=platforms)
+  try:
+    exported = export_model(variables, model, input_shape=info.image_shape, mean=info.mean,
+                            std=info.std, dtype=dtype, int8=int8, platforms=platforms)
+  except flax.errors.FlaxError as error:  # the metadata names a model the variables don't fit
+    raise ValueError(f'{meta["final_dir"]}: its variables do not fit the model its metadata names '
+                     f'({meta["model"]!r}, {meta.get("model_overrides", {})}): '
+                     f'{str(error).splitlines()[0]}') from error
   description = describe(meta, source=meta['final_dir'], variables=variables,
                          exported=exported, input_shape=info.image_shape, mean=info.mean,
                          std=info.std, dtype=dtype,

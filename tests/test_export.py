@@ -355,3 +355,11 @@ def test_export_run_refuses_bad_settings_before_any_work(kwargs, words, tmp_path
   with pytest.raises(ValueError, match=re.escape(words)):
     export.export_run(str(tmp_path / 'no_run'), str(out), **kwargs)
   assert not out.exists()
+
+
+def test_run_whose_metadata_names_another_model_is_refused(tmp_path):
+  _, variables = _trained_like('lenet5_half')
+  workdir = _finished_run(tmp_path / 'run', 'lenet5', variables)  # metadata says lenet5
+  with pytest.raises(ValueError, match=r"do not fit the model its metadata names \('lenet5'"):
+    export.export_run(workdir, str(tmp_path / 'out'))
+  assert not (tmp_path / 'out').exists()
