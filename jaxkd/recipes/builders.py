@@ -197,8 +197,11 @@ def load_teacher(directory: str, task: Task, config) -> tuple[Any, Any, dict]:
   from jaxkd import checkpoint  # local import: orbax is slow to import
   final = os.path.join(directory, 'final')
   variables, meta = checkpoint.load_variables(final if os.path.isdir(final) else directory)
-  classes = list(config.get('classes') or ())
-  if meta['dataset'] != task.name or list(meta.get('classes') or []) != classes:
+  everything = list(range(data.info(task.name).num_classes))
+  # explicit classes 0..C-1 in order are the whole dataset: the same task as `classes=()`
+  same_task = lambda c: [] if list(c or ()) == everything else list(c or ())  # noqa: E731
+  classes = same_task(config.get('classes'))
+  if meta['dataset'] != task.name or same_task(meta.get('classes')) != classes:
     raise ValueError(
         f"Teacher {directory!r} was trained on {meta['dataset']} classes "
         f"{meta.get('classes') or 'all'}, but this run is on {task.name} classes "
