@@ -26,6 +26,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxkd
 from jaxkd import distributed
+from jaxkd import paths
 from jaxkd.paths import flatten
 from jaxkd.state import leaf_sha256, tree_sha256
 
@@ -173,30 +174,7 @@ def check_resumable(stored: dict, current: dict, *, directory: str) -> None:
 
 def differences(stored: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """`{dotted setting: (stored, current)}` for every compared setting that differs."""
-  flat_stored, flat_current = _flat(stored), _flat(current)
-  keys = sorted(k for k in set(flat_stored) | set(flat_current)
-                if k.split('.')[0] not in NOT_COMPARED)
-  return {k: (flat_stored.get(k), flat_current.get(k)) for k in keys
-          if _canonical(flat_stored.get(k)) != _canonical(flat_current.get(k))}
-
-
-def _flat(record: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in record.items():
-    if isinstance(value, dict) and value:
-      flat.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
-def _canonical(value):
-  """Tuples and lists compare equal (JSON turns one into the other); None equals empty."""
-  if isinstance(value, dict):
-    return {k: _canonical(v) for k, v in value.items()} or None
-  if isinstance(value, (list, tuple)):
-    return [_canonical(v) for v in value] or None
-  return value
+  return paths.differences(stored, current, ignore=NOT_COMPARED)
 
 
 def _scalars(metrics: dict) -> dict:

@@ -26,6 +26,8 @@ import time
 import jax
 import numpy as np
 
+from jaxkd import paths
+
 AUTO_ENV = 'JAXKD_DISTRIBUTED'  # 'auto': let jax.distributed discover the cluster (SLURM, TPU)
 # How long the processes of a run given `coordinator_address` wait for each other at start-up,
 # in seconds; then every one of them stops with a message naming who did not come.
@@ -85,18 +87,6 @@ def _timeout() -> float:
   if not value > 0:
     raise ValueError(f'{TIMEOUT_ENV}={text!r}: give the start-up timeout in seconds (> 0).')
   return value
-
-
-def _differences(mine: dict, theirs: dict, prefix: str = '') -> list[str]:
-  """`key: a vs b` for each setting that differs between two nested dicts."""
-  lines = []
-  for key in sorted(set(mine) | set(theirs)):
-    a, b = mine.get(key, '(unset)'), theirs.get(key, '(unset)')
-    if isinstance(a, dict) and isinstance(b, dict):
-      lines += _differences(a, b, f'{prefix}{key}.')
-    elif a != b:
-      lines.append(f'{prefix}{key}: {a!r} vs {b!r}')
-  return lines
 
 
 def _send(connection: socket.socket, message: dict) -> None:
@@ -175,7 +165,8 @@ def rendezvous(address: str, num_processes: int, process_id: int, settings: dict
       elif other in peers or other == 0 or not isinstance(other, int):
         problems.append(f'two processes were started with --process_id={other}')
       else:
-        differ = _differences(hello['settings'], theirs.get('settings', {}))
+        differ = [f'{k}: {a!r} vs {b!r}' for k, (a, b) in
+                  paths.differences(hello['settings'], theirs.get('settings', {})).items()]
         if differ:
           problems.append(f'process {other} runs other settings than process 0: '
                           + '; '.join(differ[:5]) + (' ...' if len(differ) > 5 else ''))

@@ -56,3 +56,31 @@ def check_patterns_match(setting: str, patterns: Sequence[str], paths: Sequence[
   if unused:
     raise ValueError(f'{setting} pattern(s) {unused} match no path; paths look like '
                      f'{sorted(paths)[:4]}.')
+
+
+def differences(a: dict, b: dict, *, ignore: Sequence[str] = ()) -> dict[str, tuple[Any, Any]]:
+  """`{dotted setting: (a's, b's)}` for each setting of two nested dicts that differs, with
+  tuples equal to lists (JSON turns one into the other) and None equal to empty; top-level
+  keys in `ignore` are not compared."""
+  flat_a, flat_b = _dotted(a), _dotted(b)
+  keys = sorted(k for k in set(flat_a) | set(flat_b) if k.split('.')[0] not in ignore)
+  return {k: (flat_a.get(k), flat_b.get(k)) for k in keys
+          if _canonical(flat_a.get(k)) != _canonical(flat_b.get(k))}
+
+
+def _dotted(record: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in record.items():
+    if isinstance(value, dict) and value:
+      flat.update(_dotted(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _canonical(value):
+  if isinstance(value, dict):
+    return {k: _canonical(v) for k, v in value.items()} or None
+  if isinstance(value, (list, tuple)):
+    return [_canonical(v) for v in value] or None
+  return value

@@ -263,6 +263,20 @@ def test_born_again_chain_hands_each_generation_to_the_next(fake_data):
       'kd']['multi_teacher'] == 'ensemble'
   assert final['params_sha256'] == gens[2]['params_sha256']
   assert recipes.chain(config, workdir)['generations'] == gens  # finished links are reused
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    before = f.read()
+  for key, value in (('models', 'mlp,mlp,mlp'), ('temperature', 20.0), ('seed', 7)):
+    other = config.copy_and_resolve_references()
+    if key == 'models':
+      other.chain.models = value
+    elif key == 'temperature':
+      other.kd.temperature = value
+    else:
+      other.seed = value
+    with pytest.raises(FileExistsError, match=r'holds a chain of other settings \(.*' + key):
+      recipes.chain(other, workdir)
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    assert f.read() == before  # a refused rerun changes nothing
 
 
 def test_assistant_chain_of_three_models(fake_data):
@@ -287,6 +301,9 @@ def test_chain_refuses_a_bad_model_list_before_any_run(fake_data):
     recipes.chain(config, str(fake_data / 'bad'))
   config.chain.models = 'lenet5'
   with pytest.raises(ValueError, match='at least 2'):
+    recipes.chain(config, str(fake_data / 'bad'))
+  config.chain.models = 'lenet5,,lenet5_half'
+  with pytest.raises(ValueError, match='has an empty entry'):
     recipes.chain(config, str(fake_data / 'bad'))
   assert not os.path.exists(fake_data / 'bad')
 

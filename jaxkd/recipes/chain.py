@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 
+from jaxkd import paths
 from jaxkd.recipes.distill import build_objective, distill
 from jaxkd.recipes.provenance import write_json
 from jaxkd.recipes.run import selection_policy
@@ -30,7 +31,11 @@ def chain_models(config) -> list[str]:
   """`config.chain.models` ('lenet5,lenet5_mid,lenet5_half'), at least two (one after a
   `teacher_dir`)."""
   spec = (config.get('chain') or {}).get('models', '')
-  names = [n.strip() for n in str(spec).split(',') if n.strip()]
+  names = [n.strip() for n in str(spec).split(',')]
+  if str(spec).strip() and not all(names):
+    raise ValueError(f'chain.models={spec!r} has an empty entry; name one zoo model between '
+                     'each pair of commas, e.g. --config.chain.models=lenet5,lenet5_half.')
+  names = [n for n in names if n]
   first = 1 if config.get('teacher_dir') else 2
   if len(names) < first:
     raise ValueError(f'chain.models={spec!r} names {len(names)} model(s); a chain needs at least '
@@ -67,6 +72,37 @@ def _finished(workdir: str, model: str) -> dict | None:
   return final
 
 
+CHAIN_CONFIG = 'chain_config.json'  # the settings a chain's workdir was started with
+
+
+def check_chain_workdir(config, workdir: str) -> dict:
+  """Refuses, before any link runs, a WORKDIR that holds a chain of other settings (other
+  models, temperature, seed, ...): its finished links would be reused as if they were this
+  chain's. Returns the settings to record (`CHAIN_CONFIG`)."""
+  settings = json.loads(config.to_json_best_effort(sort_keys=True))
+  recorded = os.path.join(workdir, CHAIN_CONFIG)
+  if os.path.exists(recorded):
+    with open(recorded) as f:
+      differing = paths.differences(json.load(f), settings)
+  elif os.path.exists(os.path.join(workdir, 'final_metrics.json')):  # a chain from before
+    with open(os.path.join(workdir, 'final_metrics.json')) as f:
+      summary = json.load(f)
+    differing = paths.differences(
+        {'chain.models': summary.get('chain'), 'chain.ensemble': summary.get('ensemble')},
+        {'chain.models': chain_models(config),
+         'chain.ensemble': bool((config.get('chain') or {}).get('ensemble', False))})
+    differing = differing or {'(settings)': ('not recorded', 'this run\'s')}
+  else:
+    return settings
+  if differing:
+    details = '; '.join(f'{k}: workdir {a!r}, this run {b!r}' for k, (a, b) in
+                        list(differing.items())[:5])
+    raise FileExistsError(f'{workdir!r} holds a chain of other settings ({details}); its '
+                          'finished links would be reused as this chain\'s. Nothing was changed: '
+                          'use a new --workdir, or the original settings.')
+  return settings
+
+
 def chain(config, workdir: str) -> dict:
   """Runs the chain `config.chain.models` in WORKDIR/<k>-<model>.
 
@@ -84,6 +120,7 @@ def chain(config, workdir: str) -> dict:
   names = chain_models(config)
   with_ensemble = bool((config.get('chain') or {}).get('ensemble', False))
   build_objective(config, num_teachers=1, steps_per_epoch=1)  # refused before any run
+  settings = check_chain_workdir(config, workdir)
   links = []  # (kind, model, generation, teacher dirs)
   teachers = [config.teacher_dir] if config.get('teacher_dir') else []
   for k, name in enumerate(names):
@@ -95,6 +132,7 @@ def chain(config, workdir: str) -> dict:
       raise ValueError('chain.ensemble distils from the ensemble of the generations; the chain '
                        'has one, give chain.models at least 2.')
     links.append(('distill', names[-1], len(names), generations))
+  write_json(os.path.join(workdir, CHAIN_CONFIG), settings)
   records, final = [], None
   for kind, name, k, teacher_dirs in links:
     link_dir = os.path.join(workdir, f'{k}-{name}' if k < len(names) else f'ensemble-{name}')
