@@ -1,12 +1,17 @@
 """Optimizers and learning-rate schedules by name."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import optax
 
 SCHEDULES = ('constant', 'cosine', 'piecewise')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
+
+
+class SettingWarning(UserWarning):
+  """A legal setting that is almost surely a mistake (shown once per place, as Python does)."""
 
 
 def make_schedule(*, name: str, learning_rate: float, total_steps: int, warmup_steps: int = 0,
@@ -16,6 +21,14 @@ def make_schedule(*, name: str, learning_rate: float, total_steps: int, warmup_s
   `piecewise` multiplies the rate by `decay_factor` at each boundary, given as a fraction of
   `total_steps` (e.g. the CIFAR recipe's 150/180/210 of 240 epochs is (0.625, 0.75, 0.875)).
   """
+  if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+    raise ValueError(f'warmup_steps={warmup_steps!r}: give a whole number of steps >= 0.')
+  if warmup_steps and warmup_steps >= total_steps:
+    warnings.warn(
+        f'warmup_steps={warmup_steps} is not shorter than the run ({total_steps} steps): the '
+        f'learning rate only ever reaches {min(total_steps / warmup_steps, 1.0):.0%} of '
+        f'learning_rate={learning_rate}. Shorten the warm-up or lengthen the run.',
+        SettingWarning, stacklevel=2)
   if name == 'constant':
     schedule = optax.constant_schedule(learning_rate)
   elif name == 'cosine':

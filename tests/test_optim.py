@@ -26,3 +26,13 @@ def test_clip_norm_rescales_only_large_gradients(name):
 def test_unknown_optimizer_names_the_choices():
   with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'.*sgd"):
     optim.make_optimizer(name='rmsprop', learning_rate=0.1)
+
+
+def test_warmup_longer_than_the_run_warns_and_a_negative_one_is_refused():
+  with pytest.warns(optim.SettingWarning, match=r'warmup_steps=1000 is not shorter than the run '
+                                                r'\(30 steps\).*only ever reaches 3%'):
+    schedule = optim.make_schedule(name='constant', learning_rate=0.1, total_steps=30,
+                                   warmup_steps=1000)
+  np.testing.assert_allclose(float(schedule(29)), 0.1 * 29 / 1000, rtol=1e-5)
+  with pytest.raises(ValueError, match=r'warmup_steps=-5: give a whole number'):
+    optim.make_schedule(name='constant', learning_rate=0.1, total_steps=30, warmup_steps=-5)
