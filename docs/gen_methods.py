@@ -46,8 +46,8 @@ def methods_table(losses=LOSSES) -> str:
     defaults = ', '.join(f'`{key}={value!r}`' if value is not inspect.Parameter.empty
                          else f'`{key}` (required)' for key, value in _defaults(term))
     # The API page documents each term where jaxkd.losses re-exports it.
-    link = f'api/losses.md#jaxkd.losses.{term.__qualname__}'
-    rows.append(f'| `{name}` | [`{term.__qualname__}`]({link}) | '
+    link = f'api/losses.md#jaxkd.losses.{term.__name__}'
+    rows.append(f'| `{name}` | [`{term.__name__}`]({link}) | '
                 f'{_cell(getattr(term, "family", ""))} | {paper} | {_cell(defaults)} |')
   return '\n'.join(rows)
 
