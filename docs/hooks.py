@@ -38,7 +38,7 @@ def _summary(module: str) -> str:
     path = os.path.join(ROOT, PACKAGE, module, '__init__.py')
   with open(path) as f:
     docstring = ast.get_docstring(ast.parse(f.read())) or ''
-  return docstring.split('\n\n')[0].replace('\n', ' ')
+  return docstring.split('\n\n')[0].replace('\n', ' ').replace('|', '\\|')
 
 
 def on_config(config):
