@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # 2 cores; jaxkd/hostmem.py). glibc reads it when a process starts; others ignore it.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: demo test install install-test data bench clean
+.PHONY: demo test docs install install-test install-docs data bench clean
 
 # uv installs the venv's packages (fresh set-up 56 s with pip -> 22 s, 2 cores); it
 # compiles their bytecode as pip does, so each Python process imports as fast.
@@ -28,8 +28,13 @@ $(VENV)/.installed-test: pyproject.toml | $(VPY)
 	$(UV_INSTALL) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-docs: pyproject.toml | $(VPY)
+	$(UV_INSTALL) -e '.[docs]'
+	touch $@ $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-docs: $(VENV)/.installed-docs
 
 # Raw Fashion-MNIST: Debian's dataset-fashion-mnist when we are root on Debian and the files
 # are missing; otherwise JAXKD_FASHION_MNIST_DIR, or the online fallback inside jaxkd.
@@ -51,6 +56,12 @@ demo: data
 test: install-test
 	$(VPY) -m pytest -q -n auto $(PYTEST_ARGS)
 
+# The guides and the API reference (from the docstrings) into site/; warnings are errors.
+# The method table of docs/methods.md is rewritten from the registry first.
+docs: install-docs
+	$(VPY) docs/gen_methods.py
+	$(VPY) -m mkdocs build --strict
+
 # tcmalloc where the system has it (Debian: libtcmalloc-minimal4): it reuses freed blocks,
 # so XLA's step temporaries stop faulting in afresh, for PyTorch's peer too (ResNet-20 step
 # beside PyTorch's 1454 -> 670 ms; jaxkd/hostmem.py). The results record it (`malloc`).
@@ -61,4 +72,4 @@ bench: install
 	LD_PRELOAD=$(TCMALLOC) $(VPY) benchmarks/throughput.py --quick
 
 clean:
-	rm -rf $(VENV) workdirs
+	rm -rf $(VENV) workdirs site
