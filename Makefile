@@ -47,6 +47,20 @@ data: install
 	fi
 	$(VPY) -m jaxkd.data prepare fashion_mnist
 
+# The text corpora for language models (jaxkd/data/text.py): Debian's python3.11-doc when we
+# are root on Debian and the files are missing; otherwise JAXKD_PYDOC_DIR names them.
+PYDOC_DIR ?= $(or $(JAXKD_PYDOC_DIR),/usr/share/doc/python3.11/html/_sources)
+.PHONY: data-text
+data-text: install
+	@if [ ! -f "$(PYDOC_DIR)/library/functions.rst.txt" ] && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian package python3.11-doc"; \
+	  apt-get install -y -q python3.11-doc >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q python3.11-doc >/dev/null; }; \
+	fi
+	$(VPY) -c "from jaxkd.data import text; text.prepare('pydoc'); \
+	  text.prepare('stdlib', tokenizer_corpus='pydoc')"
+
 # The demo: LeNet-5 teacher, LeNet-5-Half alone and distilled, 5 epochs each, then a table
 # beside the published figures (2 min 06 s from a fresh clone, set-up included, on 2 CPU
 # cores: AMD EPYC VM, 2026-12-03).

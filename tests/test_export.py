@@ -92,7 +92,7 @@ def test_every_zoo_model_round_trips_in_a_fresh_process_without_jaxkd(tmp_path, 
        str(tmp_path / 'images.npy')],
       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   zoo = {}
-  for name in models.names():
+  for name in sorted(set(models.names()) - set(models.LANGUAGE_MODELS)):  # image models
     model, variables = _trained_like(name)
     exported = export.export_model(variables, model, input_shape=SHAPE, mean=MEAN, std=STD)
     export.write(str(tmp_path / name), exported, {'model': name, 'input_shape': list(SHAPE)})

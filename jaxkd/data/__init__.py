@@ -14,3 +14,4 @@ from jaxkd.data.builders import source as source
 from jaxkd.data.builders import subset_classes as subset_classes
 from jaxkd.data.pipeline import InMemoryDataset as InMemoryDataset
 from jaxkd.data.pipeline import make_loader as make_loader
+from jaxkd.data import text as text

@@ -29,6 +29,7 @@ from jaxkd.models.features import features
 from jaxkd.models.lenet import LeNet5
 from jaxkd.models.mlp import MLP
 from jaxkd.models.resnet import CifarResNet
+from jaxkd.models.transformer import Transformer
 from jaxkd.models.wrn import WideResNet
 
 _p = functools.partial
@@ -63,7 +64,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'wrn_40_1': _p(WideResNet, depth=40, width=1),
     'wrn_40_2': _p(WideResNet, depth=40, width=2),
     'wrn_28_10': _p(WideResNet, depth=28, width=10),
+    # Decoder-only language models (docs/language-models.md); num_classes is the vocabulary.
+    'transformer': Transformer,
+    'lm_teacher': _p(Transformer, depth=4, width=192, heads=4),
+    'lm_student': _p(Transformer, depth=2, width=128, heads=4),
 }
+LANGUAGE_MODELS = ('lm_student', 'lm_teacher', 'transformer')  # read int tokens [B, L]
 
 
 def names() -> list[str]:
@@ -105,11 +111,13 @@ def param_count(params: Any) -> int:
 
 
 __all__ = [
+    'LANGUAGE_MODELS',
     'MODELS',
     'CifarResNet',
     'ConvNet',
     'LeNet5',
     'MLP',
+    'Transformer',
     'WideResNet',
     'build',
     'feature_paths',

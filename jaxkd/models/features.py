@@ -28,12 +28,14 @@ def _by_path(intermediates, prefix: tuple[str, ...] = ()) -> dict[str, tuple]:
   return out
 
 
-def feature_paths(model: nn.Module, images_shape: Sequence[int]) -> list[str]:
+def feature_paths(model: nn.Module, images_shape: Sequence[int],
+                  dtype: Any = jnp.float32) -> list[str]:
   """Every module path whose output `features` can return, parents before children.
 
   Args:
     model: a model from `jaxkd.models.build`.
     images_shape: `[B, H, W, C]`; only shapes are traced, nothing is computed.
+    dtype: of the input (`jnp.int32` for a language model's tokens `[B, L]`).
   """
   finished = {}  # Path -> index, in the order the modules' calls returned.
 
@@ -47,7 +49,7 @@ def feature_paths(model: nn.Module, images_shape: Sequence[int]) -> list[str]:
     return model.init({'params': key, 'dropout': key}, images, train=False,
                       capture_intermediates=record)
 
-  jax.eval_shape(init, jax.ShapeDtypeStruct(tuple(images_shape), jnp.float32))
+  jax.eval_shape(init, jax.ShapeDtypeStruct(tuple(images_shape), dtype))
 
   # A parent returns after its children; it goes just before its first-finished descendant.
   def preorder_key(path: str):
@@ -109,7 +111,7 @@ def features(
   captured = _by_path(state.pop('intermediates', {}))
   missing = [p.pattern for p in patterns if not any(p.fullmatch(k) for k in captured)]
   if missing:
-    available = feature_paths(model, images.shape)
+    available = feature_paths(model, images.shape, images.dtype)
     raise ValueError(f'No module at path(s) {missing}; available paths: {available}')
   feats = {path: outs[0] if len(outs) == 1 else outs for path, outs in captured.items()}
   if not mutable:

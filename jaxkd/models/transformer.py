@@ -1,0 +1,184 @@
+"""A decoder-only transformer language model: pre-LayerNorm, rotary positions, tied embeddings.
+
+    model = jaxkd.models.build('lm_student', num_classes=tokenizer.vocab_size)
+    variables = model.init({'params': key}, tokens)          # int tokens [B, L]
+    logits = model.apply(variables, tokens)                   # float32 [B, L, V]
+    hidden, embedding = model.apply(variables, tokens, method='hidden')
+    # hidden [B, L, D] (after the final LayerNorm), embedding float32 [V, D]:
+    # unembed(hidden, embedding) == logits, so a loss can take the vocabulary in chunks.
+
+Position `j`'s logits predict token `j + 1` (`jaxkd.data.text.pack`'s convention). Modules
+(paths for `jaxkd.models.features` taps): `embed`, `block<i>` (the residual stream after block
+`i`), `block<i>/norm1`, `block<i>/attention` (its output projection), `block<i>/attention/qkv`
+(`[B, L, 3, heads, head_dim]`, queries and keys before the rotation), `block<i>/attention/probs`
+(float32 `[B, heads, L, L]`), `block<i>/norm2`, `block<i>/mlp`, `norm`.
+
+Attention runs through `jax.nn.dot_product_attention` (fused kernels where the platform has
+them), which does not return its probabilities, so `probs` computes them again, and only when
+intermediates are captured: a plain `apply` never does, and under `jit` XLA drops them when no
+tap reads them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def rope(x: jax.Array, positions: jax.Array, *, base: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) of `x` `[..., L, heads, head_dim]`.
+
+  Feature pairs `(x_i, x_{i + head_dim/2})` turn by `positions * base^(-2i / head_dim)`, so
+  `rope(q, m) . rope(k, n)` depends on `m - n` only. Computed in float32, returned in x's dtype.
+  """
+  half = x.shape[-1] // 2
+  if 2 * half != x.shape[-1]:
+    raise ValueError(f'Rotary positions need an even head dimension, not {x.shape[-1]}.')
+  freqs = jnp.asarray(base ** (-np.arange(half) / half), jnp.float32)
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * freqs  # [..., L, half]
+  cos, sin = jnp.cos(angles)[..., None, :], jnp.sin(angles)[..., None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+def unembed(hidden: jax.Array, embedding: jax.Array) -> jax.Array:
+  """Tied output layer: float32 logits `hidden @ embedding.T`, in the hidden states' dtype
+  with float32 accumulation; `[..., D] x [V, D] -> [..., V]`."""
+  return jnp.einsum('...d,vd->...v', hidden, embedding.astype(hidden.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def attention_probs(queries: jax.Array, keys: jax.Array) -> jax.Array:
+  """Causal `softmax(q k^T / sqrt(head_dim))`: `[B, L, N, H] x2 -> float32 [B, N, L, L]`."""
+  scores = jnp.einsum('blnh,bmnh->bnlm', queries, keys, preferred_element_type=jnp.float32)
+  length = queries.shape[1]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  scores = jnp.where(causal, scores / math.sqrt(queries.shape[-1]), -jnp.inf)
+  return jax.nn.softmax(scores, axis=-1)
+
+
+class AttentionProbs(nn.Module):
+  """The attention probabilities as a module output, so a tap can read them by path."""
+
+  @nn.compact
+  def __call__(self, queries, keys):
+    return attention_probs(queries, keys)
+
+
+def _dense(features, dtype, name, axis=-1):
+  return nn.DenseGeneral(features, axis=axis, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention with rotary positions; `[B, L, D] -> [B, L, D]`."""
+
+  width: int
+  heads: int
+  rope_base: float = 10_000.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions):
+    if self.width % self.heads:
+      raise ValueError(f'width={self.width} is not a multiple of heads={self.heads}.')
+    qkv = _dense((3, self.heads, self.width // self.heads), self.dtype, 'qkv')(x)
+    queries, keys, values = (qkv[:, :, i] for i in range(3))
+    queries = rope(queries, positions, base=self.rope_base)
+    keys = rope(keys, positions, base=self.rope_base)
+    if self.is_mutable_collection('intermediates'):  # a tap may read them
+      AttentionProbs(name='probs')(queries, keys)
+    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True)
+    return _dense(self.width, self.dtype, 'out', axis=(-2, -1))(out)
+
+
+class FeedForward(nn.Module):
+  """Dense -> GELU -> dense, `hidden` units inside."""
+
+  width: int
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.gelu(_dense(self.hidden, self.dtype, 'up')(x))
+    return _dense(self.width, self.dtype, 'down')(x)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm residual block: `x + attention(norm1(x))`, then `+ mlp(norm2(x))`."""
+
+  width: int
+  heads: int
+  mlp_ratio: int = 4
+  dropout_rate: float = 0.0
+  rope_base: float = 10_000.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, *, train: bool = False):
+    def norm(name):
+      return nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name)
+
+    def dropout(y):
+      return nn.Dropout(self.dropout_rate)(y, deterministic=not train) if self.dropout_rate else y
+
+    attention = CausalSelfAttention(self.width, self.heads, self.rope_base, self.dtype,
+                                    name='attention')
+    x = x + dropout(attention(norm('norm1')(x), positions))
+    mlp = FeedForward(self.width, self.mlp_ratio * self.width, self.dtype, name='mlp')
+    return x + dropout(mlp(norm('norm2')(x)))
+
+
+class Transformer(nn.Module):
+  """Decoder-only language model; see the module docstring for calls and tap paths.
+
+  `num_classes` is the vocabulary size (the zoo's name for the output width). Parameters are
+  float32; `dtype` is the compute dtype (e.g. `jnp.bfloat16`); logits are always float32.
+  """
+
+  num_classes: int
+  width: int = 256
+  depth: int = 4
+  heads: int = 4
+  mlp_ratio: int = 4
+  max_len: int = 1024
+  dropout_rate: float = 0.0
+  rope_base: float = 10_000.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def hidden(self, tokens, *, train: bool = False, positions=None):
+    """`(hidden [B, L, D] after the final LayerNorm, embedding float32 [V, D])`.
+
+    `positions` (`[L]` or `[B, L]`, default `0..L-1`) place the tokens for the rotations.
+    """
+    if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
+      raise TypeError(f'A language model reads integer token ids, not {tokens.dtype}.')
+    if tokens.shape[-1] > self.max_len:
+      raise ValueError(f'{tokens.shape[-1]} tokens exceed max_len={self.max_len}.')
+    if positions is None:
+      positions = jnp.arange(tokens.shape[-1])
+    embed = nn.Embed(self.num_classes, self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                     embedding_init=_EMBED_INIT, name='embed')
+    x = embed(tokens)
+    if self.dropout_rate:
+      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    for i in range(self.depth):
+      x = Block(self.width, self.heads, self.mlp_ratio, self.dropout_rate, self.rope_base,
+                self.dtype, name=f'block{i}')(x, positions, train=train)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='norm')(x)
+    return x, embed.embedding
+
+  def __call__(self, tokens, *, train: bool = False, positions=None):
+    """float32 logits `[B, L, num_classes]`: position `j` predicts token `j + 1`."""
+    return unembed(*self.hidden(tokens, train=train, positions=positions))
+
+  @property
+  def vocab_size(self) -> int:
+    return self.num_classes
