@@ -15,7 +15,7 @@ from fakedata import make_fashion_mnist
 from jaxkd import checkpoint, cli, compare, export, models, quantize, serving
 from jaxkd.models import layers
 from jaxkd.paths import path_str
-from jaxkd.recipes.builders import Task
+from jaxkd.recipes.components import Task
 from test_models import MNIST, PARAM_COUNTS
 
 # Artifacts trace the library's default (CPU) convolutions, as a user's export does.

@@ -82,7 +82,7 @@ def test_validation_first_holds_out_before_the_class_subset(tmp_path):
   training split (the same for every seed) and never from, nor into, its training draw;
   without it they would come out of the run's own 60 images."""
   from fakedata import fashion_mnist_in_process
-  from jaxkd.recipes.builders import load_task
+  from jaxkd.recipes.components import load_task
   small = dict(classes=tuple(range(10)), train_per_class=6, validation_size=100)
   with fashion_mnist_in_process(tmp_path, n_train=300, n_test=20):
     with pytest.raises(ValueError, match=r'validation_size=100 must be in 1..59'):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxkd import reproduce, stats
-from jaxkd.recipes.builders import build_model
+from jaxkd.recipes.components import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from jaxkd.recipes.distill import build_objective, distill
+from jaxkd.recipes.distillation import build_objective, distill
 from jaxkd.recipes.provenance import write_json
 from jaxkd.recipes.run import selection_policy
 from jaxkd.recipes.train import train

@@ -8,7 +8,7 @@ import numpy as np
 from jaxkd import cache, losses
 from jaxkd.distill import (create_distill_state, inference_apply, make_distill_step,
                            topk_temperature)
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
                                     build_parallel, input_transform, load_init, load_task,
                                     load_teacher, make_batches, make_evaluator,
                                     num_train_steps)

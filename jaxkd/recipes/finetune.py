@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxkd import paths, transfer
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
                                     build_parallel, load_init, load_task, make_batches,
                                     make_evaluator, num_train_steps)
 from jaxkd.recipes.provenance import run_metadata

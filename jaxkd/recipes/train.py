@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
                                     build_parallel, load_task, make_batches, make_evaluator,
                                     num_train_steps)
 from jaxkd.recipes.provenance import run_metadata
