@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(HERE, 'configs'))
 
 import reproduce_cifar100 as table_config  # noqa: E402
 
-from jaxkd import reproduce  # noqa: E402
+from jaxkd.tables import reproduce  # noqa: E402
 
 if __name__ == '__main__':
   reproduce.command_line(__doc__, table_config,

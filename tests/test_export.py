@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from fakedata import make_fashion_mnist
-from jaxkd import checkpoint, cli, compare, export, models, quantize, serving
+from jaxkd import checkpoint, cli, export, models, quantize, serving
+from jaxkd.tables import compare
 from jaxkd.models import layers
 from jaxkd.paths import path_str
 from jaxkd.recipes.components import Task

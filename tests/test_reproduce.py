@@ -31,7 +31,7 @@ def _run_tiny(tmp_path, script: str, name: str):
 def _rerun_skips_everything(tmp_path, module: str, payload, capsys) -> None:
   """Running the table's specs again (the code path of the script's rerun, in this process:
   no second interpreter start) reads every finished run and trains nothing."""
-  from jaxkd import sweep
+  from jaxkd.tables import sweep
   sys.path.insert(0, os.path.join(ROOT, 'experiments', 'configs'))
   try:
     table = __import__(module)

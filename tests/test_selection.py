@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxkd import recipes, sweep
+from jaxkd import recipes
+from jaxkd.tables import sweep
 from jaxkd.checkpoint import Checkpointer
 from jaxkd.recipes.provenance import best_epoch
 from jaxkd.recipes.run import selection_policy

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from jaxkd import stats, tensorboard
+from jaxkd import tensorboard
+from jaxkd.tables import stats
 
 
 def _differences_with_t(t, n):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxkd import reproduce, stats
+from jaxkd.tables import reproduce, stats
 from jaxkd.recipes.components import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

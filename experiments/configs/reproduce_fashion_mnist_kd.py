@@ -4,13 +4,13 @@
 
 LeNet-5 -> LeNet-5-Half (Nayak et al. 2019) and Hinton et al. 2015's MLP pair; rows teacher,
 student alone (hard labels) and KD student; plus a temperature sweep for the LeNet pair.
-This module is the table's whole description for `jaxkd.reproduce`: runs, rows, tests,
+This module is the table's whole description for `jaxkd.tables.reproduce`: runs, rows, tests,
 published figures, Markdown and plots.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'fashion_mnist_kd'
 # Paired tests (treatment, control), each on both metrics.

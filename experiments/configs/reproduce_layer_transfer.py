@@ -14,12 +14,12 @@ The primary test, fixed before any seed of this sweep ran, is `ft_2` > `scratch`
 per class (the transfer table's post-hoc `ft_convs` row was this setting: +0.90 points,
 p = 0.08); every other test is secondary.
 
-This module is the table's whole description for `jaxkd.reproduce`.
+This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'layer_transfer'
 LAYERS = ('conv1', 'conv2', 'dense1', 'dense2')  # LeNet-5 below its head, bottom first

@@ -14,12 +14,12 @@ The temperature and the hard-label weight were chosen by the 'select' profile (v
 accuracy of the best epoch, on a draw of its own, seed 10, which no row of the table uses)
 and written into `KD` below in a commit before any seed of the table ran.
 
-This module is the table's whole description for `jaxkd.reproduce`.
+This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd import reproduce, stats, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, stats, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'soft_targets'
 ROWS = {'hard_3pct': 'LeNet-5, 3 % of the images, hard labels',

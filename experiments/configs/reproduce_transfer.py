@@ -15,13 +15,13 @@ source's dense layers fell below scratch at 10 labels per class: shoes and bags 
 any source class, and the dense layers' features for them are worse than a fresh start.
 It is a post-hoc row; the table says so.
 
-This module is the table's whole description for `jaxkd.reproduce`: runs, rows, tests,
+This module is the table's whole description for `jaxkd.tables.reproduce`: runs, rows, tests,
 Markdown and plot.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'transfer'
 
