@@ -33,11 +33,10 @@ import numpy as np
 
 import jaxkd
 from jaxkd import models, quantize
-from jaxkd.models import layers
+from jaxkd.models import DTYPES, layers
 from jaxkd.serving import ARTIFACT, DESCRIPTION, Artifact, load
 
 PyTree = Any
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 FORMAT = 'jaxkd-export/1'
 
 

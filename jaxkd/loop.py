@@ -145,7 +145,7 @@ def fit(
     parallel: Parallel = Parallel(),
     step_args: tuple = (),
     evaluate: Callable[[TrainState, int], dict] | None = None,
-    log_every: int = 50,
+    log_every: int,
     desc: str = 'train',
     on_step: Callable[[TrainState, int], None] | None = None,
     checkpointer: 'Checkpointer | None' = None,

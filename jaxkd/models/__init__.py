@@ -22,6 +22,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxkd.models.convnet import ConvNet
 from jaxkd.models.features import feature_paths
@@ -30,6 +31,9 @@ from jaxkd.models.lenet import LeNet5
 from jaxkd.models.mlp import MLP
 from jaxkd.models.resnet import CifarResNet
 from jaxkd.models.wrn import WideResNet
+
+# The compute dtypes a model runs in (its `dtype` override); parameters stay float32.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 _p = functools.partial
 
@@ -105,6 +109,7 @@ def param_count(params: Any) -> int:
 
 
 __all__ = [
+    'DTYPES',
     'MODELS',
     'CifarResNet',
     'ConvNet',

@@ -10,8 +10,9 @@ import numpy as np
 
 from jaxkd import paths, transfer
 from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
-                                    build_parallel, load_init, load_task, make_batches,
-                                    make_evaluator, num_train_steps)
+                                      build_parallel, load_init, load_task, make_batches,
+                                      make_evaluator, num_train_steps)
+from jaxkd.recipes.defaults import setting
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.recipes.validate import check_config
@@ -41,7 +42,7 @@ def finetune(config, workdir: str) -> dict:
                            dont_load=dont_load)
   lp_config = config.copy_and_resolve_references()
   with lp_config.unlocked():
-    lp_config.num_epochs, lp_config.num_steps = f.lp_epochs, f.get('lp_steps', 0)
+    lp_config.num_epochs, lp_config.num_steps = f.lp_epochs, setting(config, 'finetune.lp_steps')
     lp_config.optimizer.learning_rate = f.lp_learning_rate or config.optimizer.learning_rate
   lp_dir = os.path.join(workdir, 'lp')
   lp = _finetune_stage(lp_config, lp_dir, method='lp', init_dir=config.init_dir,
@@ -82,7 +83,7 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
                                variables=init_vars)
     step_fn = transfer.make_finetune_step(
         model=model, tx=tx, param_starts=param_starts, stats_starts=stats_starts,
-        label_smoothing=config.get('label_smoothing', 0.0), augment=build_augment(config),
+        label_smoothing=setting(config, 'label_smoothing'), augment=build_augment(config),
         learning_rate_fn=schedule, parallel=parallel)
     evaluate = make_evaluator(model, task, config, parallel)
     state = fit_config(config, workdir, checkpointer, state=parallel.replicate(state),
