@@ -253,7 +253,7 @@ class Checkpointer:
     if stored is not None:
       check_resumable(stored, self.metadata, directory=self.directory)
     # Every process has read the folder as it was before any of them creates or cleans it
-    # (Orbax's managers synchronise processes; they must all take the same path).
+    # (Orbax's managers synchronize processes; they must all take the same path).
     distributed.barrier('jaxkd_checkpointer_checked')
     _warn_incomplete(self.directory, 'ignored and removed')
     policy = [policies.LatestN(n=keep_last)]

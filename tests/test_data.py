@@ -333,7 +333,7 @@ def test_loader_determinism_epochs_and_coverage():
   assert both[:40] != both[40:]
 
 
-def test_loader_normalisation_matches_numpy():
+def test_loader_normalization_matches_numpy():
   rng = np.random.default_rng(0)
   src = [{"image": rng.integers(0, 256, (5, 5, 3), dtype=np.uint8), "label": i}
          for i in range(16)]
@@ -408,7 +408,7 @@ def test_in_memory_epochs_determinism_and_compile_once():
   assert [_ids(b) for b in _in_memory().epoch(1, start_step=4)] == epoch1[4:]
 
 
-def test_in_memory_normalisation_and_labels():
+def test_in_memory_normalization_and_labels():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (20, 3, 3, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 20)

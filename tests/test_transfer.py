@@ -288,7 +288,7 @@ def _small(config, **changes):
   return config
 
 
-def test_finetune_then_distill_into_a_student_initialised_from_the_source(fake_data):
+def test_finetune_then_distill_into_a_student_initialized_from_the_source(fake_data):
   import distill_fashion_mnist
   import fashion_mnist
   import finetune_fashion_mnist

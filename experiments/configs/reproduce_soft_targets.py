@@ -1,4 +1,4 @@
-"""Soft targets as a regulariser (Hinton et al. 2015, sec. 5) on Fashion-MNIST.
+"""Soft targets as a regularizer (Hinton et al. 2015, sec. 5) on Fashion-MNIST.
 
     python experiments/reproduce_soft_targets.py --profile select  # chooses T (validation)
     python experiments/reproduce_soft_targets.py --profile full    # 5 seeds, the table
@@ -154,7 +154,7 @@ def tabulate(records, config) -> dict:
 
 def render(payload: dict) -> str:
   cell = reproduce.cell
-  lines = reproduce.header(f"Soft targets as a regulariser, Fashion-MNIST ({payload['profile']} "
+  lines = reproduce.header(f"Soft targets as a regularizer, Fashion-MNIST ({payload['profile']} "
                            "profile)", payload)
   kd = payload['kd']
   lines += [f"soft_3pct: T = {kd['temperature']:g}, hard-label weight {kd['hard_weight']:g}, "

@@ -1,6 +1,6 @@
 """Input pipelines: a grain loader over a random-access source, and an in-device one.
 
-Both yield `{'image': float32 [B, H, W, C] normalised, 'label': int32 [B]}` and
+Both yield `{'image': float32 [B, H, W, C] normalized, 'label': int32 [B]}` and
 shuffle deterministically from a seed and the epoch number.
 """
 
@@ -128,7 +128,7 @@ def make_loader(
     worker_count: int = 0,
     read_options: grain.ReadOptions | None = None,
 ) -> grain.DataLoader:
-  """A grain `DataLoader` of normalised batches from a random-access source.
+  """A grain `DataLoader` of normalized batches from a random-access source.
 
   Each process reads its contiguous shard of `data_source` (shard `shard_index`
   of `shard_count`, default `jax.process_index()` of `jax.process_count()`),
@@ -185,7 +185,7 @@ class InMemoryDataset:
   permutation `jax.random.permutation(fold_in(key(seed), epoch), N)` (kept on
   device; recomputing it every step would cost more than the step on CPU); each
   step, one function slices this process's part of the step's global batch from
-  it, gathers and normalises. A batch is a pure function of (seed, epoch, step):
+  it, gathers and normalizes. A batch is a pure function of (seed, epoch, step):
   a run resumed at step k of epoch e gets exactly the same batches, and processes
   (shards) with the same seed take disjoint examples. The last partial global
   batch of an epoch is dropped.
@@ -265,7 +265,7 @@ class InMemoryDataset:
     return order_fn
 
   def _make_batch_fn(self, scale: np.ndarray, shift: np.ndarray):
-    """The per-step function (compiled once): slice the order, gather, normalise."""
+    """The per-step function (compiled once): slice the order, gather, normalize."""
     batch_size = self.batch_size
     offset = self.shard_index * batch_size
     global_batch = batch_size * self.shard_count

@@ -38,7 +38,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _p = functools.partial
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    # Fully connected (Hinton et al. 2015): teacher with dropout, unregularised student.
+    # Fully connected (Hinton et al. 2015): teacher with dropout, unregularized student.
     'mlp': MLP,
     'mlp_1200': _p(MLP, hidden=(1200, 1200), dropout_rate=0.5, input_dropout_rate=0.2),
     'mlp_800': _p(MLP, hidden=(800, 800)),

@@ -39,7 +39,7 @@ class Task:
 
   @property
   def input_shape(self) -> tuple[int, ...]:
-    """One example's shape with a batch dimension of 1, for initialising models."""
+    """One example's shape with a batch dimension of 1, for initializing models."""
     return (1,) + self.train_images.shape[1:]
 
   def normalize(self, images: np.ndarray) -> np.ndarray:
@@ -222,7 +222,7 @@ def load_teacher(directory: str, task: Task, config) -> tuple[Any, Any, dict]:
 
 
 def input_transform(task: Task, config) -> dict:
-  """What a teacher cache depends on besides the teacher: data, subset and normalisation."""
+  """What a teacher cache depends on besides the teacher: data, subset and normalization."""
   return {'classes': list(config.get('classes') or ()),
           'train_per_class': config.get('train_per_class') or 0,
           'subset_seed': config.seed if config.get('classes') else None,

@@ -21,7 +21,7 @@ from jaxkd.state import create_train_state, fresh_variables
 
 def finetune(config, workdir: str) -> dict:
   """Fine-tunes `config.model` on the config's task from `config.init_dir` (a source-task
-  WORKDIR; '' trains from scratch), the `config.dont_load` paths (the head) re-initialised.
+  WORKDIR; '' trains from scratch), the `config.dont_load` paths (the head) re-initialized.
 
   `config.finetune.method`: 'lp' trains the head only, 'ft' everything, 'lp_ft' runs LP for
   `finetune.lp_epochs` in WORKDIR/lp and then FT from its result with a fresh optimizer.

@@ -66,7 +66,7 @@ def check_config(config) -> None:
   Checked: dataset, model (and a cohort's and a chain's models), dtype, parallel mode,
   optimizer and schedule names; batch, step, epoch, logging and checkpoint counts; the
   learning rate, label smoothing and validation split; classes (distinct, in range, at least
-  two); teacher and initialisation folders; teacher-cache options.
+  two); teacher and initialization folders; teacher-cache options.
   """
   dataset = _get(config, 'dataset')
   if dataset not in data.DATASETS:
