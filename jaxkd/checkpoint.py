@@ -283,8 +283,8 @@ class Checkpointer:
     """Starts saving `state` as step `step`; returns once the arrays are on the host.
 
     `data_state` is the data-iterator position (JSON-able, e.g. `{'epoch': 2,
-    'step_in_epoch': 5}` or a grain iterator's `get_state()` decoded); `metrics` (scalars)
-    rank this checkpoint for `keep_best` and must then hold `best_metric`.
+    'step_in_epoch': 5}`); `metrics` (scalars) rank this checkpoint for `keep_best` and must
+    then hold `best_metric`.
     """
     if metrics is not None:
       metrics = _scalars(metrics)

@@ -179,6 +179,20 @@ def test_ema_teacher_follows_the_update_rule(ema_setup):
   assert tree_sha256(current.teacher_params) != tree_sha256(current.params)
 
 
+def test_ema_update_matches_the_formula_bit_for_bit(ema_setup):
+  """The EMA through `optax.incremental_update` is `d * teacher + (1 - d) * student`, in
+  that operand order (the hand-written update it replaced): equal bits, not close values."""
+  state, step = ema_setup
+  formula = jax.jit(lambda teacher, student, d: jax.tree.map(
+      lambda t, s: (d * t + (1 - d) * s).astype(t.dtype), teacher, student))
+  current = jax.tree.map(jnp.array, state)
+  for batch in _batches(4, seed=2):
+    before = _host(current.teacher_params)  # the step donates the state
+    current, metrics = step(current, batch)
+    expected = formula(before, current.params, metrics['ema_decay'])
+    assert tree_sha256(current.teacher_params) == tree_sha256(expected)
+
+
 def test_ema_state_resumes_exactly(ema_setup, tmp_path):
   state, step = ema_setup
   straight, resumed = _straight_and_resumed(state, step, _batches(4, seed=1),

@@ -1,4 +1,4 @@
-"""Datasets (TFDS ArrayRecord builders that need no TensorFlow) and input pipelines."""
+"""Datasets (TFDS ArrayRecord builders that need no TensorFlow) and the in-memory input pipeline."""
 
 from jaxkd.data._local import CorruptDataError as CorruptDataError
 from jaxkd.data._local import DataNotFoundError as DataNotFoundError
@@ -13,4 +13,3 @@ from jaxkd.data.registry import prepare as prepare
 from jaxkd.data.registry import source as source
 from jaxkd.data.registry import subset_classes as subset_classes
 from jaxkd.data.pipeline import InMemoryDataset as InMemoryDataset
-from jaxkd.data.pipeline import make_loader as make_loader
