@@ -18,12 +18,9 @@ from jaxkd.state import TrainState
 
 
 def ema_settings(config) -> dict:
-  """`config.ema` checked: `decay` in [0, 1), `ramp_up` a bool."""
-  decay, ramp_up = setting(config, 'ema.decay'), setting(config, 'ema.ramp_up')
-  ema.check_decay(decay)
-  if not isinstance(ramp_up, bool):
-    raise ValueError(f'ema.ramp_up must be True or False, got {ramp_up!r}.')
-  return {'decay': float(decay), 'ramp_up': ramp_up}
+  """`config.ema` (checked by `check_config`): the teacher's `decay` and `ramp_up`."""
+  return {'decay': float(setting(config, 'ema.decay')),
+          'ramp_up': setting(config, 'ema.ramp_up')}
 
 
 def ema_teacher(config, workdir: str) -> dict:

@@ -32,9 +32,6 @@ def finetune(config, workdir: str) -> dict:
   """
   check_config(config)
   f = config.finetune
-  methods = (*transfer.METHODS, 'lp_ft')
-  if f.method not in methods:
-    raise ValueError(f'Unknown finetune.method {f.method!r}; choose one of {list(methods)}.')
   dont_load = tuple(config.get('dont_load') or ())
   selection_policy(config)  # refused before the LP stage runs, not after it
   if f.method != 'lp_ft':

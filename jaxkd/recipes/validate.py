@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 
-from jaxkd import cache, data, models, optim
+from jaxkd import cache, data, models, optim, transfer
 from jaxkd.losses import MULTI_TEACHER
 from jaxkd.parallel import MODES
 
@@ -66,7 +66,8 @@ def check_config(config) -> None:
   Checked: dataset, model (and a cohort's and a chain's models), dtype, parallel mode,
   optimizer and schedule names; batch, step, epoch, logging and checkpoint counts; the
   learning rate, label smoothing and validation split; classes (distinct, in range, at least
-  two); teacher and initialization folders; teacher-cache options.
+  two); teacher and initialization folders; teacher-cache options; the fine-tuning method;
+  the EMA teacher's decay and ramp-up.
   """
   dataset = _get(config, 'dataset')
   if dataset not in data.DATASETS:
@@ -130,6 +131,9 @@ def check_config(config) -> None:
     if _get(config, 'kd.cache_topk') and not _get(config, 'kd.cache'):
       raise ConfigError(f'kd.cache_topk={_get(config, "kd.cache_topk")}: needs kd.cache '
                         "('float32' or 'float16'); a live teacher keeps every logit.")
+  _choice(config, 'finetune.method', (*transfer.METHODS, 'lp_ft'))
+  _number(config, 'ema.decay', low=0.0, high=1.0)  # the mean teacher uses 0.99-0.999
+  _choice(config, 'ema.ramp_up', (False, True))
   _folders(config, 'teacher_dir')
   _folders(config, 'student_init_dir')
   _folders(config, 'init_dir')
