@@ -1,25 +1,21 @@
 """Model selection never sees the test set unless a config says so, and then it is recorded."""
 import json
 import os
-import sys
 
 import ml_collections
 import numpy as np
 import pytest
 
 from jaxkd import recipes
-from jaxkd.tables import sweep
 from jaxkd.checkpoint import Checkpointer
+from jaxkd.recipes import defaults
 from jaxkd.recipes.provenance import best_epoch
 from jaxkd.recipes.run import selection_policy
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'experiments', 'configs'))
-from fashion_mnist import get_config  # noqa: E402
+from jaxkd.tables import sweep
 
 
 def _config(**overrides):
-  config = get_config('lenet5_half')
+  config = defaults.supervised('lenet5_half')
   config.update(overrides)
   return config
 

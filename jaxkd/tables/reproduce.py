@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib
 import os
+import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,6 +29,17 @@ import numpy as np
 from jaxkd import recipes
 from jaxkd.tables import sweep
 from jaxkd.tables.sweep import RunSpec, pct
+
+
+def load_table(path: str) -> Any:
+  """The table description module at `path` (`experiments/configs/reproduce_<name>.py`).
+
+  Its folder goes on `sys.path`, and stays: a description imports the configs beside it,
+  some only when `get_config` is called."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
+  return importlib.import_module(os.path.splitext(os.path.basename(path))[0])
 
 
 def run_table(table: Any, specs: Sequence[RunSpec], *, config, profile: str, root: str,
