@@ -123,3 +123,19 @@ def straight_and_resumed():
       resumed, _ = step(resumed, batch)
     return straight, resumed
   return run
+
+
+@pytest.fixture(scope='session')
+def distill_steps():
+  """`distill_steps(step, state, teacher_vars, parallel, batches) -> (state, history)`: a
+  distillation step over `batches` under `parallel`, the state back on the host layout and
+  each step's metrics."""
+  def run(step, state, teacher_vars, parallel, batches):
+    state = parallel.replicate(state)
+    teacher = parallel.place_teacher(teacher_vars)
+    history = []
+    for batch in batches:
+      state, metrics = step(state, parallel.shard_batch(batch), teacher)
+      history.append(jax.device_get(parallel.unreplicate(metrics)))
+    return parallel.unreplicate(state), history
+  return run

@@ -182,16 +182,6 @@ def _setup(spec, lenet_pair, teacher_vars, parallel=Parallel('jit', num_devices=
   return objective, tx, step, state
 
 
-def _run(step, state, teacher_vars, parallel, batches):
-  state = parallel.replicate(state)
-  teacher = parallel.place_teacher(teacher_vars)
-  history = []
-  for batch in batches:
-    state, metrics = step(state, parallel.shard_batch(batch), teacher)
-    history.append(jax.device_get(parallel.unreplicate(metrics)))
-  return parallel.unreplicate(state), history
-
-
 def test_fitnet_regressor_trains_beside_the_student(teacher_vars, lenet_pair, make_batches):
   teacher, student = lenet_pair
   _, _, step, state = _setup(FITNET, lenet_pair, teacher_vars)
@@ -236,14 +226,15 @@ def test_unknown_tap_lists_the_valid_paths(teacher_vars, lenet_pair):
 @pytest.mark.parametrize('parallel', [Parallel('jit'), Parallel('pmap'), Parallel('shard_map')],
                          ids=lambda p: p.mode)
 def test_batch_level_and_feature_terms_same_on_8_devices(teacher_vars, parallel, lenet_pair,
-                                                         make_batches):
+                                                         make_batches, distill_steps):
   spec = {'ce': {'weight': 1.0}, 'dist': {'weight': 2.0},
           'at': {'weight': 100.0, 'student_taps': ['pool1'], 'teacher_taps': ['pool1']}}
   batches = make_batches(3, n=32)
   _, _, step, state = _setup(spec, lenet_pair, teacher_vars)
-  ref_state, ref = _run(step, state, teacher_vars, Parallel('jit', num_devices=1), batches)
+  one_device = Parallel('jit', num_devices=1)
+  ref_state, ref = distill_steps(step, state, teacher_vars, one_device, batches)
   _, _, step, state = _setup(spec, lenet_pair, teacher_vars, parallel)
-  got_state, got = _run(step, state, teacher_vars, parallel, batches)
+  got_state, got = distill_steps(step, state, teacher_vars, parallel, batches)
   for key in ('loss', 'dist_loss', 'at_loss'):
     np.testing.assert_allclose([m[key] for m in got], [m[key] for m in ref], rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
