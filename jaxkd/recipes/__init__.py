@@ -5,7 +5,9 @@ recipe is one module (`train`, `distillation`, `finetune`, and the teacher schem
 `mutual_learning`, `ema_teacher`, `chain`) assembled from the shared builders
 (`components`: task, model, optimizer, parallel mode, batches, evaluator, teachers), the run
 frame (`run`: checkpointer, the shared loop, final metrics and model) and the run's
-provenance (`provenance`). A new recipe is a new module registered in `RECIPES`.
+provenance (`provenance`). Every setting's default is written once, in `defaults`: the base
+configs `experiments/configs/*.py` start from, and what a recipe reads for a setting its
+config leaves out. A new recipe is a new module registered in `RECIPES`.
 """
 from jaxkd.recipes.components import DTYPES as DTYPES
 from jaxkd.recipes.components import Task as Task
