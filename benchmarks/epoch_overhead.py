@@ -4,7 +4,7 @@
 
 For each pair's student (SGD with momentum, batch 256) on 60,000 generated 28x28 uint8
 images held on device by `jaxkd.data.InMemoryDataset` (the experiments' path: a shuffled
-permutation per epoch, each batch gathered and normalised on device), it times one epoch of
+permutation per epoch, each batch gathered and normalized on device), it times one epoch of
 `jaxkd.loop.fit` (metrics pulled to the host every 50 steps, no evaluation, no checkpoints)
 against steps_per_epoch x the median step time of the same compiled step called back to
 back on one fixed batch. Target: epoch wall time <= 1.1x the sum of its step times.

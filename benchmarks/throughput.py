@@ -9,7 +9,7 @@
 
 For each teacher -> student pair and each mode the script compiles the library's own step
 (`make_train_step`, `make_distill_step`, `make_eval_step`, the transfer module's fine-tuning
-step), runs it until warm, and times repeated windows of steps, each synchronised with
+step), runs it until warm, and times repeated windows of steps, each synchronized with
 `block_until_ready`; a row reports the median window. FLOPs per step come from XLA's cost
 analysis of the compiled step; MFU divides the achieved FLOP/s by a float32 (or `--dtype`)
 matmul peak measured in the same run. With `--peer torch` the same models and steps run in

@@ -27,7 +27,8 @@ _DATASET = flags.DEFINE_string('dataset', 'fashion_mnist', 'Input shapes for --m
 
 def main(argv):
   del argv
-  from jaxkd import compare, recipes
+  from jaxkd import recipes
+  from jaxkd.tables import compare
   recipes.enable_compilation_cache()  # and quiets Orbax's INFO logs
   if _MODELS.value:
     costs = cli.exit_on_user_error(compare.model_costs, _MODELS.value, dataset=_DATASET.value,

@@ -8,14 +8,11 @@ outputs go to --root (default workdirs/cifar100_<profile>). Needs the CIFAR-100 
 which no machine of this project can download: the full profile is for a GPU and the data.
 """
 import os
-import sys
+
+from jaxkd.tables import reproduce
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, 'configs'))
-
-import reproduce_cifar100 as table_config  # noqa: E402
-
-from jaxkd import reproduce  # noqa: E402
+table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_cifar100.py'))
 
 if __name__ == '__main__':
   reproduce.command_line(__doc__, table_config,

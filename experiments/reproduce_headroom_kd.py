@@ -10,14 +10,11 @@ profile); run outputs go to --root (default workdirs/headroom_kd_<profile>; the 
 full profiles share the seed-0 teacher when given the same --root).
 """
 import os
-import sys
+
+from jaxkd.tables import reproduce
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, 'configs'))
-
-import reproduce_headroom_kd as table_config  # noqa: E402
-
-from jaxkd import reproduce  # noqa: E402
+table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_headroom_kd.py'))
 
 if __name__ == '__main__':
   reproduce.command_line(__doc__, table_config,

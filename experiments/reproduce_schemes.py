@@ -7,14 +7,11 @@ Writes schemes{,_<profile>}.{json,md} (experiments/results/ for the full profile
 outputs go to --root (default workdirs/schemes_<profile>).
 """
 import os
-import sys
+
+from jaxkd.tables import reproduce
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, 'configs'))
-
-import reproduce_schemes as table_config  # noqa: E402
-
-from jaxkd import reproduce  # noqa: E402
+table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_schemes.py'))
 
 if __name__ == '__main__':
   reproduce.command_line(__doc__, table_config,

@@ -9,14 +9,11 @@ profile); run outputs go to --root (default workdirs/soft_targets_<profile>; the
 full profiles share their teacher when given the same --root).
 """
 import os
-import sys
+
+from jaxkd.tables import reproduce
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, 'configs'))
-
-import reproduce_soft_targets as table_config  # noqa: E402
-
-from jaxkd import reproduce  # noqa: E402
+table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_soft_targets.py'))
 
 if __name__ == '__main__':
   reproduce.command_line(__doc__, table_config,

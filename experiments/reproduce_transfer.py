@@ -7,14 +7,11 @@ Writes transfer{,_<profile>}.{json,md} and a PNG plot (experiments/results/ for 
 profile); run outputs go to --root (default workdirs/transfer_<profile>).
 """
 import os
-import sys
+
+from jaxkd.tables import reproduce
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, 'configs'))
-
-import reproduce_transfer as table_config  # noqa: E402
-
-from jaxkd import reproduce  # noqa: E402
+table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_transfer.py'))
 
 if __name__ == '__main__':
   reproduce.command_line(__doc__, table_config,

@@ -231,7 +231,7 @@ class Checkpointer:
     if stored is not None:
       check_resumable(stored, self.metadata, directory=self.directory)
     # Every process has read the folder as it was before any of them creates or cleans it
-    # (Orbax's managers synchronise processes; they must all take the same path).
+    # (Orbax's managers synchronize processes; they must all take the same path).
     distributed.barrier('jaxkd_checkpointer_checked')
     _warn_incomplete(self.directory, 'ignored and removed')
     policy = [policies.LatestN(n=keep_last)]
@@ -261,8 +261,8 @@ class Checkpointer:
     """Starts saving `state` as step `step`; returns once the arrays are on the host.
 
     `data_state` is the data-iterator position (JSON-able, e.g. `{'epoch': 2,
-    'step_in_epoch': 5}` or a grain iterator's `get_state()` decoded); `metrics` (scalars)
-    rank this checkpoint for `keep_best` and must then hold `best_metric`.
+    'step_in_epoch': 5}`); `metrics` (scalars) rank this checkpoint for `keep_best` and must
+    then hold `best_metric`.
     """
     if metrics is not None:
       metrics = _scalars(metrics)

@@ -53,12 +53,6 @@ def ema_decay(step: jax.typing.ArrayLike, *, decay: float, ramp_up: bool = True)
   return jnp.minimum(decay, 1.0 - 1.0 / (jnp.asarray(step, jnp.float32) + 1.0))
 
 
-def ema_update(teacher: PyTree, student: PyTree, decay: jax.typing.ArrayLike) -> PyTree:
-  """``decay * teacher + (1 - decay) * student``, leaf by leaf (in each leaf's dtype)."""
-  return jax.tree.map(lambda t, s: (decay * t + (1 - decay) * s).astype(t.dtype), teacher,
-                      student)
-
-
 def check_decay(decay: float) -> None:
   if not 0.0 <= decay < 1.0:
     raise ValueError(f'ema decay must be in [0, 1), got {decay!r}; the mean teacher uses '
@@ -103,8 +97,11 @@ def make_ema_distill_step(*, student: nn.Module, tx: optax.GradientTransformatio
   def update(state: EmaState, batch: dict, *, axis_name=None):
     new_state, metrics = inner(state, batch, state.teacher_variables, axis_name=axis_name)
     d = ema_decay(state.step, decay=decay, ramp_up=ramp_up)
-    teacher = ema_update(state.teacher_variables,
-                         model_variables(new_state.params, new_state.batch_stats), d)
+    # d * teacher + (1 - d) * student: optax's `step_size * new + (1 - step_size) * old`
+    # with the teacher first, the operand order (and so the rounding) the EMA always had.
+    teacher = optax.incremental_update(
+        state.teacher_variables, model_variables(new_state.params, new_state.batch_stats),
+        step_size=d)
     return new_state.replace(teacher_params=teacher['params'],
                              teacher_batch_stats=teacher.get('batch_stats', {})), {
                                  **metrics, 'ema_decay': d}

@@ -8,12 +8,12 @@ mutual-learning member `WORKDIR/members/<i>`) and writes `OUT/model.jaxexport` a
 alone. The exported function:
 
 - takes raw images, uint8 `[batch, H, W, C]` with a symbolic batch dimension, and applies the
-  dataset's normalisation `(x / 255 - mean) / std` itself, as a 256-entry lookup table
+  dataset's normalization `(x / 255 - mean) / std` itself, as a 256-entry lookup table
   computed with NumPy exactly as training did (XLA would turn the division into a
   multiplication by the reciprocal, which rounds differently);
 - returns float32 logits `[batch, num_classes]`;
 - holds the weights as constants (`dtype='bfloat16'` stores and computes in bfloat16;
-  `int8` stores kernels as int8 plus per-channel scales, dequantised inside, see
+  `int8` stores kernels as int8 plus per-channel scales, dequantized inside, see
   `jaxkd.quantize`), behind an `optimization_barrier`: without it XLA evaluates weight-only
   arithmetic (BatchNorm's `rsqrt(var + eps)`) at compile time, rounding differently from
   the run-time kernels that evaluate a checkpoint.
@@ -34,11 +34,10 @@ import numpy as np
 
 import jaxkd
 from jaxkd import models, paths, quantize
-from jaxkd.models import layers
+from jaxkd.models import DTYPES, layers
 from jaxkd.serving import ARTIFACT, DESCRIPTION, Artifact, load
 
 PyTree = Any
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 FORMAT = 'jaxkd-export/1'
 
 
@@ -97,7 +96,7 @@ def export_model(variables: PyTree, model, *, input_shape: Sequence[int],
     variables: `{'params': ..., 'batch_stats': ...}` as saved by a run (float32).
     model: the Flax module (`jaxkd.models.build(...)`), applied with `train=False`.
     input_shape: one example's shape, `(H, W, C)`.
-    mean, std: the per-channel normalisation on [0, 1] pixels (length C or 1).
+    mean, std: the per-channel normalization on [0, 1] pixels (length C or 1).
     dtype: `'float32'` or `'bfloat16'` (weights stored and computed in it; logits float32).
     int8: store kernels as int8: `True` all of them, or regexes over their paths
       (`params/head/kernel`); see `jaxkd.quantize.select`.

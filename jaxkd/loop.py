@@ -145,14 +145,12 @@ def fit(
     parallel: Parallel = Parallel(),
     step_args: tuple = (),
     evaluate: Callable[[TrainState, int], dict] | None = None,
-    log_every: int = 50,
+    log_every: int,
     desc: str = 'train',
     on_step: Callable[[TrainState, int], None] | None = None,
     checkpointer: 'Checkpointer | None' = None,
     checkpoint_every: int = 0,
     eval_every: int = 1,
-    data_state: Callable[[], dict] | None = None,
-    restore_data: Callable[[dict], None] | None = None,
 ) -> TrainState:
   """Runs `step_fn` from the state's step (or the newest checkpoint's) up to `num_steps`.
 
@@ -169,15 +167,13 @@ def fit(
   checkpoints (ranked by the evaluation's metrics), and at `num_steps`. Saves are
   asynchronous and finished before `fit` returns. The data position saved is
   `{'epoch', 'step_in_epoch', 'steps_per_epoch'}` (in-memory batches are a function of the
-  step) plus `data_state()` if given (e.g. a grain iterator's state), which `restore_data`
-  receives on resume. With a checkpointer, SIGTERM saves a checkpoint of the current step,
+  step). With a checkpointer, SIGTERM saves a checkpoint of the current step,
   then raises `Interrupted`. A run starting at step 0 (nothing to resume) drops all old
   records, as it logs every step again.
   """
   def position(step: int) -> dict:
     epoch, offset = divmod(step, steps_per_epoch)
-    return {'epoch': epoch, 'step_in_epoch': offset, 'steps_per_epoch': steps_per_epoch,
-            **(data_state() if data_state is not None else {})}
+    return {'epoch': epoch, 'step_in_epoch': offset, 'steps_per_epoch': steps_per_epoch}
 
   main = distributed.is_main()  # only the main process logs and prints
   if checkpointer is not None and checkpointer.latest_step() is not None:
@@ -193,8 +189,6 @@ def fit(
           f'The checkpoint at step {restored.step} in {checkpointer.directory} was taken with '
           f'{stored_steps} steps per epoch, this run has {steps_per_epoch}: its batches would '
           f'differ. Resume with the same data and batch size, or use a new workdir.')
-    if restore_data is not None:
-      restore_data(restored.data_state)
     state = parallel.replicate(restored.state)
     if main:
       print(f'{desc}: resumed from step {restored.step} of {checkpointer.directory}', flush=True)

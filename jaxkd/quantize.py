@@ -1,4 +1,4 @@
-"""Post-training int8 weights: per-output-channel symmetric quantisation of kernels.
+"""Post-training int8 weights: per-output-channel symmetric quantization of kernels.
 
 A kernel `w` (dense `[in, out]`, convolution `[kh, kw, cin, cout]`) becomes int8 values `q`
 and one float32 scale per output channel (the last axis):
@@ -21,13 +21,13 @@ import numpy as np
 from jaxkd.paths import check_patterns, flatten, matches, path_str
 
 PyTree = Any
-LEVELS = 127  # symmetric: -127..127, so that -w quantises to -q
+LEVELS = 127  # symmetric: -127..127, so that -w quantizes to -q
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Int8Kernel:
-  """A quantised kernel: int8 `values` of the kernel's shape, float32 `scale` `[out]`."""
+  """A quantized kernel: int8 `values` of the kernel's shape, float32 `scale` `[out]`."""
 
   values: Any
   scale: Any
@@ -38,7 +38,7 @@ class Int8Kernel:
 
 
 def quantize_kernel(kernel: np.ndarray, *, path: str = 'kernel') -> Int8Kernel:
-  """Per-output-channel symmetric int8 quantisation of a float kernel (last axis = outputs).
+  """Per-output-channel symmetric int8 quantization of a float kernel (last axis = outputs).
 
   A channel of zeros gets scale 1 (its values are 0 either way).
 
@@ -49,12 +49,12 @@ def quantize_kernel(kernel: np.ndarray, *, path: str = 'kernel') -> Int8Kernel:
   kernel = np.asarray(kernel)
   if kernel.ndim < 2 or not np.issubdtype(kernel.dtype, np.floating):
     raise ValueError(
-        f'Cannot quantise {path} ({kernel.dtype}{list(kernel.shape)}): int8 weights are '
+        f'Cannot quantize {path} ({kernel.dtype}{list(kernel.shape)}): int8 weights are '
         'per-output-channel kernels, float with ndim >= 2 (dense [in, out], conv '
         '[kh, kw, cin, cout]); biases and BatchNorm stay float.')
   kernel = kernel.astype(np.float32)
   if not np.all(np.isfinite(kernel)):
-    raise ValueError(f'Cannot quantise {path}: it holds non-finite values.')
+    raise ValueError(f'Cannot quantize {path}: it holds non-finite values.')
   max_abs = np.max(np.abs(kernel), axis=tuple(range(kernel.ndim - 1)))
   scale = np.where(max_abs > 0, max_abs / LEVELS, 1.0).astype(np.float32)
   values = np.clip(np.round(kernel / scale), -LEVELS, LEVELS).astype(np.int8)
@@ -62,7 +62,7 @@ def quantize_kernel(kernel: np.ndarray, *, path: str = 'kernel') -> Int8Kernel:
 
 
 def kernel_paths(variables: PyTree) -> list[str]:
-  """Paths of every quantisable leaf: a float `params/.../kernel` with ndim >= 2."""
+  """Paths of every quantizable leaf: a float `params/.../kernel` with ndim >= 2."""
   return sorted(path for path, leaf in flatten(variables).items()
                 if path.startswith('params/') and path.endswith('/kernel')
                 and np.ndim(leaf) >= 2 and np.issubdtype(np.asarray(leaf).dtype, np.floating))
@@ -90,9 +90,9 @@ def select(variables: PyTree, layers: bool | Sequence[str]) -> list[str]:
   refused = [path for path in chosen if path not in kernels]
   if refused:
     raise ValueError(
-        f'Cannot quantise {refused}: int8 weights are per-output-channel kernels '
+        f'Cannot quantize {refused}: int8 weights are per-output-channel kernels '
         '(params/.../kernel, float, ndim >= 2); biases, BatchNorm scales and statistics '
-        f'stay float. Quantisable here: {sorted(kernels)}.')
+        f'stay float. Quantizable here: {sorted(kernels)}.')
   return chosen
 
 

@@ -56,14 +56,14 @@ def model_variables(params: PyTree, batch_stats: PyTree) -> dict:
 
 
 def init_variables(model: nn.Module, *, key: jax.Array, input_shape) -> dict:
-  """Initialises `model` on zeros of `input_shape` (batch dimension included)."""
+  """Initializes `model` on zeros of `input_shape` (batch dimension included)."""
   images = jnp.zeros(input_shape, jnp.float32)
   variables = jax.jit(lambda k: model.init({'params': k, 'dropout': k}, images, train=False))(key)
   return flax.core.unfreeze(variables)
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """The run's two root keys, `(init_key, state_key)`: the model's initialisation and the
+  """The run's two root keys, `(init_key, state_key)`: the model's initialization and the
   train state's per-step randomness. Every fresh init of a run derives from here."""
   init_key, state_key = jax.random.split(jax.random.key(seed))
   return init_key, state_key

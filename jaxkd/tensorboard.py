@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
+import socket
 import time
-
 
 _WRITERS = itertools.count()
 
@@ -13,20 +12,29 @@ _WRITERS = itertools.count()
 class SummaryWriter:
   """Appends scalar summaries to `logdir/events.out.tfevents.<time>.<host>.<pid>.<n>`.
 
-  Writes synchronously with tensorboardX's `EventsWriter`: its `SummaryWriter` queues events
-  for a background thread, so a flush there can miss the latest ones. The pid and counter
-  keep two writers started in the same second from truncating each other's file.
+  Each `scalars` call is on disk when it returns: events go through tensorboardX's public
+  `RecordWriter` in this thread (its `SummaryWriter` queues them for a background thread, so
+  a flush there can miss the latest ones). The pid and counter keep two writers started in
+  the same second from truncating each other's file.
 
   tensorboardX is imported here, not with this module: its package imports PyTorch where
-  PyTorch is installed (1.2 s, and ~0.5 GB), for image summaries this writer never writes.
+  PyTorch is installed (1.2 s), for tensor summaries this writer never writes.
   """
 
   def __init__(self, logdir: str):
-    EventsWriter, Event, Summary = _tensorboardx()  # pylint: disable=invalid-name
-    self._event, self._summary = Event, Summary
+    # pylint: disable=g-import-not-at-top
+    import tensorboardX
+    from tensorboardX.proto import event_pb2, summary_pb2
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     os.makedirs(logdir, exist_ok=True)
-    self._events = EventsWriter(os.path.join(logdir, 'events'),
-                                f'.{os.getpid()}.{next(_WRITERS)}')
+    name = (f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.'
+            f'{next(_WRITERS)}')
+    self._records = tensorboardX.RecordWriter(os.path.join(logdir, name))
+    self._write(self._event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event) -> None:
+    self._records.write(event.SerializeToString())
+    self._records.flush()
 
   def scalars(self, step: int, values: dict) -> None:
     """Writes every int or float entry of `values` (not bools) as a scalar at `step`."""
@@ -34,29 +42,7 @@ class SummaryWriter:
                              for tag, value in values.items()
                              if isinstance(value, (int, float)) and not isinstance(value, bool)])
     if summary.value:
-      self._events.write_event(self._event(wall_time=time.time(), step=int(step), summary=summary))
-      self._events.flush()
+      self._write(self._event(wall_time=time.time(), step=int(step), summary=summary))
 
   def close(self) -> None:
-    self._events.close()
-
-
-def _tensorboardx():
-  """tensorboardX's event writer and protos, imported without PyTorch.
-
-  tensorboardX's `writer` module tries `import torch` (an optional dependency it uses for
-  tensor summaries); while it is imported here, `torch` reads as absent, unless PyTorch is
-  already loaded, in which case nothing changes.
-  """
-  # pylint: disable=g-import-not-at-top
-  hide = 'torch' not in sys.modules
-  if hide:
-    sys.modules['torch'] = None  # `import torch` raises ImportError
-  try:
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto.event_pb2 import Event
-    from tensorboardX.proto.summary_pb2 import Summary
-  finally:
-    if hide:
-      del sys.modules['torch']
-  return EventsWriter, Event, Summary
+    self._records.close()

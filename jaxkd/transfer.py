@@ -257,7 +257,7 @@ def hold_frozen_stats(update: Callable, stats_starts: dict[str, int | None]) -> 
 
   `stats_starts` (from `unfreeze_steps` on `batch_stats`) says from which step each
   statistic may change (None: never); before that, the update's new value is replaced by
-  the old one. Frozen layers still normalise with their batch statistics in train mode; only
+  the old one. Frozen layers still normalize with their batch statistics in train mode; only
   the running averages are held.
   """
   if all(start == 0 for start in stats_starts.values()):

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 
 import jax.numpy as jnp
 import ml_collections
@@ -22,16 +21,15 @@ import pytest
 from fakedata import fashion_mnist_in_process, make_fashion_mnist
 from jaxkd import cache, checkpoint, data, losses, recipes
 from jaxkd.data import pipeline
+from jaxkd.recipes import defaults
 from jaxkd.recipes.run import LOCK_FILE, WorkdirBusyError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """Generated data, two teachers, and templates of unfinished train and distill runs."""
-  with fashion_mnist_in_process(tmp_path_factory.mktemp('bad_inputs'), CONFIGS, n_train=200,
+  with fashion_mnist_in_process(tmp_path_factory.mktemp('bad_inputs'), n_train=200,
                                 n_test=50) as tmp:
     recipes.train(config('train'), str(tmp / 'teacher'))
     recipes.train(config('train', seed=1), str(tmp / 'teacher2'))
@@ -44,10 +42,7 @@ def runs(tmp_path_factory):
 
 
 def config(kind: str, **changes):
-  module = {'train': 'fashion_mnist', 'distill': 'distill_fashion_mnist',
-            'finetune': 'finetune_fashion_mnist'}[kind]
-  __import__(module)
-  config = sys.modules[module].get_config('mlp')
+  config = {'train': defaults.supervised, 'distill': defaults.distillation}[kind]('mlp')
   config.model_overrides = ml_collections.ConfigDict({'hidden': (16,)})
   config.update(dict(num_steps=4, batch_size=16, log_every=1, checkpoint_every=2,
                      eval_batch_size=50))

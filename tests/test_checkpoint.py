@@ -12,7 +12,7 @@ import pytest
 
 from jaxkd import checkpoint, models
 from jaxkd.checkpoint import Checkpointer, IncompatibleCheckpointError, IncompleteCheckpointWarning
-from jaxkd.data import InMemoryDataset, make_loader
+from jaxkd.data import InMemoryDataset
 from jaxkd.loop import Interrupted, fit
 from jaxkd.state import create_train_state, tree_sha256
 from jaxkd.steps import make_train_step
@@ -63,23 +63,6 @@ def test_round_trip_restores_state_position_and_description(tmp_path):
   assert meta['step'] == 2 and meta['model'] == 'mlp'
   assert meta['model_overrides'] == {'hidden': [16]}
   assert meta['jax_version'] == jax.__version__ and meta['jaxkd_version']
-
-
-def test_grain_iterator_position_round_trips(tmp_path):
-  source = [{'image': np.full((4, 4, 1), i, np.uint8), 'label': i} for i in range(40)]
-  loader = make_loader(source, batch_size=4, seed=3, mean=0.0, std=1.0)
-  iterator = iter(loader)
-  for _ in range(3):
-    next(iterator)
-  _, _, state = _state()
-  with Checkpointer(tmp_path / 'ckpt', metadata=META) as ckpt:
-    ckpt.save(3, state, data_state={'grain': iterator.get_state().decode()})
-    ckpt.wait_until_finished()
-    restored = ckpt.restore(state)
-  expected = next(iterator)['label']
-  resumed = iter(loader)
-  resumed.set_state(restored.data_state['grain'].encode())
-  np.testing.assert_array_equal(next(resumed)['label'], expected)
 
 
 def test_keeps_last_n_and_best_k_and_never_the_latest(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxkd import checkpoint, models
-from jaxkd.recipes import builders
+from jaxkd.recipes import components as builders
 
 
 def _task():

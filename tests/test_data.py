@@ -1,8 +1,7 @@
-"""Tests of jaxkd.data: builders from generated raw files, and both input pipelines."""
+"""Tests of jaxkd.data: builders from generated raw files, and the in-memory pipeline."""
 
 import gzip
 import io
-import json
 import os
 import pickle
 import shutil
@@ -299,87 +298,9 @@ def test_real_fashion_mnist_files():
   assert test_images.shape == (10000, 28, 28)
 
 
-# ---------------------------------------------------------------- grain loader
-
-
-def _indexed_source(n, shape=(4, 4, 1)):
-  """Items whose image encodes their index in pixel [0, 0, 0]; label = index % 7."""
-  return [{"image": np.full(shape, i, np.uint8), "label": i % 7} for i in range(n)]
-
-
 def _ids(batch, mean=0.0, std=1.0):
   pixel = batch["image"][:, 0, 0, 0] * std + mean
   return np.rint(np.asarray(pixel) * 255).astype(int).tolist()
-
-
-def _loader(src, **kwargs):
-  kwargs = {"batch_size": 8, "seed": 3, "mean": 0.0, "std": 1.0, "shard_index": 0,
-            "shard_count": 1, **kwargs}
-  return pipeline.make_loader(src, **kwargs)
-
-
-def test_loader_determinism_epochs_and_coverage():
-  src = _indexed_source(45)
-  one = [_ids(b) for b in _loader(src, num_epochs=1, drop_remainder=False)]
-  two = [_ids(b) for b in _loader(src, num_epochs=1, drop_remainder=False)]
-  assert one == two
-  assert sorted(sum(one, [])) == list(range(45)) and len(one) == 6
-  other_seed = [_ids(b) for b in _loader(src, num_epochs=1, seed=4, drop_remainder=False)]
-  assert other_seed != one
-  dropped = sum((_ids(b) for b in _loader(src, num_epochs=1)), [])
-  assert len(dropped) == 40 and len(set(dropped)) == 40
-  both = sum((_ids(b) for b in _loader(_indexed_source(40), num_epochs=2)), [])
-  assert sorted(both[:40]) == sorted(both[40:]) == list(range(40))
-  assert both[:40] != both[40:]
-
-
-def test_loader_normalisation_matches_numpy():
-  rng = np.random.default_rng(0)
-  src = [{"image": rng.integers(0, 256, (5, 5, 3), dtype=np.uint8), "label": i}
-         for i in range(16)]
-  mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-  batch = next(iter(_loader(src, mean=mean, std=std, shuffle=False)))
-  expected = (np.stack([s["image"] for s in src[:8]]) / 255.0 - mean) / std
-  np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-5)
-  assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
-  np.testing.assert_array_equal(batch["label"], np.arange(8))
-  with pytest.raises(ValueError, match=r"mean has 2 values .* per channel of the images \(3\)"):
-    _loader(src, mean=(0.5, 0.5), std=1.0)  # refused when the loader is made
-
-
-def test_loader_state_save_restore():
-  src = _indexed_source(64)
-  iterator = iter(_loader(src))
-  for _ in range(3):
-    next(iterator)
-  state = iterator.get_state()
-  json.loads(state)  # JSON: storable in a checkpoint.
-  expected = [_ids(next(iterator)) for _ in range(6)]  # Crosses an epoch boundary.
-  restored = iter(_loader(src))
-  restored.set_state(state)
-  assert [_ids(next(restored)) for _ in range(6)] == expected
-
-
-def test_loader_shards_disjoint_and_cover():
-  src = _indexed_source(37)
-  shards = [sum((_ids(b) for b in _loader(src, num_epochs=1, drop_remainder=False,
-                                          batch_size=4, shard_index=i, shard_count=2)), [])
-            for i in range(2)]
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(shards[0] + shards[1]) == list(range(37))
-  equal = [sum((_ids(b) for b in _loader(src, num_epochs=1, batch_size=2, shard_index=i,
-                                         shard_count=3)), []) for i in range(3)]
-  assert [len(s) for s in equal] == [12, 12, 12]  # Same step count on every process.
-  assert len(set(sum(equal, []))) == 36
-
-
-def test_loader_reads_tfds_source(fmnist):
-  data_dir, generated = fmnist
-  src = data.source("fashion_mnist", "train", data_dir=data_dir)
-  batch = next(iter(_loader(src, batch_size=10, shuffle=False, mean=0.286, std=0.353)))
-  expected = (generated["train"][0][:10, ..., None] / 255.0 - 0.286) / 0.353
-  np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(batch["label"], generated["train"][1][:10])
 
 
 # ---------------------------------------------------------------- in-memory
@@ -408,7 +329,7 @@ def test_in_memory_epochs_determinism_and_compile_once():
   assert [_ids(b) for b in _in_memory().epoch(1, start_step=4)] == epoch1[4:]
 
 
-def test_in_memory_normalisation_and_labels():
+def test_in_memory_normalization_and_labels():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (20, 3, 3, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 20)
@@ -420,6 +341,9 @@ def test_in_memory_normalisation_and_labels():
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(batch["label"], labels[10:])
   assert batch["label"].dtype == np.int32
+  with pytest.raises(ValueError, match=r"mean has 2 values .* per channel of the images \(3\)"):
+    pipeline.InMemoryDataset(images, labels, batch_size=10, mean=(0.5, 0.5), std=1.0,
+                             shard_index=0, shard_count=1)
 
 
 def test_in_memory_shards_disjoint_and_cover():

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from jaxkd import data
 from jaxkd.data import digits
 from jaxkd.data._local import RAW_SOURCE_FILE, sha256_of
-from jaxkd.recipes.builders import load_task
+from jaxkd.recipes.components import load_task
 from jaxkd.recipes.validate import check_config
 
 # Per class 0..9 (178, 182, 177, 183, 181, 182, 181, 179, 174, 180 examples): a third in test.

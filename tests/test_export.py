@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from fakedata import make_fashion_mnist
-from jaxkd import checkpoint, cli, compare, export, models, quantize, serving
+from jaxkd import checkpoint, cli, export, models, quantize, serving
+from jaxkd.tables import compare
 from jaxkd.models import layers
 from jaxkd.paths import path_str
-from jaxkd.recipes.builders import Task
+from jaxkd.recipes.components import Task
 from test_models import MNIST, PARAM_COUNTS
 
 # Artifacts trace the library's default (CPU) convolutions, as a user's export does.
@@ -128,7 +129,7 @@ def test_float32_artifact_gives_the_checkpoints_logits_bit_for_bit(tmp_path, nam
   model, restored, meta = export.load_run(workdir)
   images = _images(5, seed=2)
   # The checkpoint's logits as a jaxkd evaluation computes them: variables as arguments of a
-  # compiled apply, images normalised on the host.
+  # compiled apply, images normalized on the host.
   reference = jax.jit(lambda v, x: model.apply(v, x, train=False))(restored,
                                                                    TASK.normalize(images))
   np.testing.assert_array_equal(np.asarray(predict(images)), np.asarray(reference))
@@ -155,7 +156,7 @@ def test_bfloat16_and_int8_artifacts_are_smaller_and_close():
   scale = np.abs(logits['float32']).max()
   for name in ('bfloat16', 'int8'):
     assert 0 < np.abs(logits[name] - logits['float32']).max() < 0.05 * scale, name
-  # The int8 artifact computes with q * scale: the float model on the dequantised weights.
+  # The int8 artifact computes with q * scale: the float model on the dequantized weights.
   stored, _ = quantize.quantize(variables)
   dequantized = quantize.dequantize(stored)
   reference = model.apply(dequantized, TASK.normalize(images), train=False)
@@ -165,7 +166,7 @@ def test_bfloat16_and_int8_artifacts_are_smaller_and_close():
 # --- int8 weights ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize('shape', [(300, 70), (5, 5, 3, 8), (3, 3, 16, 32)])
-def test_int8_dequantised_weights_are_within_one_quantisation_step(shape):
+def test_int8_dequantized_weights_are_within_one_quantization_step(shape):
   kernel = np.random.default_rng(0).standard_t(3, size=shape).astype(np.float32)
   kernel[..., 1] = 0  # a dead channel
   q = quantize.quantize_kernel(kernel)
@@ -179,16 +180,16 @@ def test_int8_dequantised_weights_are_within_one_quantisation_step(shape):
   np.testing.assert_allclose(q.scale[max_abs > 0], max_abs[max_abs > 0] / 127, rtol=1e-6)
 
 
-def test_int8_selection_and_what_cannot_be_quantised():
+def test_int8_selection_and_what_cannot_be_quantized():
   _, variables = _trained_like('resnet8')
   kernels = quantize.kernel_paths(variables)
   assert 'params/head/kernel' in kernels and 'params/stem/conv/kernel' in kernels
   assert not [p for p in kernels if 'bn' in p or p.endswith('bias')]
   assert quantize.select(variables, ['params/head/kernel']) == ['params/head/kernel']
   assert quantize.select(variables, False) == []
-  with pytest.raises(ValueError, match=r"Cannot quantise \['params/head/bias'\]"):
+  with pytest.raises(ValueError, match=r"Cannot quantize \['params/head/bias'\]"):
     quantize.select(variables, ['params/head/.*'])
-  with pytest.raises(ValueError, match=r'Cannot quantise .*stem/bn/scale'):
+  with pytest.raises(ValueError, match=r'Cannot quantize .*stem/bn/scale'):
     quantize.select(variables, ['params/stem/bn/scale'])
   with pytest.raises(ValueError, match='match no variable'):
     quantize.select(variables, ['params/nothing/kernel'])

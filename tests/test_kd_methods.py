@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from jaxkd.recipes.distill import build_objective
+from jaxkd.recipes.distillation import build_objective
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'experiments', 'configs'))

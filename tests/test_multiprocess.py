@@ -14,6 +14,7 @@ import pytest
 
 from fakedata import fashion_mnist_env, fashion_mnist_in_process
 from jaxkd import checkpoint, recipes
+from jaxkd.recipes import defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
@@ -25,11 +26,11 @@ def setup(tmp_path_factory):
   """Generated data and a small MLP teacher trained in this process."""
   tmp = tmp_path_factory.mktemp('multiprocess')
   env = fashion_mnist_env(tmp, n_train=400, n_test=100)  # for the subprocesses
-  with fashion_mnist_in_process(tmp, CONFIGS, n_train=400, n_test=100):
-    import smoke
-    config = smoke.get_config('mlp')
+  with fashion_mnist_in_process(tmp, n_train=400, n_test=100):
+    config = defaults.supervised('mlp')
     config.model_overrides.hidden = (128,)
-    config.update(dict(train_per_class=40, num_steps=30, keep_best=0, validation_size=0))
+    config.update(dict(classes=tuple(range(10)), train_per_class=40, batch_size=32,
+                       num_steps=30, log_every=20, checkpoint_every=20))
     config.parallel.num_devices = 1
     recipes.train(config, str(tmp / 'teacher'))
   return tmp, env

@@ -31,13 +31,9 @@ def _run_tiny(tmp_path, script: str, name: str):
 def _rerun_skips_everything(tmp_path, module: str, payload, capsys) -> None:
   """Running the table's specs again (the code path of the script's rerun, in this process:
   no second interpreter start) reads every finished run and trains nothing."""
-  from jaxkd import sweep
-  sys.path.insert(0, os.path.join(ROOT, 'experiments', 'configs'))
-  try:
-    table = __import__(module)
-    specs = table.run_specs(table.get_config('tiny'), str(tmp_path / 'runs'))
-  finally:
-    sys.path.pop(0)
+  from jaxkd.tables import reproduce, sweep
+  table = reproduce.load_table(os.path.join(ROOT, 'experiments', 'configs', f'{module}.py'))
+  specs = table.run_specs(table.get_config('tiny'), str(tmp_path / 'runs'))
   capsys.readouterr()
   records = sweep.execute(specs, root=str(tmp_path / 'runs'))
   assert capsys.readouterr().out.count('done before') == len(payload['runs']) == len(records)

@@ -1,24 +1,21 @@
 """Model selection never sees the test set unless a config says so, and then it is recorded."""
 import json
 import os
-import sys
 
 import ml_collections
 import numpy as np
 import pytest
 
-from jaxkd import recipes, sweep
+from jaxkd import recipes
 from jaxkd.checkpoint import Checkpointer
+from jaxkd.recipes import defaults
 from jaxkd.recipes.provenance import best_epoch
 from jaxkd.recipes.run import selection_policy
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'experiments', 'configs'))
-from fashion_mnist import get_config  # noqa: E402
+from jaxkd.tables import sweep
 
 
 def _config(**overrides):
-  config = get_config('lenet5_half')
+  config = defaults.supervised('lenet5_half')
   config.update(overrides)
   return config
 
@@ -82,7 +79,7 @@ def test_validation_first_holds_out_before_the_class_subset(tmp_path):
   training split (the same for every seed) and never from, nor into, its training draw;
   without it they would come out of the run's own 60 images."""
   from fakedata import fashion_mnist_in_process
-  from jaxkd.recipes.builders import load_task
+  from jaxkd.recipes.components import load_task
   small = dict(classes=tuple(range(10)), train_per_class=6, validation_size=100)
   with fashion_mnist_in_process(tmp_path, n_train=300, n_test=20):
     with pytest.raises(ValueError, match=r'validation_size=100 must be in 1..59'):

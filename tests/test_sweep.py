@@ -4,8 +4,8 @@ import json
 import ml_collections
 import pytest
 
-from jaxkd import sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import sweep
+from jaxkd.tables.sweep import RunSpec
 
 
 def _spec(learning_rate=1e-3, classes=(5, 6)):

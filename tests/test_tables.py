@@ -1,7 +1,6 @@
 """The issue-16 tables: their runs (rows, seeds, the settings fixed in advance), their
 summaries on hand-made records (reference numbers worked out here, not by the code), and the
 Fashion-MNIST -> digits transfer end to end on the real digits."""
-import importlib
 import json
 import os
 import sys
@@ -9,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxkd import reproduce, stats
-from jaxkd.recipes.builders import build_model
+from jaxkd.recipes.components import build_model
+from jaxkd.tables import reproduce, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
@@ -18,13 +17,10 @@ CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
 
 @pytest.fixture(scope='module')
 def tables():
-  sys.path.insert(0, CONFIGS)
-  try:
-    yield {name: importlib.import_module(f'reproduce_{name}')
-           for name in ('soft_targets', 'headroom_kd', 'layer_transfer', 'digits_transfer',
-                        'fashion_mnist_kd')}
-  finally:
-    sys.path.remove(CONFIGS)
+  """The table descriptions, loaded as the experiments/reproduce_*.py scripts load them."""
+  return {name: reproduce.load_table(os.path.join(CONFIGS, f'reproduce_{name}.py'))
+          for name in ('soft_targets', 'headroom_kd', 'layer_transfer', 'digits_transfer',
+                       'fashion_mnist_kd')}
 
 
 def _record(table, row, seed, accuracy, **info):

@@ -1,7 +1,6 @@
 """Transfer: strict loading (new head, mismatches, another mesh), freezing without optimizer
 state, frozen BatchNorm, layer-wise decay, gradual unfreezing, and fine-tune-then-distill."""
 import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -14,13 +13,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fakedata import make_fashion_mnist
 from jaxkd import checkpoint, models, paths, recipes, transfer
+from jaxkd.recipes import defaults
 from jaxkd.state import create_train_state, init_variables, tree_sha256
 from jaxkd.steps import make_train_step
 
 SHAPE = (1, 28, 28, 1)
 HEAD = ('params/head/.*',)
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       'experiments', 'configs')
 
 
 class TinyBN(nn.Module):
@@ -283,9 +281,6 @@ def fake_data(tmp_path, monkeypatch):
   monkeypatch.setenv('JAXKD_FASHION_MNIST_DIR', str(tmp_path / 'raw'))
   monkeypatch.setenv('JAXKD_DATA_DIR', str(tmp_path / 'tfds'))
   monkeypatch.setenv('JAXKD_OFFLINE', '1')
-  monkeypatch.syspath_prepend(CONFIGS)
-  for name in ('fashion_mnist', 'distill_fashion_mnist', 'finetune_fashion_mnist'):
-    sys.modules.pop(name, None)
   return tmp_path
 
 
@@ -302,19 +297,17 @@ def _small(config, **changes):
   return config
 
 
-def test_finetune_then_distill_into_a_student_initialised_from_the_source(fake_data):
-  import distill_fashion_mnist
-  import fashion_mnist
-  import finetune_fashion_mnist
+def test_finetune_then_distill_into_a_student_initialized_from_the_source(fake_data):
   tmp = fake_data
-  source = _small(fashion_mnist.get_config(), classes=(0, 1, 2, 3, 4),
+  source = _small(defaults.supervised(), classes=(0, 1, 2, 3, 4),
                   num_steps=3, batch_size=16)
   recipes.train(source, str(tmp / 'source'))
 
   target = dict(classes=(5, 6, 7, 8, 9), train_per_class=16, batch_size=16)
-  ft = _small(finetune_fashion_mnist.get_config('lp_ft'), num_steps=3,
+  ft = _small(defaults.finetune(), num_steps=3,
               init_dir=str(tmp / 'source'), **target)
-  ft.finetune.lp_steps = 2
+  ft.finetune.method, ft.finetune.lp_steps = 'lp_ft', 2
+  ft.optimizer.learning_rate = 1e-3
   final = recipes.finetune(ft, str(tmp / 'ft'))
   assert final['init_dir'] == str(tmp / 'ft' / 'lp') and 'lp_test_accuracy' in final
   assert final['steps'] == 3 and final['method'] == 'ft'
@@ -324,7 +317,7 @@ def test_finetune_then_distill_into_a_student_initialised_from_the_source(fake_d
     assert np.array_equal(leaf, paths.flatten(source_vars)[path]) == ('head' not in path)
   assert lp_meta['classes'] == [5, 6, 7, 8, 9] and lp_meta['task'] == 'finetune'
 
-  kd = _small(distill_fashion_mnist.get_config(), num_steps=3,
+  kd = _small(defaults.distillation(), num_steps=3,
               teacher_dir=str(tmp / 'ft'), student_init_dir=str(tmp / 'source'), **target)
   student = recipes.distill(kd, str(tmp / 'kd'))
   teacher_vars, _ = checkpoint.load_variables(str(tmp / 'ft'))

@@ -6,16 +6,14 @@ import sys
 
 import pytest
 
+import ml_collections
+
 from jaxkd import recipes
+from jaxkd.recipes import defaults
 from jaxkd.recipes.validate import ConfigError, check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'experiments', 'configs')
-sys.path.insert(0, CONFIGS)
-import chain_fashion_mnist  # noqa: E402
-import distill_fashion_mnist  # noqa: E402
-import fashion_mnist  # noqa: E402
-import mutual_fashion_mnist  # noqa: E402
 
 # (config factory, setting, bad value, words the message must hold)
 BAD = [
@@ -67,12 +65,24 @@ BAD = [
     ('distill', 'kd.hard_weight', float('nan'), 'kd.hard_weight=nan'),
     ('mutual', 'cohort', 'lenet5_half,lenet9', "'lenet9' is not a model"),
     ('chain', 'chain.models', 'lenet5,resnet7', "'resnet7' is not a model"),
+    ('finetune', 'finetune.method', 'probe', "finetune.method='probe'"),
+    ('ema', 'ema.decay', 1.0, 'ema.decay=1.0: must be a number in [0.0, 1.0)'),
 ]
-FACTORIES = {'train': lambda: fashion_mnist.get_config('lenet5_half'),
-             'distill': lambda: distill_fashion_mnist.get_config(),
-             'mutual': lambda: mutual_fashion_mnist.get_config(),
-             'chain': lambda: chain_fashion_mnist.get_config('assistant')}
-RECIPE = {'train': 'train', 'distill': 'distill', 'mutual': 'mutual', 'chain': 'chain'}
+
+
+def _with(config, **settings):
+  config.update(settings)
+  return config
+
+
+FACTORIES = {'train': lambda: defaults.supervised('lenet5_half'),
+             'distill': defaults.distillation,
+             'mutual': lambda: _with(defaults.distillation(), cohort='lenet5_half,lenet5_half'),
+             'chain': lambda: _with(defaults.distillation(), chain=ml_collections.ConfigDict(
+                 dict(models='lenet5,lenet5_mid,lenet5_half', ensemble=False))),
+             'finetune': defaults.finetune, 'ema': defaults.ema_teacher}
+RECIPE = {'train': 'train', 'distill': 'distill', 'mutual': 'mutual', 'chain': 'chain',
+          'finetune': 'finetune', 'ema': 'ema_teacher'}
 
 
 def _set(config, dotted, value):
@@ -98,15 +108,15 @@ def test_bad_setting_is_refused_before_any_work(kind, setting, value, words, tmp
 
 
 def test_both_lengths_zero_and_topk_without_cache_are_refused():
-  config = fashion_mnist.get_config('lenet5_half')
+  config = defaults.supervised('lenet5_half')
   config.num_epochs, config.num_steps = 0, 0
   with pytest.raises(ConfigError, match='num_epochs=0 and num_steps=0'):
     check_config(config)
-  config = distill_fashion_mnist.get_config()
+  config = defaults.distillation()
   config.kd.cache_topk = 5
   with pytest.raises(ConfigError, match=r"kd.cache_topk=5: needs kd.cache"):
     check_config(config)
-  check_config(fashion_mnist.get_config())  # the committed configs pass
+  check_config(defaults.distillation())  # the defaults pass
 
 
 def test_script_prints_one_line_and_exits_2(tmp_path):

@@ -12,14 +12,11 @@ student in WORKDIR/ema.
 """
 import ml_collections
 
-from distill_fashion_mnist import get_config as distill_config  # experiments/configs/
+from jaxkd.recipes import defaults
 
 
 def get_config(model: str = 'lenet5_half') -> ml_collections.ConfigDict:
-  config = distill_config(model or 'lenet5_half')
-  del config.teacher_dir
-  config.kd.cache = ''
-  config.ema = ml_collections.ConfigDict(dict(decay=0.999, ramp_up=True))
+  config = defaults.ema_teacher(model or 'lenet5_half')  # ema: decay 0.999, ramp_up
   config.terms = ml_collections.ConfigDict({
       'ce': {'weight': 1.0},
       'kd': {'weight': 1.0, 'temperature': 4.0},

@@ -17,7 +17,7 @@ A fine-tuned model is a teacher for the target task:
 """
 import ml_collections
 
-from fashion_mnist import get_config as supervised_config  # experiments/configs/
+from jaxkd.recipes import defaults
 
 METHODS = ('ft', 'lp', 'lp_ft', 'scratch', 'gradual')
 
@@ -26,7 +26,7 @@ def get_config(method: str = 'ft') -> ml_collections.ConfigDict:
   method = method or 'ft'
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; choose one of {list(METHODS)}.')
-  config = supervised_config('lenet5')
+  config = defaults.finetune('lenet5')  # init_dir, dont_load and finetune's other settings
   config.classes = (5, 6, 7, 8, 9)
   config.train_per_class = 100
   config.batch_size = 50  # 10 steps per epoch on 500 images
@@ -35,15 +35,6 @@ def get_config(method: str = 'ft') -> ml_collections.ConfigDict:
   # Training only the head needs a larger step than updating the whole network.
   config.optimizer.learning_rate = 1e-2 if method == 'lp' else 1e-3
   config.checkpoint_every = 50
-  config.init_dir = ''  # WORKDIR of the source-task run; '' = from scratch
-  config.dont_load = ('params/head/.*',)  # re-initialised: the source head has other classes
-  config.finetune = ml_collections.ConfigDict(dict(
-      method={'scratch': 'ft', 'gradual': 'ft'}.get(method, method),
-      frozen=(),  # regexes on paths inside a collection (e.g. 'conv1/.*'): never trained
-      layer_decay=1.0,  # < 1: layer-wise learning-rate decay, decay**d for d layers below the head
-      unfreeze_every=50 if method == 'gradual' else 0,  # steps between unfreezing layers
-      lp_epochs=10,  # lp_ft: epochs of LP before the num_epochs of FT
-      lp_steps=0,  # > 0 overrides lp_epochs
-      lp_learning_rate=1e-2,  # lp_ft: the LP stage's learning rate (0 = optimizer's)
-  ))
+  config.finetune.method = {'scratch': 'ft', 'gradual': 'ft'}.get(method, method)
+  config.finetune.unfreeze_every = 50 if method == 'gradual' else 0  # steps between unfreezing
   return config

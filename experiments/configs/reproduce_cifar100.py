@@ -14,8 +14,8 @@ import ml_collections
 
 import distill_cifar100
 from cifar100 import get_config as train_config
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'cifar100'
 PAIRS = {'resnet56_resnet20': ('resnet56', 'resnet20'),

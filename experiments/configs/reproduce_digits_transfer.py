@@ -14,12 +14,13 @@ The primary test, fixed before any seed ran (from the Fashion-MNIST transfer tab
 carried-over dense layers hurt and convolutions helped): `ft_convs` > `scratch` at 10 labels
 per class. Every other test is secondary.
 
-This module is the table's whole description for `jaxkd.reproduce`.
+This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd import data, reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd import data
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'digits_transfer'
 ROWS = {'scratch': 'LeNet-5 from scratch', 'lp': 'linear probe (head only)',

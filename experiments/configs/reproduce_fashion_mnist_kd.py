@@ -4,13 +4,13 @@
 
 LeNet-5 -> LeNet-5-Half (Nayak et al. 2019) and Hinton et al. 2015's MLP pair; rows teacher,
 student alone (hard labels) and KD student; plus a temperature sweep for the LeNet pair.
-This module is the table's whole description for `jaxkd.reproduce`: runs, rows, tests,
+This module is the table's whole description for `jaxkd.tables.reproduce`: runs, rows, tests,
 published figures, Markdown and plots.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'fashion_mnist_kd'
 # Paired tests (treatment, control), each on both metrics.
@@ -63,7 +63,7 @@ MLP_TEACHER_CHOICE = 'drop0.2_in0.1_30ep'
 MLP_SELECT_TEMPERATURES = (1.0, 2.0, 4.0, 10.0, 20.0)
 # Added after the 10-epoch KD grid (every T's best validation accuracy, 90.62-90.76 %, below
 # the student alone's 90.88 %; KD led the student over epochs 1-7): a longer schedule for the
-# student alone and with KD, where soft targets may regularise what hard labels overfit.
+# student alone and with KD, where soft targets may regularize what hard labels overfit.
 MLP_SELECT_LONG = dict(epochs=30, temperatures=(2.0, 4.0, 20.0))
 # The choices, committed before the table's seeds ran: the best validation accuracy of each
 # row's runs above. Student alone: 10 epochs (90.88 %; 30 epochs: 90.64 %). KD: T = 4 at 30
@@ -103,7 +103,7 @@ def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
       kd=dict(hard_weight=0.1, soft_weight=0.9, temperature=1.0)))
   config.sweep_temperatures = (1.0, 2.0, 4.0, 8.0, 20.0)
   # Hinton's pair: a 1200-1200 teacher with dropout, its recipe chosen on validation
-  # (MLP_TEACHER_CHOICE); an unregularised 800-800 student; KD at MLP_KD_TEMPERATURE, its
+  # (MLP_TEACHER_CHOICE); an unregularized 800-800 student; KD at MLP_KD_TEMPERATURE, its
   # gradient clipped to global norm 5 (without it, the T^2-weighted soft loss at T = 20
   # diverged to NaN within 200 steps on 3 of 4 seeds; clipping leaves normal steps, of norm
   # 0.3-3, untouched).

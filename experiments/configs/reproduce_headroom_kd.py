@@ -16,12 +16,12 @@ The KD temperature and hard-label weight were chosen by the 'select' profile (va
 accuracy of the best epoch, student seed 10, which no row of the table uses, taught by the
 seed-0 teacher) and written into `KD` below in a commit before any student seed ran.
 
-This module is the table's whole description for `jaxkd.reproduce`.
+This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'headroom_kd'
 ROWS = {'teacher': 'ConvNet-BN (32-64-128, dense 256)', 'student': 'LeNet-5-Half alone',

@@ -14,8 +14,8 @@ import ml_collections
 import kd_methods
 import reproduce_fashion_mnist_kd as kd_table
 from fashion_mnist import get_config as train_config
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'kd_methods'
 PROFILES = {

@@ -5,7 +5,7 @@
 The source LeNet-5 is trained on classes 0-4 with all their images (as in the transfer
 table). On classes 5-9, with 10 or 100 labelled images per class (a different draw per seed),
 LeNet-5 starts from the source's first n layers (conv1, conv2, dense1, dense2; n = 0 is
-scratch, n = 4 everything but the head), the rest freshly initialised, and either keeps the
+scratch, n = 4 everything but the head), the rest freshly initialized, and either keeps the
 copied layers frozen (`frozen_n`, Yosinski's AnB) or fine-tunes them with the rest
 (`ft_n`, AnB+). 5,000 training images are held out first (`validation_first`): the target
 classes' share of them chooses the best-validation epoch; the test set is only reported.
@@ -14,12 +14,12 @@ The primary test, fixed before any seed of this sweep ran, is `ft_2` > `scratch`
 per class (the transfer table's post-hoc `ft_convs` row was this setting: +0.90 points,
 p = 0.08); every other test is secondary.
 
-This module is the table's whole description for `jaxkd.reproduce`.
+This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'layer_transfer'
 LAYERS = ('conv1', 'conv2', 'dense1', 'dense2')  # LeNet-5 below its head, bottom first

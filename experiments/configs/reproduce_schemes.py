@@ -20,8 +20,8 @@ import kd_methods
 import mutual_fashion_mnist
 import reproduce_kd_methods as methods_table
 from fashion_mnist import get_config as train_config
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'schemes'
 PROFILES = methods_table.PROFILES

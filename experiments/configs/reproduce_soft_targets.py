@@ -1,4 +1,4 @@
-"""Soft targets as a regulariser (Hinton et al. 2015, sec. 5) on Fashion-MNIST.
+"""Soft targets as a regularizer (Hinton et al. 2015, sec. 5) on Fashion-MNIST.
 
     python experiments/reproduce_soft_targets.py --profile select  # chooses T (validation)
     python experiments/reproduce_soft_targets.py --profile full    # 5 seeds, the table
@@ -14,12 +14,12 @@ The temperature and the hard-label weight were chosen by the 'select' profile (v
 accuracy of the best epoch, on a draw of its own, seed 10, which no row of the table uses)
 and written into `KD` below in a commit before any seed of the table ran.
 
-This module is the table's whole description for `jaxkd.reproduce`.
+This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd import reproduce, stats, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, stats, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'soft_targets'
 ROWS = {'hard_3pct': 'LeNet-5, 3 % of the images, hard labels',
@@ -154,7 +154,7 @@ def tabulate(records, config) -> dict:
 
 def render(payload: dict) -> str:
   cell = reproduce.cell
-  lines = reproduce.header(f"Soft targets as a regulariser, Fashion-MNIST ({payload['profile']} "
+  lines = reproduce.header(f"Soft targets as a regularizer, Fashion-MNIST ({payload['profile']} "
                            "profile)", payload)
   kd = payload['kd']
   lines += [f"soft_3pct: T = {kd['temperature']:g}, hard-label weight {kd['hard_weight']:g}, "

@@ -9,19 +9,19 @@ probe, full fine-tune, LP-then-FT, first half (conv1, conv2) frozen. Then the LP
 (chosen before any result was seen, after Kumar et al. 2022) teaches LeNet-5-Half on the same
 labelled images, next to LeNet-5-Half trained alone on them.
 
-Row ft_convs (fine-tune with only conv1-conv2 carried over, the dense layers re-initialised
+Row ft_convs (fine-tune with only conv1-conv2 carried over, the dense layers re-initialized
 like the head) was added after the first full run, in which every row that carries the
 source's dense layers fell below scratch at 10 labels per class: shoes and bags are unlike
 any source class, and the dense layers' features for them are worse than a fresh start.
 It is a post-hoc row; the table says so.
 
-This module is the table's whole description for `jaxkd.reproduce`: runs, rows, tests,
+This module is the table's whole description for `jaxkd.tables.reproduce`: runs, rows, tests,
 Markdown and plot.
 """
 import ml_collections
 
-from jaxkd import reproduce, sweep
-from jaxkd.sweep import RunSpec
+from jaxkd.tables import reproduce, sweep
+from jaxkd.tables.sweep import RunSpec
 
 NAME = 'transfer'
 
@@ -37,7 +37,7 @@ TARGET_CLASSES = (5, 6, 7, 8, 9)
 METHODS = ('scratch', 'lp', 'ft', 'lp_ft', 'frozen_half', 'ft_convs')
 TEACHER_METHOD = 'lp_ft'  # the fine-tuned model the kd row distils (fixed in advance)
 FROZEN_HALF = ('conv1/.*', 'conv2/.*')  # LeNet-5's feature extractor: its first half
-DENSE = ('params/dense.*',)  # LeNet-5's dense layers below the head (ft_convs re-initialises)
+DENSE = ('params/dense.*',)  # LeNet-5's dense layers below the head (ft_convs re-initializes)
 # Each row of the table and what it is.
 ROWS = {'scratch': 'LeNet-5 from scratch', 'lp': 'linear probe (head only)',
         'ft': 'full fine-tune', 'lp_ft': 'LP, then full fine-tune',

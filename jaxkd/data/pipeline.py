@@ -1,7 +1,7 @@
-"""Input pipelines: a grain loader over a random-access source, and an in-device one.
+"""The input pipeline: a split held on device, batched and normalized there.
 
-Both yield `{'image': float32 [B, H, W, C] normalised, 'label': int32 [B]}` and
-shuffle deterministically from a seed and the epoch number.
+It yields `{'image': float32 [B, H, W, C] normalized, 'label': int32 [B]}` and shuffles
+deterministically from a seed and the epoch number.
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import grain.python as grain
 import jax
-from absl import flags
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,125 +57,6 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   return index, count
 
 
-class _ShardView:
-  """Records [start, stop) of a random-access source, itself random-access.
-
-  Sharding the source, not the sampler, keeps grain's epochs exact per shard:
-  its IndexSampler strides one global index space over the shards, which loses
-  or repeats records when shard sizes differ.
-  """
-
-  def __init__(self, source: Sequence[Any], start: int, stop: int):
-    self._source, self._start, self._stop = source, start, stop
-
-  def __len__(self) -> int:
-    return self._stop - self._start
-
-  def __getitem__(self, index: int) -> Any:
-    if not 0 <= index < len(self):
-      raise IndexError(f"index {index} out of range for {len(self)} records.")
-    return self._source[self._start + index]
-
-  def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
-    keys = [self._start + i for i in indices]
-    if hasattr(self._source, "__getitems__"):
-      return self._source.__getitems__(keys)
-    return [self._source[k] for k in keys]
-
-  def __repr__(self) -> str:  # Grain stores it in iterator states: keep it short.
-    source = self._source
-    in_memory = isinstance(source, (list, tuple, np.ndarray))
-    inner = type(source).__name__ if in_memory else repr(source)
-    return f"_ShardView({inner}, {self._start}, {self._stop})"
-
-
-def _shard_source(source: Sequence[Any], index: int, count: int, drop_remainder: bool):
-  """Contiguous shard `index` of `count`; equal sizes (n // count) with drop_remainder."""
-  if count == 1:
-    return source
-  n = len(source)
-  start = index * n // count
-  stop = start + n // count if drop_remainder else (index + 1) * n // count
-  return _ShardView(source, start, stop)
-
-
-class _Normalize(grain.MapTransform):
-  """Batch of uint8 images -> float32 (x / 255 - mean) / std; labels -> int32."""
-
-  def __init__(self, mean: np.ndarray, std: np.ndarray):
-    self._scale = (1.0 / (255.0 * std)).astype(np.float32)
-    self._shift = (-mean / std).astype(np.float32)
-
-  def map(self, batch: Batch) -> Batch:
-    image = np.asarray(batch["image"], np.float32) * self._scale + self._shift
-    return {"image": image, "label": np.asarray(batch["label"], np.int32)}
-
-
-def make_loader(
-    data_source: Sequence[dict[str, Any]],
-    *,
-    batch_size: int,
-    seed: int,
-    mean: float | Sequence[float],
-    std: float | Sequence[float],
-    shuffle: bool = True,
-    drop_remainder: bool = True,
-    num_epochs: int | None = None,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    worker_count: int = 0,
-    read_options: grain.ReadOptions | None = None,
-) -> grain.DataLoader:
-  """A grain `DataLoader` of normalised batches from a random-access source.
-
-  Each process reads its contiguous shard of `data_source` (shard `shard_index`
-  of `shard_count`, default `jax.process_index()` of `jax.process_count()`),
-  shuffled anew each epoch from `seed`; the same seed gives the same batches,
-  and each epoch visits every record of the shard once.
-  Iterate it with `it = iter(loader)`; `it.get_state()` returns JSON bytes that
-  `it.set_state(...)` (on an iterator of an identically built loader) restores.
-
-  Args:
-    data_source: items `{'image': uint8 [H, W, C], 'label': int}`, e.g. `source(...)`.
-    batch_size: examples per batch on this process.
-    seed: shuffling seed.
-    mean, std: per-channel statistics on [0, 1] pixel values.
-    shuffle: shuffle within the shard, differently each epoch.
-    drop_remainder: drop a last partial batch (and make shards equal-sized,
-      so every process takes the same number of steps).
-    num_epochs: passes over the data; None repeats forever. Batches may span
-      two epochs unless one epoch is a whole number of batches.
-    shard_index, shard_count: this process's shard.
-    worker_count: grain worker processes (0 reads in this process).
-    read_options: grain's reader threads and prefetch buffer; None keeps grain's
-      defaults (16 threads, 500 records), e.g. `grain.ReadOptions(num_threads=2,
-      prefetch_buffer_size=64)` reads faster on a 2-core machine.
-  """
-  if worker_count > 0 and not flags.FLAGS.is_parsed():
-    # grain 0.2.18's worker processes read an absl flag directly, which fails
-    # outside absl.app.run; marking the (default) flags parsed avoids that.
-    flags.FLAGS.mark_as_parsed()
-  # The first record tells the images' channels: mean/std must give one value or one each.
-  channels = np.shape(data_source[0]["image"])[-1] if len(data_source) else None
-  stats = _channel_stats(mean, std, channels)
-  index, count = _shard(shard_index, shard_count)
-  data_source = _shard_source(data_source, index, count, drop_remainder)
-  sampler = grain.IndexSampler(
-      num_records=len(data_source),
-      shuffle=shuffle,
-      num_epochs=num_epochs,
-      seed=seed,
-  )
-  return grain.DataLoader(
-      data_source=data_source,
-      sampler=sampler,
-      operations=[grain.Batch(batch_size, drop_remainder=drop_remainder),
-                  _Normalize(*stats)],
-      worker_count=worker_count,
-      read_options=read_options,
-  )
-
-
 class InMemoryDataset:
   """A split held on device once and batched there: no host round trip per step.
 
@@ -185,7 +64,7 @@ class InMemoryDataset:
   permutation `jax.random.permutation(fold_in(key(seed), epoch), N)` (kept on
   device; recomputing it every step would cost more than the step on CPU); each
   step, one function slices this process's part of the step's global batch from
-  it, gathers and normalises. A batch is a pure function of (seed, epoch, step):
+  it, gathers and normalizes. A batch is a pure function of (seed, epoch, step):
   a run resumed at step k of epoch e gets exactly the same batches, and processes
   (shards) with the same seed take disjoint examples. The last partial global
   batch of an epoch is dropped.
@@ -265,7 +144,7 @@ class InMemoryDataset:
     return order_fn
 
   def _make_batch_fn(self, scale: np.ndarray, shift: np.ndarray):
-    """The per-step function (compiled once): slice the order, gather, normalise."""
+    """The per-step function (compiled once): slice the order, gather, normalize."""
     batch_size = self.batch_size
     offset = self.shard_index * batch_size
     global_batch = batch_size * self.shard_count

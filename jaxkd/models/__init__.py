@@ -22,6 +22,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxkd.models.convnet import ConvNet
 from jaxkd.models.features import feature_paths
@@ -32,10 +33,13 @@ from jaxkd.models.resnet import CifarResNet
 from jaxkd.models.transformer import Transformer
 from jaxkd.models.wrn import WideResNet
 
+# The compute dtypes a model runs in (its `dtype` override); parameters stay float32.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
 _p = functools.partial
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    # Fully connected (Hinton et al. 2015): teacher with dropout, unregularised student.
+    # Fully connected (Hinton et al. 2015): teacher with dropout, unregularized student.
     'mlp': MLP,
     'mlp_1200': _p(MLP, hidden=(1200, 1200), dropout_rate=0.5, input_dropout_rate=0.2),
     'mlp_800': _p(MLP, hidden=(800, 800)),
@@ -111,6 +115,7 @@ def param_count(params: Any) -> int:
 
 
 __all__ = [
+    'DTYPES',
     'LANGUAGE_MODELS',
     'MODELS',
     'CifarResNet',

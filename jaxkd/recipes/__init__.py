@@ -1,30 +1,32 @@
 """Experiment recipes: the edge where an ml_collections config becomes typed library calls.
 
 `experiments/*.py` parse flags and call one recipe, `RECIPES[name](config, workdir)`. A
-recipe is one module (`train`, `distill`, `finetune`, and the teacher schemes `mutual`,
-`ema`, `chain`) assembled from the shared builders
-(`builders`: task, model, optimizer, parallel mode, batches, evaluator, teachers), the run
+recipe is one module (`train`, `distillation`, `finetune`, and the teacher schemes
+`mutual_learning`, `ema_teacher`, `chain`) assembled from the shared builders
+(`components`: task, model, optimizer, parallel mode, batches, evaluator, teachers), the run
 frame (`run`: checkpointer, the shared loop, final metrics and model) and the run's
-provenance (`provenance`). A new recipe is a new module registered in `RECIPES`.
+provenance (`provenance`). Every setting's default is written once, in `defaults`: the base
+configs `experiments/configs/*.py` start from, and what a recipe reads for a setting its
+config leaves out. A new recipe is a new module registered in `RECIPES`.
 """
-from jaxkd.recipes.builders import DTYPES as DTYPES
-from jaxkd.recipes.builders import Task as Task
-from jaxkd.recipes.builders import build_augment as build_augment
-from jaxkd.recipes.builders import build_model as build_model
-from jaxkd.recipes.builders import build_optimizer as build_optimizer
-from jaxkd.recipes.builders import build_parallel as build_parallel
-from jaxkd.recipes.builders import input_transform as input_transform
-from jaxkd.recipes.builders import load_init as load_init
-from jaxkd.recipes.builders import load_task as load_task
-from jaxkd.recipes.builders import load_teacher as load_teacher
-from jaxkd.recipes.builders import make_batches as make_batches
-from jaxkd.recipes.builders import make_evaluator as make_evaluator
-from jaxkd.recipes.builders import num_train_steps as num_train_steps
+from jaxkd.recipes.components import DTYPES as DTYPES
+from jaxkd.recipes.components import Task as Task
+from jaxkd.recipes.components import build_augment as build_augment
+from jaxkd.recipes.components import build_model as build_model
+from jaxkd.recipes.components import build_optimizer as build_optimizer
+from jaxkd.recipes.components import build_parallel as build_parallel
+from jaxkd.recipes.components import input_transform as input_transform
+from jaxkd.recipes.components import load_init as load_init
+from jaxkd.recipes.components import load_task as load_task
+from jaxkd.recipes.components import load_teacher as load_teacher
+from jaxkd.recipes.components import make_batches as make_batches
+from jaxkd.recipes.components import make_evaluator as make_evaluator
+from jaxkd.recipes.components import num_train_steps as num_train_steps
 from jaxkd.recipes.chain import chain as chain
-from jaxkd.recipes.distill import distill as distill
-from jaxkd.recipes.ema import ema_teacher as ema_teacher
+from jaxkd.recipes.distillation import distill as distill
+from jaxkd.recipes.ema_teacher import ema_teacher as ema_teacher
 from jaxkd.recipes.finetune import finetune as finetune
-from jaxkd.recipes.mutual import mutual as mutual
+from jaxkd.recipes.mutual_learning import mutual as mutual
 from jaxkd.recipes.provenance import best_epoch as best_epoch
 from jaxkd.recipes.provenance import cpu_model as cpu_model
 from jaxkd.recipes.provenance import enable_compilation_cache as enable_compilation_cache

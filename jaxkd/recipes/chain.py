@@ -18,13 +18,13 @@ import json
 import os
 
 from jaxkd import paths
-from jaxkd.recipes.distill import build_objective, distill
+from jaxkd.recipes.distillation import build_objective, distill
 from jaxkd.recipes.provenance import write_json
 from jaxkd.recipes.run import selection_policy
 from jaxkd.recipes.train import train
 from jaxkd.recipes.validate import check_config
 
-SEED_STRIDE = 1000  # generation k is initialised from seed + 1000 k (distinct up to 1000 seeds)
+SEED_STRIDE = 1000  # generation k is initialized from seed + 1000 k (distinct up to 1000 seeds)
 
 
 def chain_models(config) -> list[str]:

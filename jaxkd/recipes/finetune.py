@@ -9,9 +9,10 @@ from typing import Sequence
 import numpy as np
 
 from jaxkd import paths, transfer
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
-                                    build_parallel, load_init, load_task, make_batches,
-                                    make_evaluator, num_train_steps)
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
+                                      build_parallel, load_init, load_task, make_batches,
+                                      make_evaluator, num_train_steps)
+from jaxkd.recipes.defaults import setting
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.recipes.validate import check_config
@@ -20,7 +21,7 @@ from jaxkd.state import create_train_state, fresh_variables
 
 def finetune(config, workdir: str) -> dict:
   """Fine-tunes `config.model` on the config's task from `config.init_dir` (a source-task
-  WORKDIR; '' trains from scratch), the `config.dont_load` paths (the head) re-initialised.
+  WORKDIR; '' trains from scratch), the `config.dont_load` paths (the head) re-initialized.
 
   `config.finetune.method`: 'lp' trains the head only, 'ft' everything, 'lp_ft' runs LP for
   `finetune.lp_epochs` in WORKDIR/lp and then FT from its result with a fresh optimizer.
@@ -31,9 +32,6 @@ def finetune(config, workdir: str) -> dict:
   """
   check_config(config)
   f = config.finetune
-  methods = (*transfer.METHODS, 'lp_ft')
-  if f.method not in methods:
-    raise ValueError(f'Unknown finetune.method {f.method!r}; choose one of {list(methods)}.')
   dont_load = tuple(config.get('dont_load') or ())
   selection_policy(config)  # refused before the LP stage runs, not after it
   if f.method != 'lp_ft':
@@ -41,7 +39,7 @@ def finetune(config, workdir: str) -> dict:
                            dont_load=dont_load)
   lp_config = config.copy_and_resolve_references()
   with lp_config.unlocked():
-    lp_config.num_epochs, lp_config.num_steps = f.lp_epochs, f.get('lp_steps', 0)
+    lp_config.num_epochs, lp_config.num_steps = f.lp_epochs, setting(config, 'finetune.lp_steps')
     lp_config.optimizer.learning_rate = f.lp_learning_rate or config.optimizer.learning_rate
   lp_dir = os.path.join(workdir, 'lp')
   lp = _finetune_stage(lp_config, lp_dir, method='lp', init_dir=config.init_dir,
@@ -82,7 +80,7 @@ def _finetune_stage(config, workdir: str, *, method: str, init_dir: str,
                                variables=init_vars)
     step_fn = transfer.make_finetune_step(
         model=model, tx=tx, param_starts=param_starts, stats_starts=stats_starts,
-        label_smoothing=config.get('label_smoothing', 0.0), augment=build_augment(config),
+        label_smoothing=setting(config, 'label_smoothing'), augment=build_augment(config),
         learning_rate_fn=schedule, parallel=parallel)
     evaluate = make_evaluator(model, task, config, parallel)
     state = fit_config(config, workdir, checkpointer, state=parallel.replicate(state),

@@ -10,6 +10,7 @@ import re
 import jax
 
 from jaxkd import data, distributed, hostmem
+from jaxkd.recipes.defaults import setting
 
 
 def write_json(path: str, record: dict) -> None:
@@ -97,7 +98,7 @@ def run_metadata(config, task_name: str, task, *, selection: dict, **extra) -> d
       'task': task_name,
       'model': config.model,
       'model_overrides': dict(config.get('model_overrides') or {}),
-      'dtype': config.get('dtype', 'float32'),
+      'dtype': setting(config, 'dtype'),
       'dataset': config.dataset,
       'split': 'train',
       'classes': classes,

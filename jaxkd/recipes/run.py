@@ -13,6 +13,7 @@ import jax
 
 from jaxkd import distributed
 from jaxkd.loop import fit
+from jaxkd.recipes.defaults import default, setting
 from jaxkd.recipes.provenance import best_epoch, machine, write_json
 from jaxkd.state import TrainState, tree_sha256
 
@@ -26,26 +27,26 @@ def selection_policy(config) -> dict:
   `allow_test_selection` is set, and then recorded (`test_selection: True`) in the run's
   metadata, final metrics and table rows.
   """
-  keep_best = config.get('keep_best', 0)
+  keep_best = setting(config, 'keep_best')
   if not keep_best:
     return {'keep_best': 0, 'metric': None, 'split': None, 'mode': None,
             'test_selection': False}
-  metric = config.get('best_metric') or 'val_accuracy'
+  metric = setting(config, 'best_metric') or default('best_metric')
   split = metric.split('_', 1)[0]
   if split not in SPLITS or metric == f'{split}_':
     raise ValueError(f'best_metric={metric!r} is not an evaluation metric; use a validation '
                      "metric such as 'val_accuracy' or 'val_loss'.")
-  if split == 'val' and not config.get('validation_size', 0):
+  if split == 'val' and not setting(config, 'validation_size'):
     raise ValueError(f'keep_best={keep_best} ranks checkpoints by {metric!r}, but there is no '
                      'validation split: set validation_size > 0 (training images held out '
                      'for model selection), or keep_best=0.')
-  allowed = bool(config.get('allow_test_selection', False))
+  allowed = bool(setting(config, 'allow_test_selection'))
   if split == 'test' and not allowed:
     raise ValueError(f'best_metric={metric!r} would select checkpoints on the test set; rank by '
                      "a validation metric ('val_accuracy' with validation_size > 0), or set "
                      'allow_test_selection=True to do it knowingly (the run records it).')
   return {'keep_best': keep_best, 'metric': metric, 'split': split,
-          'mode': config.get('best_mode', 'max'), 'test_selection': split == 'test'}
+          'mode': setting(config, 'best_mode'), 'test_selection': split == 'test'}
 
 
 LOCK_FILE = '.jaxkd.lock'
@@ -112,7 +113,7 @@ def check_workdir(config, workdir: str, metadata: dict) -> None:
         f'{workdir!r} holds a finished run ({finished}); a rerun would mix two runs\' files. '
         'Nothing was changed: use a new --workdir, or remove this one to run it again.')
   saved = checkpoint.latest_step(os.path.join(workdir, 'checkpoints'))
-  if saved is not None and not config.get('checkpoint_every', 0):
+  if saved is not None and not setting(config, 'checkpoint_every'):
     raise FileExistsError(
         f'checkpoint_every=0, but {workdir!r} holds checkpoints up to step {saved}: this run '
         'would start afresh over them. Nothing was changed: set checkpoint_every > 0 to resume, '
@@ -133,14 +134,14 @@ def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
   lock = workdir_lock(workdir) if distributed.is_main() else contextlib.nullcontext()
   with lock:
     check_workdir(config, workdir, metadata)
-    if not config.get('checkpoint_every', 0):
+    if not setting(config, 'checkpoint_every'):
       yield None
       return
     from jaxkd import checkpoint  # local import: orbax is slow to import
     selection = metadata['selection']
     checkpointer = checkpoint.Checkpointer(
         os.path.join(workdir, 'checkpoints'), metadata=metadata,
-        keep_last=config.get('keep_last', 2), keep_best=selection['keep_best'],
+        keep_last=setting(config, 'keep_last'), keep_best=selection['keep_best'],
         best_metric=selection['metric'] or '', best_mode=selection['mode'] or 'max',
         allow_test_selection=selection['test_selection'])
     with checkpointer:
@@ -157,9 +158,9 @@ def fit_config(config, workdir: str, checkpointer, *, evaluate: Callable[[Any], 
     del epoch
     return {**evaluate(state.variables), **(evaluate_state(state) if evaluate_state else {})}
 
-  return fit(batch_size=config.batch_size, workdir=workdir, log_every=config.get('log_every', 50),
-             checkpointer=checkpointer, checkpoint_every=config.get('checkpoint_every', 0),
-             eval_every=config.get('eval_every', 1), evaluate=evaluate_epoch, **kwargs)
+  return fit(batch_size=config.batch_size, workdir=workdir, log_every=setting(config, 'log_every'),
+             checkpointer=checkpointer, checkpoint_every=setting(config, 'checkpoint_every'),
+             eval_every=setting(config, 'eval_every'), evaluate=evaluate_epoch, **kwargs)
 
 
 def finish(workdir: str, state: TrainState, evaluate, config, num_steps: int,

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import time
 
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
-                                    build_parallel, load_task, make_batches, make_evaluator,
-                                    num_train_steps)
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
+                                      build_parallel, load_task, make_batches, make_evaluator,
+                                      num_train_steps)
+from jaxkd.recipes.defaults import setting
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.recipes.validate import check_config
@@ -30,7 +31,7 @@ def train(config, workdir: str) -> dict:
     tx, schedule = build_optimizer(config, num_steps)
     state = create_train_state(model, tx, seed=config.seed, input_shape=task.input_shape)
     step_fn = make_train_step(model=model, tx=tx,
-                              label_smoothing=config.get('label_smoothing', 0.0),
+                              label_smoothing=setting(config, 'label_smoothing'),
                               augment=build_augment(config), learning_rate_fn=schedule,
                               parallel=parallel)
     evaluate = make_evaluator(model, task, config, parallel)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numbers
 import os
 
-from jaxkd import data, models, optim
+from jaxkd import cache, data, models, optim, transfer
+from jaxkd.losses import MULTI_TEACHER
 from jaxkd.parallel import MODES
-
-CACHE_DTYPES = ('', 'float32', 'float16')
-COMPUTE_DTYPES = ('float32', 'bfloat16')
-
 
 class ConfigError(ValueError):
   """A config setting that cannot run; the message names it, its value and what is valid."""
@@ -69,7 +66,8 @@ def check_config(config) -> None:
   Checked: dataset, model (and a cohort's and a chain's models), dtype, parallel mode,
   optimizer and schedule names; batch, step, epoch, logging and checkpoint counts; the
   learning rate, label smoothing and validation split; classes (distinct, in range, at least
-  two); teacher and initialisation folders; teacher-cache options.
+  two); teacher and initialization folders; teacher-cache options; the fine-tuning method;
+  the EMA teacher's decay and ramp-up.
   """
   dataset = _get(config, 'dataset')
   if dataset not in data.DATASETS:
@@ -80,7 +78,7 @@ def check_config(config) -> None:
       if name not in models.MODELS:
         raise ConfigError(f'{list_setting}={_get(config, list_setting)!r}: {name!r} is not a '
                           f'model; valid: {sorted(models.MODELS)}.')
-  _choice(config, 'dtype', COMPUTE_DTYPES)
+  _choice(config, 'dtype', models.DTYPES)
   _choice(config, 'parallel.mode', MODES)
   _choice(config, 'optimizer.name', optim.OPTIMIZERS)
   _choice(config, 'optimizer.schedule', optim.SCHEDULES)
@@ -124,15 +122,18 @@ def check_config(config) -> None:
                         f'0..{count - 1} ({dataset} has {count} classes), or () for all.')
   kd = _get(config, 'kd')
   if kd is not None:
-    _choice(config, 'kd.cache', CACHE_DTYPES)
+    _choice(config, 'kd.cache', ('', *cache.DTYPES))  # '': a live teacher
     _int(config, 'kd.cache_topk', minimum=0)
-    _choice(config, 'kd.multi_teacher', ('sum', 'ensemble'))
+    _choice(config, 'kd.multi_teacher', MULTI_TEACHER)
     _number(config, 'kd.temperature', low=0.0, low_open=True)
     _number(config, 'kd.hard_weight', low=0.0)
     _number(config, 'kd.soft_weight', low=0.0)
     if _get(config, 'kd.cache_topk') and not _get(config, 'kd.cache'):
       raise ConfigError(f'kd.cache_topk={_get(config, "kd.cache_topk")}: needs kd.cache '
                         "('float32' or 'float16'); a live teacher keeps every logit.")
+  _choice(config, 'finetune.method', (*transfer.METHODS, 'lp_ft'))
+  _number(config, 'ema.decay', low=0.0, high=1.0)  # the mean teacher uses 0.99-0.999
+  _choice(config, 'ema.ramp_up', (False, True))
   _folders(config, 'teacher_dir')
   _folders(config, 'student_init_dir')
   _folders(config, 'init_dir')

@@ -8,10 +8,11 @@ import numpy as np
 from jaxkd import cache, losses
 from jaxkd.distill import (create_distill_state, inference_apply, make_distill_step,
                            topk_temperature)
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
-                                    build_parallel, input_transform, load_init, load_task,
-                                    load_teacher, make_batches, make_evaluator,
-                                    num_train_steps)
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
+                                      build_parallel, input_transform, load_init, load_task,
+                                      load_teacher, make_batches, make_evaluator,
+                                      num_train_steps)
+from jaxkd.recipes.defaults import setting
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.recipes.validate import check_config
@@ -27,7 +28,7 @@ def build_objective(config, *, num_teachers: int, steps_per_epoch: int,
   `num_examples` (the training split's size) to every `crd` term that does not set
   `num_data`."""
   k = config.kd
-  smoothing = config.get('label_smoothing', 0.0)
+  smoothing = setting(config, 'label_smoothing')
   terms = (config.get('terms') or {})
   if terms:
     spec = {}

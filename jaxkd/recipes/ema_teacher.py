@@ -6,10 +6,11 @@ import os
 import time
 
 from jaxkd import ema
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
-                                    build_parallel, load_init, load_task, make_batches,
-                                    make_evaluator, num_train_steps)
-from jaxkd.recipes.distill import build_objective
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
+                                      build_parallel, load_init, load_task, make_batches,
+                                      make_evaluator, num_train_steps)
+from jaxkd.recipes.distillation import build_objective
+from jaxkd.recipes.defaults import setting
 from jaxkd.recipes.provenance import run_metadata
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.recipes.validate import check_config
@@ -17,13 +18,9 @@ from jaxkd.state import TrainState
 
 
 def ema_settings(config) -> dict:
-  """`config.ema` checked: `decay` in [0, 1), `ramp_up` a bool."""
-  e = config.get('ema') or {}
-  decay, ramp_up = e.get('decay', 0.999), e.get('ramp_up', True)
-  ema.check_decay(decay)
-  if not isinstance(ramp_up, bool):
-    raise ValueError(f'ema.ramp_up must be True or False, got {ramp_up!r}.')
-  return {'decay': float(decay), 'ramp_up': ramp_up}
+  """`config.ema` (checked by `check_config`): the teacher's `decay` and `ramp_up`."""
+  return {'decay': float(setting(config, 'ema.decay')),
+          'ramp_up': setting(config, 'ema.ramp_up')}
 
 
 def ema_teacher(config, workdir: str) -> dict:

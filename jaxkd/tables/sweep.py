@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from jaxkd import recipes, stats
+from jaxkd import recipes
+from jaxkd.tables import stats
 from jaxkd.recipes.provenance import cpu_model
 
 

@@ -13,11 +13,12 @@ import numpy as np
 from jaxkd import data, distributed, models, optim, paths, transfer
 from jaxkd.augment import Augment
 from jaxkd.loop import eval_batches
+from jaxkd.models import DTYPES
 from jaxkd.parallel import Parallel
+from jaxkd.recipes.defaults import setting
 from jaxkd.state import fresh_variables, tree_sha256
 from jaxkd.steps import make_eval_step, summarize_eval
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 VALIDATION_SEED = 0
 
 
@@ -38,7 +39,7 @@ class Task:
 
   @property
   def input_shape(self) -> tuple[int, ...]:
-    """One example's shape with a batch dimension of 1, for initialising models."""
+    """One example's shape with a batch dimension of 1, for initializing models."""
     return (1,) + self.train_images.shape[1:]
 
   def normalize(self, images: np.ndarray) -> np.ndarray:
@@ -62,8 +63,8 @@ def load_task(config) -> Task:
   test = data.load_arrays(config.dataset, 'test', data_dir=data_dir)
   num_classes = info.num_classes
   classes = tuple(config.get('classes') or ())
-  validation_size = config.get('validation_size', 0)
-  first = bool(validation_size and config.get('validation_first', False))
+  validation_size = setting(config, 'validation_size')
+  first = bool(validation_size and setting(config, 'validation_first'))
   val = (None, None)
   if first:
     val, train = _hold_out(train, validation_size)
@@ -97,7 +98,7 @@ def _hold_out(split: tuple, size: int) -> tuple[tuple, tuple]:
 
 def build_model(config, num_classes: int):
   overrides = dict(config.get('model_overrides') or {})
-  dtype = config.get('dtype', 'float32')
+  dtype = setting(config, 'dtype')
   if dtype != 'float32':
     overrides['dtype'] = DTYPES[dtype]
   return models.build(config.model, num_classes=num_classes, **overrides)
@@ -108,24 +109,26 @@ def build_optimizer(config, total_steps: int):
   o = config.optimizer
   schedule = optim.make_schedule(
       name=o.schedule, learning_rate=o.learning_rate, total_steps=total_steps,
-      warmup_steps=o.get('warmup_steps', 0), boundaries=tuple(o.get('boundaries', ())),
-      decay_factor=o.get('decay_factor', 0.1))
-  tx = optim.make_optimizer(name=o.name, learning_rate=schedule, momentum=o.get('momentum', 0.9),
-                            nesterov=o.get('nesterov', False),
-                            weight_decay=o.get('weight_decay', 0.0),
-                            clip_norm=o.get('clip_norm', 0.0))
+      warmup_steps=setting(config, 'optimizer.warmup_steps'),
+      boundaries=tuple(setting(config, 'optimizer.boundaries')),
+      decay_factor=setting(config, 'optimizer.decay_factor'))
+  tx = optim.make_optimizer(name=o.name, learning_rate=schedule,
+                            momentum=setting(config, 'optimizer.momentum'),
+                            nesterov=setting(config, 'optimizer.nesterov'),
+                            weight_decay=setting(config, 'optimizer.weight_decay'),
+                            clip_norm=setting(config, 'optimizer.clip_norm'))
   return tx, schedule
 
 
 def build_parallel(config) -> Parallel:
-  p = config.get('parallel') or {}
-  return Parallel(mode=p.get('mode', 'jit'), num_devices=p.get('num_devices') or None,
-                  shard_teacher=p.get('shard_teacher', False))
+  return Parallel(mode=setting(config, 'parallel.mode'),
+                  num_devices=setting(config, 'parallel.num_devices') or None,
+                  shard_teacher=setting(config, 'parallel.shard_teacher'))
 
 
 def build_augment(config) -> Augment:
-  a = config.get('augment') or {}
-  return Augment(crop_padding=a.get('crop_padding', 0), flip=a.get('flip', False))
+  return Augment(crop_padding=setting(config, 'augment.crop_padding'),
+                 flip=setting(config, 'augment.flip'))
 
 
 def make_batches(task: Task, config, parallel: Parallel,
@@ -154,7 +157,7 @@ def make_evaluator(model, task: Task, config, parallel: Parallel) -> Callable[[A
   """`evaluate(variables) -> {'test_accuracy': ..., 'val_accuracy': ..., ...}` over the
   whole test split and the validation split if there is one (padded last batches)."""
   eval_step = make_eval_step(model=model, num_classes=task.num_classes, parallel=parallel)
-  batch_size = config.get('eval_batch_size', 1000)
+  batch_size = setting(config, 'eval_batch_size')
   batch_size -= batch_size % parallel.size
   splits = {'test': (task.test_images, task.test_labels)}
   if task.val_labels is not None:
@@ -222,7 +225,7 @@ def load_teacher(directory: str, task: Task, config) -> tuple[Any, Any, dict]:
 
 
 def input_transform(task: Task, config) -> dict:
-  """What a teacher cache depends on besides the teacher: data, subset and normalisation."""
+  """What a teacher cache depends on besides the teacher: data, subset and normalization."""
   return {'classes': list(config.get('classes') or ()),
           'train_per_class': config.get('train_per_class') or 0,
           'subset_seed': config.seed if config.get('classes') else None,

@@ -6,10 +6,10 @@ import os
 import time
 
 from jaxkd import mutual as dml
-from jaxkd.recipes.builders import (build_augment, build_model, build_optimizer,
-                                    build_parallel, load_task, make_batches, make_evaluator,
-                                    num_train_steps)
-from jaxkd.recipes.distill import build_objective
+from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
+                                      build_parallel, load_task, make_batches, make_evaluator,
+                                      num_train_steps)
+from jaxkd.recipes.distillation import build_objective
 from jaxkd.recipes.provenance import run_metadata, write_json
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.recipes.validate import check_config

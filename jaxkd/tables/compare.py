@@ -128,7 +128,7 @@ def measure_run(workdir: str, images: np.ndarray, labels: np.ndarray, *,
     exported = export.export_model(variables, model, input_shape=info.image_shape,
                                    mean=info.mean, std=info.std, dtype=dtype, int8=int8)
     blob = exported.serialize()
-    # The accuracy comes through the serialised bytes, as a deployment would load them.
+    # The accuracy comes through the serialized bytes, as a deployment would load them.
     predict = Artifact(jax.export.deserialize(blob),
                        {'input_shape': list(info.image_shape)}, where=f'{name} export')
     row['artifact_bytes'][name] = len(blob)

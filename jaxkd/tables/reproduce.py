@@ -6,7 +6,7 @@ table's config module under `experiments/configs/`, which provides:
 
   NAME                                  file stem of the results ('<NAME>[_<profile>]')
   PROFILES, get_config(profile)         the profiles and their config
-  run_specs(config, root)               every run, in order (`jaxkd.sweep.RunSpec`)
+  run_specs(config, root)               every run, in order (`jaxkd.tables.sweep.RunSpec`)
   tabulate(records, config) -> dict     summaries and tests for the results JSON
   render(payload) -> str                the Markdown of the results JSON
 
@@ -19,13 +19,27 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib
 import os
+import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxkd import recipes, sweep
-from jaxkd.sweep import RunSpec, pct
+from jaxkd import recipes
+from jaxkd.tables import sweep
+from jaxkd.tables.sweep import RunSpec, pct
+
+
+def load_table(path: str) -> Any:
+  """The table description module at `path` (`experiments/configs/reproduce_<name>.py`).
+
+  Its folder goes on `sys.path`, and stays: a description imports the configs beside it,
+  some only when `get_config` is called."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
+  return importlib.import_module(os.path.splitext(os.path.basename(path))[0])
 
 
 def run_table(table: Any, specs: Sequence[RunSpec], *, config, profile: str, root: str,
@@ -107,7 +121,7 @@ def markdown_table(columns: Sequence[tuple[str, Callable[[Any], str]]],
 
 def paired_test_columns(*, first: Sequence[tuple[str, Callable]] = (), metric: bool = False,
                         t_statistic: bool = False) -> list[tuple[str, Callable]]:
-  """The columns of a table of paired tests (rows of `jaxkd.sweep.compare`): `first`, then
+  """The columns of a table of paired tests (rows of `jaxkd.tables.sweep.compare`): `first`, then
   treatment, control, [metric], seeds, mean difference, [t], the t-test and sign-flip p."""
   columns = [*first, ('treatment', lambda t: t['treatment']), ('control', lambda t: t['control'])]
   if metric:
@@ -211,7 +225,8 @@ def model_costs(models: dict[str, str], *, dataset: str = 'fashion_mnist',
                 num_classes: int | None = None) -> list[dict]:
   """Parameters and inference FLOPs per example of each zoo model a table trains
   (`models`: what the table calls it -> zoo name), on `dataset`'s image shape."""
-  from jaxkd import compare, data
+  from jaxkd import data
+  from jaxkd.tables import compare
   from jaxkd import models as zoo
   from jaxkd.state import fresh_variables
   info = data.info(dataset)
