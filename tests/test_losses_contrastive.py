@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxkd.losses.feature.contrastive import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES,
+from jaxkd.losses import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES,
                                               CRD_TEMPERATURE, UNSET_NORMALISER, contrast_scores,
                                               crd_embed, crd_loss, crd_loss_with_normalisers,
                                               estimate_normaliser, nce_loss, normalise_scores)
-from jaxkd.losses.feature.memory_bank import (build_class_index_table, check_memory_bank_fits,
+from jaxkd.losses import (build_class_index_table, check_memory_bank_fits,
                                               init_memory_bank, memory_bank_bytes,
                                               sample_contrast_indices,
                                               sample_other_class_contrast_indices,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxkd.losses.feature import attention_map, attention_transfer_loss, hint_loss
+from jaxkd.losses import attention_map, attention_transfer_loss, hint_loss
 
 # ---------------------------------------------------------------- float64 references
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxkd.losses.feature.overhaul import (OFD_CIFAR_WEIGHT, OFD_IMAGENET_WEIGHT, ofd_loss,
+from jaxkd.losses import (OFD_CIFAR_WEIGHT, OFD_IMAGENET_WEIGHT, ofd_loss,
                                            ofd_margin)
-from jaxkd.losses.feature.review import (abf_combine, adaptive_avg_pool, hcl_loss,
+from jaxkd.losses import (abf_combine, adaptive_avg_pool, hcl_loss,
                                          nearest_upsample)
-from jaxkd.losses.feature.scale_decoupled import multiscale_pooled_features, sdd_loss
-from jaxkd.losses.feature.variational import vid_log_scale_init, vid_loss
-from jaxkd.losses.kd import kd_loss
+from jaxkd.losses import multiscale_pooled_features, sdd_loss
+from jaxkd.losses import vid_log_scale_init, vid_loss
+from jaxkd.losses import kd_loss
 
 # ---------------------------------------------------------------- float64 references
 

@@ -8,8 +8,8 @@ import pytest
 from jax.test_util import check_grads
 from scipy import special
 
-from jaxkd.losses.kd import kd_loss
-from jaxkd.losses.logit import (dist_inter_loss, dist_intra_loss, dist_loss, dkd_loss,
+from jaxkd.losses import kd_loss
+from jaxkd.losses import (dist_inter_loss, dist_intra_loss, dist_loss, dkd_loss,
                                 dkd_parts, gradient_reversal, jsd_loss, nkd_loss,
                                 reverse_kl_loss, standardize_logits, ttm_loss, wttm_loss)
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxkd.losses.feature import relation, statistics
-from jaxkd.losses.feature.relation import (cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss,
+from jaxkd.losses.methods import ickd as ickd_method, rkd
+from jaxkd.losses import (cc_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss,
                                            rkd_loss, sp_loss)
-from jaxkd.losses.feature.statistics import fsp_loss, fsp_matrix, ickd_loss, nst_loss
+from jaxkd.losses import fsp_loss, fsp_matrix, ickd_loss, nst_loss
 
 # ---------------------------------------------------------------- float64 references
 # Written with loops over examples, pairs and channels, NHWC as our models produce.
@@ -349,7 +349,7 @@ def test_rkd_angle_matches_the_direct_formulation_with_equal_rows():
 def test_rkd_angle_accelerator_formulation_agrees():
   # GPUs and TPUs take the direct [B, B, D] formulation: the same values and gradients.
   student, teacher = _angle_batches()[0]
-  direct = lambda s, t: relation._smooth_l1(relation._angles(s), relation._angles(t))  # noqa: E731
+  direct = lambda s, t: rkd._smooth_l1(rkd._angles(s), rkd._angles(t))  # noqa: E731
   with jax.enable_x64(True):
     value, grad = jax.jit(jax.value_and_grad(rkd_angle_loss))(student, teacher)
     want_value, want_grad = jax.jit(jax.value_and_grad(direct))(student, teacher)
@@ -361,11 +361,11 @@ def test_rkd_angle_steps_agree():
   # CPU runs the vertices a few per loop step (step 0: all at once): the same values,
   # whatever the step and remainder.
   student, teacher = _angle_batches()[1]
-  value = jax.jit(relation._angle_huber_sum, static_argnums=2)
-  grad = jax.jit(relation._angle_gradient, static_argnums=3)
+  value = jax.jit(rkd._angle_huber_sum, static_argnums=2)
+  grad = jax.jit(rkd._angle_gradient, static_argnums=3)
   with jax.enable_x64(True):
-    want = value(student, teacher, relation._CPU_ANGLE_ROWS)
-    want_grad = grad(student, teacher, 1.0, relation._CPU_ANGLE_ROWS)
+    want = value(student, teacher, rkd._CPU_ANGLE_ROWS)
+    want_grad = grad(student, teacher, 1.0, rkd._CPU_ANGLE_ROWS)
     for step in [0, 1, 3, 7]:
       np.testing.assert_allclose(value(student, teacher, step), want, rtol=1e-12)
       np.testing.assert_allclose(grad(student, teacher, 1.0, step), want_grad, rtol=1e-12,
@@ -501,7 +501,7 @@ def test_ickd_matches_reference():
 
 def test_ickd_gram_symmetry_and_zero_cases():
   student, teacher = _features(62, (3, 4, 5, 6)), _features(63, (3, 4, 5, 6))
-  gram = jax.jit(statistics._channel_correlation)(student.reshape(3, 20, 6))
+  gram = jax.jit(ickd_method._channel_correlation)(student.reshape(3, 20, 6))
   ref = np.stack([np.stack([_unit(r) for r in ref_channel_gram(s)]) for s in student])
   np.testing.assert_allclose(gram, ref, rtol=1e-5, atol=1e-7)
   # Symmetric Gram: the row-normalised matrix is D^-1 G, so D G~ is symmetric.

@@ -1,4 +1,4 @@
-"""DIST: match the teacher's prediction relations by Pearson correlation, not exact values.
+"""DIST (Huang et al. 2022): match the teacher's prediction relations by Pearson correlation.
 
 The inter-class part relates the classes of one example (one value per example); the
 intra-class part relates the examples of a batch for each class, so it gives one value
@@ -6,22 +6,17 @@ per batch and cannot be split by example.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.logit._common import _check_static_non_negative, _scaled_logits
+from jaxkd.losses.numerics import check_static_non_negative, safe_norm, scaled_logits
+from jaxkd.losses.terms import Hyperparam, LogitTerm
 
-__all__ = ['dist_inter_loss', 'dist_intra_loss', 'dist_loss']
 
 # The authors' Pearson correlation adds this to the product of the two norms.
 _PEARSON_EPS = 1e-8
-
-
-def _safe_norm(x: jax.Array, axis: int) -> jax.Array:
-  """Euclidean norm along ``axis`` with a zero (not NaN) gradient at the zero vector."""
-  squared = jnp.sum(x * x, axis=axis)
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
 def _pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
@@ -29,12 +24,12 @@ def _pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
   a = a - jnp.mean(a, axis=axis, keepdims=True)
   b = b - jnp.mean(b, axis=axis, keepdims=True)
   return jnp.sum(a * b, axis=axis) / (
-      _safe_norm(a, axis) * _safe_norm(b, axis) + _PEARSON_EPS)
+      safe_norm(a, axis, keepdims=False) * safe_norm(b, axis, keepdims=False) + _PEARSON_EPS)
 
 
 def _probs(student_logits, teacher_logits, temperature):
   """Temperature-``T`` probabilities of student and teacher, and ``T`` as an array."""
-  student_scaled, teacher_scaled, t = _scaled_logits(student_logits, teacher_logits,
+  student_scaled, teacher_scaled, t = scaled_logits(student_logits, teacher_logits,
                                                      temperature)
   return jax.nn.softmax(student_scaled, axis=-1), jax.nn.softmax(teacher_scaled, axis=-1), t
 
@@ -154,10 +149,36 @@ def dist_loss(
     Huang et al., `Knowledge Distillation from A Stronger Teacher
     <https://arxiv.org/abs/2205.10536>`_, NeurIPS 2022.
   """
-  _check_static_non_negative(inter_weight, 'inter_weight')
-  _check_static_non_negative(intra_weight, 'intra_weight')
+  check_static_non_negative(inter_weight, 'inter_weight')
+  check_static_non_negative(intra_weight, 'intra_weight')
   _check_batch(jnp.shape(student_logits))
   inter = jnp.mean(dist_inter_loss(student_logits, teacher_logits, temperature=temperature))
   intra = dist_intra_loss(student_logits, teacher_logits, temperature=temperature)
   return (jnp.asarray(inter_weight, inter.dtype) * inter +
           jnp.asarray(intra_weight, intra.dtype) * intra)
+
+
+@dataclasses.dataclass(frozen=True)
+class DIST(LogitTerm):
+  """DIST (Huang et al. 2022, `dist_loss`): Pearson correlation of the softened predictions
+  within each example (inter-class) and of each class across the batch (intra-class). The
+  intra-class part relates the examples of a batch: one value per batch, computed on the
+  global batch under every parallel mode."""
+
+  temperature: Hyperparam = 1.0
+  inter_weight: float = 1.0
+  intra_weight: float = 1.0
+  teacher_weights: tuple[float, ...] | None = None
+  standardize: bool = False
+
+  name = 'dist'
+  family = 'logit'
+  paper = 'Huang et al. 2022, Knowledge Distillation from A Stronger Teacher'
+  url = 'https://arxiv.org/abs/2205.10536'
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
+  per_example = False
+
+  def per_teacher(self, student_logits, teacher_logits, labels, temperature):
+    return dist_loss(student_logits, teacher_logits, temperature=temperature,
+                     inter_weight=self.inter_weight, intra_weight=self.intra_weight)

@@ -1,15 +1,15 @@
-"""Supervised classification losses on integer labels, one value per example."""
+"""Cross-entropy on the hard labels, with optional label smoothing (Szegedy et al. 2016)."""
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxkd.losses.kd import _upcast
-
-__all__ = ['cross_entropy']
+from jaxkd.losses.numerics import upcast
+from jaxkd.losses.terms import Term
 
 
 def cross_entropy(
@@ -47,7 +47,7 @@ def cross_entropy(
     Szegedy et al., `Rethinking the Inception Architecture for Computer Vision
     <https://arxiv.org/abs/1512.00567>`_, 2016 (label smoothing, sec. 7).
   """
-  logits = _upcast(logits)
+  logits = upcast(logits)
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
@@ -68,3 +68,29 @@ def cross_entropy(
     uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
     loss = (1.0 - eps) * loss + eps * uniform
   return jnp.where(in_range, loss, jnp.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossEntropy(Term):
+  """Hard-label cross-entropy with optional label smoothing (`jaxkd.losses.cross_entropy`)."""
+
+  label_smoothing: float = 0.0
+
+  name = 'ce'
+  family = 'classic'
+  paper = 'Szegedy et al. 2016, Rethinking the Inception Architecture (label smoothing)'
+  url = 'https://arxiv.org/abs/1512.00567'
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
+  from_run = ('label_smoothing',)
+  needs_teacher = False
+  needs_labels = True
+
+  def __post_init__(self):
+    s = self.label_smoothing
+    if not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0.0 <= s <= 1.0:
+      raise ValueError(f'label_smoothing must be a float in [0, 1], got {s!r}.')
+
+  def __call__(self, ctx):
+    return cross_entropy(ctx.student.logits, ctx.labels,
+                         label_smoothing=self.label_smoothing), {}, ctx.state

@@ -1,63 +1,13 @@
-"""Divergences other than forward KL between temperature-softened distributions.
-
-Reverse KL and the generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2024),
-which interpolates between forward and reverse KL. One value per example.
-"""
+"""The generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2024)."""
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.kd import _kl, _temperature_scale
-from jaxkd.losses.logit._common import _check_static_open_unit, _scaled_logits
-
-__all__ = ['jsd_loss', 'reverse_kl_loss']
-
-
-def _log_probs(student_logits, teacher_logits, temperature):
-  """Temperature-``T`` log-probabilities of student and teacher, and ``T`` as an array."""
-  student_scaled, teacher_scaled, t = _scaled_logits(student_logits, teacher_logits,
-                                                     temperature)
-  return (jax.nn.log_softmax(student_scaled, axis=-1),
-          jax.nn.log_softmax(teacher_scaled, axis=-1), t)
-
-
-def reverse_kl_loss(
-    student_logits: jax.typing.ArrayLike,
-    teacher_logits: jax.typing.ArrayLike,
-    *,
-    temperature: jax.typing.ArrayLike,
-    scale_by_temperature_squared: bool = True,
-) -> jax.Array:
-  r"""Reverse-KL distillation loss ``T**2 * KL(p_s || p_t)``, per example.
-
-  .. math::
-    \ell = T^2 \sum_c p^s_c (\log p^s_c - \log p^t_c),\quad
-    p^s = \mathrm{softmax}(z^s / T),\ p^t = \mathrm{softmax}(z^t / T)
-
-  The mode-seeking direction: the student is penalised for mass where the teacher has
-  little, not for missing some of the teacher's modes. Classes the student gives
-  probability exactly 0 contribute 0. The loss is infinite where the teacher gives
-  probability exactly 0 (logit ``-inf``) to a class the student does not.
-
-  Args:
-    student_logits: ``[..., C]`` student logits (any float dtype; computed in >= float32).
-    teacher_logits: ``[..., C]`` teacher logits, same shape. Gradients flow into it too;
-      wrap it in ``jax.lax.stop_gradient`` if the teacher must not be trained.
-    temperature: softmax temperature ``T > 0`` for both (Python float or scalar array).
-    scale_by_temperature_squared: multiply by ``T**2`` (default), as in ``kd_loss``.
-
-  Returns:
-    ``[...]`` float32 (float64 for float64 inputs) loss per example.
-
-  References:
-    Agarwal et al., `On-Policy Distillation of Language Models: Learning from
-    Self-Generated Mistakes <https://arxiv.org/abs/2306.13649>`_, ICLR 2024 (reverse KL
-    as the ``beta = 1`` end of the generalised JSD).
-  """
-  log_p_s, log_p_t, t = _log_probs(student_logits, teacher_logits, temperature)
-  return _temperature_scale(t, scale_by_temperature_squared) * _kl(
-      jnp.exp(log_p_s), log_p_s, log_p_t)
+from jaxkd.losses.numerics import check_static_open_unit, log_probs, temperature_scale
+from jaxkd.losses.terms import Hyperparam, LogitTerm
 
 
 def jsd_loss(
@@ -101,8 +51,8 @@ def jsd_loss(
     Agarwal et al., `On-Policy Distillation of Language Models: Learning from
     Self-Generated Mistakes <https://arxiv.org/abs/2306.13649>`_, ICLR 2024, eq. (1).
   """
-  _check_static_open_unit(mixing_weight, 'mixing_weight')
-  log_p_s, log_p_t, t = _log_probs(student_logits, teacher_logits, temperature)
+  check_static_open_unit(mixing_weight, 'mixing_weight')
+  log_p_s, log_p_t, t = log_probs(student_logits, teacher_logits, temperature)
   w = jnp.asarray(mixing_weight, log_p_s.dtype)
   log_w, log_1mw = jnp.log(w), jnp.log1p(-w)
   p_s, p_t = jnp.exp(log_p_s), jnp.exp(log_p_t)
@@ -117,4 +67,32 @@ def jsd_loss(
   log_m_over_t = jnp.where(on_s, jnp.logaddexp(log_w, log_1mw - log_t_over_s), log_w)
   kl_t = -jnp.sum(jnp.where(on_t, p_t * log_m_over_t, 0.0), axis=-1)
   kl_s = -jnp.sum(jnp.where(on_s, p_s * log_m_over_s, 0.0), axis=-1)
-  return _temperature_scale(t, scale_by_temperature_squared) * (w * kl_t + (1 - w) * kl_s)
+  return temperature_scale(t, scale_by_temperature_squared) * (w * kl_t + (1 - w) * kl_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class JSD(LogitTerm):
+  """Generalised Jensen-Shannon divergence (Agarwal et al. 2024, `jsd_loss`): the teacher
+  has weight `mixing_weight` in the mixture; near 0 it is `kd` times that weight, near 1
+  `reverse_kl` times one minus it."""
+
+  temperature: Hyperparam = 1.0
+  mixing_weight: float = 0.5
+  teacher_weights: tuple[float, ...] | None = None
+  standardize: bool = False
+
+  name = 'jsd'
+  family = 'logit'
+  paper = 'Agarwal et al. 2024, On-Policy Distillation of Language Models'
+  url = 'https://arxiv.org/abs/2306.13649'
+  paper_weight = 0.9
+  paper_ce_weight = 0.1
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not 0.0 < self.mixing_weight < 1.0:
+      raise ValueError(f'mixing_weight must be in (0, 1), got {self.mixing_weight!r}.')
+
+  def per_teacher(self, student_logits, teacher_logits, labels, temperature):
+    return jsd_loss(student_logits, teacher_logits, temperature=temperature,
+                    mixing_weight=self.mixing_weight)

@@ -1,20 +1,24 @@
-"""Scale decoupled distillation (SDD): KD on the logits of multi-scale pooled regions."""
+"""Scale decoupled distillation (Wei et al. 2024): KD on the logits of multi-scale pooled cells."""
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.feature.review import _adaptive_avg_pool
-from jaxkd.losses.kd import _check_static_temperature, _upcast, kd_loss
-from jaxkd.losses.logit._common import _check_static_non_negative
+from jaxkd import paths
+from jaxkd.losses.methods.kd import kd_loss
+from jaxkd.losses.numerics import check_static_non_negative, check_static_temperature, upcast
+from jaxkd.losses.pooling import adaptive_avg_pool
+from jaxkd.losses.terms import OneTap, Term, combine_teachers, validated
 
-__all__ = ['multiscale_pooled_features', 'sdd_loss']
 
 # The authors' default scales (``--M [1,2,4]``): global cell first, then 2x2, then 4x4.
 _SDD_SCALES = (1, 2, 4)
+
+
 # The authors' SPP pools the map to this grid first and every scale from it.
 _SPP_GRID = 4
 
@@ -68,15 +72,15 @@ def multiscale_pooled_features(
     CVPR 2024.
   """
   scales = _check_scales(scales)
-  features = _upcast(features)
+  features = upcast(features)
   if features.ndim != 4:
     raise ValueError(f'features must be [batch, height, width, channels] (NHWC), got shape '
                      f'{features.shape}.')
   finest = max(_SPP_GRID, *scales)
-  base = _adaptive_avg_pool(features, finest, finest)
+  base = adaptive_avg_pool(features, finest, finest)
   cells = []
   for scale in scales:
-    pooled = _adaptive_avg_pool(base, scale, scale)
+    pooled = adaptive_avg_pool(base, scale, scale)
     cells.append(pooled.reshape(pooled.shape[0], scale * scale, pooled.shape[-1]))
   return jnp.concatenate(cells, axis=1)
 
@@ -111,7 +115,7 @@ def sdd_loss(
   batch mean of this loss. Their defaults (mdistiller's KD config, unchanged in their SD-KD
   configs) are ``T = 4``, weight 0.9 on this loss and 0.1 on cross-entropy, scales
   ``(1, 2, 4)`` (``--M [1,2,4]``, ``N = 21``). With only the global cell (``N = 1``) this is
-  :func:`jaxkd.losses.kd.kd_loss`, which they use for ``--M [1]``. Like their code (which
+  :func:`jaxkd.losses.kd_loss`, which they use for ``--M [1]``. Like their code (which
   zeroes NaN entries), classes the teacher gives probability 0 contribute 0.
 
   Args:
@@ -132,10 +136,10 @@ def sdd_loss(
     Wei et al., `Scale Decoupled Distillation <https://arxiv.org/abs/2403.13512>`_,
     CVPR 2024.
   """
-  _check_static_temperature(temperature)
-  _check_static_non_negative(complementary_weight, 'complementary_weight')
-  student_local_logits = _upcast(student_local_logits)
-  teacher_local_logits = _upcast(teacher_local_logits)
+  check_static_temperature(temperature)
+  check_static_non_negative(complementary_weight, 'complementary_weight')
+  student_local_logits = upcast(student_local_logits)
+  teacher_local_logits = upcast(teacher_local_logits)
   labels = jnp.asarray(labels)
   if student_local_logits.shape != teacher_local_logits.shape:
     raise ValueError(
@@ -156,3 +160,61 @@ def sdd_loss(
   complementary = correct != correct[:, :1]
   weight = jnp.where(complementary, jnp.asarray(complementary_weight, per_cell.dtype), 1.0)
   return jnp.mean(weight * per_cell, axis=-1)
+
+
+def _classify(outputs, tap: str, head: str, scales, who: str) -> jax.Array:
+  """The model's linear classifier (`head/kernel`, `head/bias`) on every cell: `[B, N, K]`."""
+  cells = multiscale_pooled_features(outputs.features[tap].astype(jnp.float32), scales=scales)
+  flat = paths.flatten((outputs.variables or {}).get('params', {}))
+  kernel, bias = flat.get(f'{head}/kernel'), flat.get(f'{head}/bias')
+  if kernel is None or kernel.shape[0] != cells.shape[-1]:
+    raise ValueError(
+        f'sdd applies the {who}\'s classifier {head!r} to pooled cells of {tap!r} '
+        f'({cells.shape[-1]} channels), but its kernel is '
+        f'{None if kernel is None else kernel.shape}: SDD needs a model whose classifier '
+        'reads the global average of that map (ResNet/WRN: the last stage).')
+  return jnp.einsum('bnc,ck->bnk', cells, kernel.astype(jnp.float32)) + bias
+
+
+@dataclasses.dataclass(frozen=True)
+class SDD(OneTap, Term):
+  """Scale decoupled distillation (Wei et al. 2024, `sdd_loss`): the last stage's map pooled
+  into cells at `scales` (1, 2, 4: the global average, a 2x2 and a 4x4 grid), each cell
+  classified by the model's own classifier (`head`; the student's trained through it), KD at
+  `temperature` on every cell, cells where the teacher's local prediction disagrees in
+  correctness with its global one weighted by `complementary_weight`. Needs a classifier on
+  the global average of the tapped map (ResNet, WRN), labels and a live teacher."""
+
+  student_tap: str = 'stage3'
+  teacher_tap: str = 'stage3'
+  temperature: float = 4.0
+  complementary_weight: float = 2.0
+  scales: tuple[int, ...] = (1, 2, 4)
+  head: str = 'head'
+  teacher_weights: tuple[float, ...] | None = None
+
+  name = 'sdd'
+  family = 'multiscale'
+  paper = 'Wei et al. 2024, Scale Decoupled Distillation'
+  url = 'https://arxiv.org/abs/2403.13512'
+  paper_weight = 0.9
+  paper_ce_weight = 0.1
+  needs_labels = True
+
+  def __post_init__(self):
+    validated('temperature', self.temperature, positive=True)
+    validated('complementary_weight', self.complementary_weight, positive=False)
+    if not self.scales or self.scales[0] != 1:
+      raise ValueError(f'sdd scales must start with 1 (the global cell), got {self.scales}.')
+
+  def hyperparams(self, step, params=None):
+    del step, params
+    return {'temperature': jnp.asarray(self.temperature, jnp.float32)}
+
+  def __call__(self, ctx):
+    local = _classify(ctx.student, self.student_tap, self.head, self.scales, 'student')
+    per_teacher = [sdd_loss(local, _classify(t, self.teacher_tap, self.head, self.scales,
+                                             'teacher'), ctx.labels,
+                            temperature=self.temperature,
+                            complementary_weight=self.complementary_weight) for t in ctx.teachers]
+    return (*combine_teachers(self.teacher_weights, per_teacher), ctx.state)

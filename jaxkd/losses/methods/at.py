@@ -1,17 +1,15 @@
-"""Attention transfer: match L2-normalised spatial attention maps of feature maps."""
+"""Attention transfer (Zagoruyko & Komodakis 2017): match L2-normalised spatial attention maps."""
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.kd import _upcast
-
-__all__ = ['attention_map', 'attention_transfer_loss']
-
-# F.normalize's default floor on the norm, as in the authors' code.
-_NORM_EPS = 1e-12
+from jaxkd.losses.numerics import NORM_EPS, upcast
+from jaxkd.losses.pooling import common_spatial_shape, pool_to
+from jaxkd.losses.terms import Term, combine_teachers
 
 
 def _check_features(features: jax.Array, name: str) -> None:
@@ -36,32 +34,7 @@ def _attention_map(features: jax.Array, power) -> jax.Array:
   positive = squared > 0
   # Zero gradient (not NaN) through the norm of an all-zero map.
   norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
-  return flat / jnp.maximum(norm, _NORM_EPS)
-
-
-def _pool_to(features: jax.Array, spatial_shape: tuple[int, ...]) -> jax.Array:
-  """Average-pools each spatial axis down to ``spatial_shape`` by an integer factor."""
-  batch, *spatial, channels = features.shape
-  split = [batch]
-  for size, target in zip(spatial, spatial_shape):
-    split += [target, size // target]
-  pooled = features.reshape(*split, channels)
-  return jnp.mean(pooled, axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
-
-
-def _common_spatial_shape(first_shape, second_shape, first_name: str = 'student_features',
-                          second_name: str = 'teacher_features') -> tuple[int, ...]:
-  """The smaller size on each spatial axis, checking the larger is a whole multiple."""
-  common = []
-  for axis, (a, b) in enumerate(zip(first_shape[1:-1], second_shape[1:-1]), start=1):
-    small, large = min(a, b), max(a, b)
-    if large % small:
-      raise ValueError(
-          f'{first_name} shape {tuple(first_shape)} and {second_name} shape '
-          f'{tuple(second_shape)}: spatial axis {axis} sizes {a} and {b} are not whole '
-          'multiples of each other, so the larger cannot be average-pooled to the smaller.')
-    common.append(small)
-  return tuple(common)
+  return flat / jnp.maximum(norm, NORM_EPS)
 
 
 def attention_map(features: jax.typing.ArrayLike, *, power: float = 2) -> jax.Array:
@@ -88,7 +61,7 @@ def attention_map(features: jax.typing.ArrayLike, *, power: float = 2) -> jax.Ar
     <https://arxiv.org/abs/1612.03928>`_, ICLR 2017.
   """
   _check_power(power)
-  features = _upcast(features)
+  features = upcast(features)
   _check_features(features, 'features')
   return _attention_map(features, power)
 
@@ -129,8 +102,8 @@ def attention_transfer_loss(
     <https://arxiv.org/abs/1612.03928>`_, ICLR 2017.
   """
   _check_power(power)
-  student_features = _upcast(student_features)
-  teacher_features = _upcast(teacher_features)
+  student_features = upcast(student_features)
+  teacher_features = upcast(teacher_features)
   _check_features(student_features, 'student_features')
   _check_features(teacher_features, 'teacher_features')
   if (student_features.ndim != teacher_features.ndim or
@@ -139,8 +112,42 @@ def attention_transfer_loss(
         f'student_features shape {student_features.shape} and teacher_features shape '
         f'{teacher_features.shape} must have the same batch size and number of spatial '
         'axes.')
-  spatial = _common_spatial_shape(student_features.shape, teacher_features.shape)
+  spatial = common_spatial_shape(student_features.shape, teacher_features.shape)
   dtype = jnp.promote_types(student_features.dtype, teacher_features.dtype)
-  student_map = _attention_map(_pool_to(student_features.astype(dtype), spatial), power)
-  teacher_map = _attention_map(_pool_to(teacher_features.astype(dtype), spatial), power)
+  student_map = _attention_map(pool_to(student_features.astype(dtype), spatial), power)
+  teacher_map = _attention_map(pool_to(teacher_features.astype(dtype), spatial), power)
   return jnp.mean(jnp.square(student_map - teacher_map), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AT(Term):
+  """Attention transfer (Zagoruyko & Komodakis 2017): spatial attention maps (channel mean of
+  ``|f|^power``, L2-normalised) of each student/teacher tap pair matched by squared error
+  (`jaxkd.losses.attention_transfer_loss`), summed over the pairs. No parameters."""
+
+  student_taps: tuple[str, ...] = ('stage1', 'stage2', 'stage3')
+  teacher_taps: tuple[str, ...] = ('stage1', 'stage2', 'stage3')
+  power: float = 2.0
+  teacher_weights: tuple[float, ...] | None = None
+
+  name = 'at'
+  family = 'feature'
+  paper = 'Zagoruyko & Komodakis 2017, Paying More Attention to Attention'
+  url = 'https://arxiv.org/abs/1612.03928'
+  paper_weight = 1000.0
+  paper_ce_weight = 1.0
+
+  def __post_init__(self):
+    if len(self.student_taps) != len(self.teacher_taps) or not self.student_taps:
+      raise ValueError(f'at pairs student_taps with teacher_taps one to one, got '
+                       f'{list(self.student_taps)} and {list(self.teacher_taps)}.')
+    if not self.power > 0:
+      raise ValueError(f'power must be > 0, got {self.power!r}.')
+
+  def __call__(self, ctx):
+    per_teacher = [
+        sum(attention_transfer_loss(ctx.student.features[s], teacher.features[t],
+                                    power=self.power)
+            for s, t in zip(self.student_taps, self.teacher_taps))
+        for teacher in ctx.teachers]
+    return (*combine_teachers(self.teacher_weights, per_teacher), ctx.state)

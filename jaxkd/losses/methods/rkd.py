@@ -1,213 +1,24 @@
-"""Relation-based feature distillation: match how the examples of a batch relate to each other.
-
-Every loss here compares a batch-by-batch (or, for RKD's angles, batch-cubed) relation of
-the student's features with the teacher's, so it gives one value per batch, not per
-example: every example in the arrays takes part (slice padding off before the call, not
-afterwards). Features ``[B, ...]`` are flattened to ``[B, D]``; student and teacher may
-have different ``D``, since only their relations are compared.
-"""
+"""Relational KD (Park et al. 2019): the batch's pairwise distances and triplet angles."""
 from __future__ import annotations
 
-import math
-import numbers
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.kd import _upcast
+from jaxkd.losses.numerics import (NORM_EPS, PRECISION, batch_pair, check_static_non_negative,
+                                   gram, normalize)
+from jaxkd.losses.terms import RelationTerm, validated
 
-__all__ = [
-    'cc_loss',
-    'pkt_loss',
-    'rkd_angle_loss',
-    'rkd_distance_loss',
-    'rkd_loss',
-    'sp_loss',
-]
 
-# F.normalize's default floor on the norm, as in the authors' code.
-_NORM_EPS = 1e-12
-# RepDistiller's PKT adds this to the norms and to both probabilities inside the log.
-_PKT_EPS = 1e-7
 # RepDistiller's RKD pdist clamps squared distances to at least this.
 _DISTANCE_FLOOR = 1e-12
-# Gram matrices at full float32 precision (PyTorch's default), not TF32 or bfloat16 passes.
-_PRECISION = jax.lax.Precision.HIGHEST
-
-
-def _safe_norm(x: jax.Array, axis: int) -> jax.Array:
-  """Euclidean norm along ``axis`` (kept) with a zero (not NaN) gradient at the zero vector."""
-  squared = jnp.sum(x * x, axis=axis, keepdims=True)
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
-
-
-def _normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-  """``F.normalize``: ``x / max(||x||, 1e-12)``; the zero vector maps to 0 with zero gradient."""
-  norm = _safe_norm(x, axis)
-  return jnp.where(norm > 0, x / jnp.maximum(norm, _NORM_EPS), 0.0)
-
-
-def _gram(x: jax.Array) -> jax.Array:
-  """``x x^T`` of a ``[B, D]`` array, at full float32 precision."""
-  return jnp.einsum('id,jd->ij', x, x, precision=_PRECISION)
-
-
-def _check_static_non_negative(value, name: str) -> None:
-  """Rejects a Python-number weight < 0 (or NaN); traced values cannot be checked here."""
-  if isinstance(value, numbers.Real) and not value >= 0:
-    raise ValueError(f'{name} must be >= 0, got {value!r}.')
-
-
-def _batch_pair(student, teacher, student_name: str,
-                teacher_name: str) -> tuple[jax.Array, jax.Array]:
-  """Upcasts, flattens both to ``[B, D]`` in one dtype and checks the batch (``B >= 2``)."""
-  student = _upcast(student)
-  teacher = _upcast(teacher)
-  for x, name in ((student, student_name), (teacher, teacher_name)):
-    if x.ndim == 0:
-      raise ValueError(f'{name} must have a batch axis, got a scalar.')
-  if student.shape[0] != teacher.shape[0]:
-    raise ValueError(
-        f'{student_name} shape {student.shape} and {teacher_name} shape {teacher.shape} '
-        'have different batch sizes; both sides must describe the same examples.')
-  if student.shape[0] < 2:
-    raise ValueError(
-        f'{student_name} has batch size {student.shape[0]}; a relation loss relates the '
-        'examples of a batch and needs at least 2.')
-  dtype = jnp.promote_types(student.dtype, teacher.dtype)
-  batch = student.shape[0]
-  return (student.reshape(batch, -1).astype(dtype), teacher.reshape(batch, -1).astype(dtype))
 
 
 def _smooth_l1(a: jax.Array, b: jax.Array) -> jax.Array:
   """``F.smooth_l1_loss`` (Huber with ``delta = 1``), mean over every entry."""
   diff = jnp.abs(a - b)
   return jnp.mean(jnp.where(diff < 1.0, 0.5 * diff * diff, diff - 0.5))
-
-
-# ------------------------------------------------------------------------------------- SP
-
-
-def sp_loss(
-    student_features: jax.typing.ArrayLike,
-    teacher_features: jax.typing.ArrayLike,
-) -> jax.Array:
-  r"""Similarity-preserving KD loss: match the batch's row-normalised similarity matrices.
-
-  .. math::
-    G = f f^\top,\quad \tilde G_{i,:} = \frac{G_{i,:}}{\max(\|G_{i,:}\|_2,\ 10^{-12})},\quad
-    \ell = \frac{1}{B^2} \left\| \tilde G^s - \tilde G^t \right\|_F^2
-
-  with ``f`` the ``[B, D]`` flattened features of each side, so ``G`` is ``[B, B]``: how
-  similar each example's activations are to every other example's. Student and teacher
-  may have different ``D``. This is the paper's loss and RepDistiller's ``Similarity``,
-  which returns the same value (as a ``[1]`` tensor) for the batch; RepDistiller weighs
-  it by 3000 and applies it to the last convolutional feature maps.
-  Permuting the batch consistently on both sides leaves the value unchanged.
-
-  Args:
-    student_features: ``[B, ...]`` student features (flattened to ``[B, D_s]``; any float
-      dtype, computed in >= float32), ``B >= 2``.
-    teacher_features: ``[B, ...]`` teacher features (flattened to ``[B, D_t]``). Gradients
-      flow into them too; wrap them in ``jax.lax.stop_gradient`` if the teacher must not
-      be trained.
-
-  Returns:
-    ``[]`` float32 (float64 for float64 inputs) loss for the batch.
-
-  References:
-    Tung & Mori, `Similarity-Preserving Knowledge Distillation
-    <https://arxiv.org/abs/1907.09682>`_, ICCV 2019.
-  """
-  student, teacher = _batch_pair(student_features, teacher_features, 'student_features',
-                                 'teacher_features')
-  batch = student.shape[0]
-  diff = _normalize(_gram(student)) - _normalize(_gram(teacher))
-  return jnp.sum(diff * diff) / (batch * batch)
-
-
-# ------------------------------------------------------------------------------------- CC
-
-
-def _check_cc_settings(gamma, order) -> None:
-  """``gamma > 0`` (when a Python number) and ``order`` a Python int >= 1."""
-  if isinstance(gamma, numbers.Real) and not gamma > 0:
-    raise ValueError(f'gamma must be > 0, got {gamma!r}; the paper uses 0.4.')
-  if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
-    raise ValueError(
-        f'order must be a Python int >= 1 (the number of Taylor terms past the constant), '
-        f'got {order!r}; the paper uses 2.')
-
-
-def _cc_matrix(embeddings: jax.Array, gamma: jax.Array, order: int) -> jax.Array:
-  """Order-``P`` Taylor expansion of the RBF kernel matrix of L2-normalised embeddings."""
-  similarity = _gram(_normalize(embeddings))
-  scale = 2.0 * gamma
-  total = jnp.ones_like(similarity)
-  power = jnp.ones_like(similarity)
-  for p in range(1, order + 1):
-    power = power * similarity
-    total = total + scale**p / math.factorial(p) * power
-  return jnp.exp(-scale) * total
-
-
-def cc_loss(
-    student_embeddings: jax.typing.ArrayLike,
-    teacher_embeddings: jax.typing.ArrayLike,
-    *,
-    gamma: jax.typing.ArrayLike,
-    order: int,
-) -> jax.Array:
-  r"""Correlation-congruence loss: match the batch's (approximate) RBF kernel matrices.
-
-  .. math::
-    k(x_i, x_j) = e^{-2\gamma} \sum_{p=0}^{P} \frac{(2\gamma)^p}{p!}
-      \left(\hat x_i^\top \hat x_j\right)^p,\qquad
-    \ell = \frac{1}{B^2} \left\| K^s - K^t \right\|_F^2
-
-  with ``\hat x = x / max(||x||, 1e-12)`` the L2-normalised embeddings and ``K`` the
-  ``[B, B]`` matrix of ``k``. For unit vectors ``exp(-gamma ||x_i - x_j||^2) =
-  exp(-2 gamma) exp(2 gamma x_i . x_j)``, and the sum is its order-``P`` Taylor
-  expansion; the normalisation is what makes it approximate the Gaussian RBF. The
-  reduction is the paper's ``1/n^2`` times the squared Frobenius norm, the same as
-  ``F.mse_loss`` of the two matrices (as in Knowledge-Distillation-Zoo's ``CC``). Only the
-  correlation-congruence term is here; the paper adds it to KD and cross-entropy.
-  torchdistill's ``CCKDLoss`` differs in two ways: it does not normalise the embeddings
-  (its ``Linear4CCKD`` is a bare linear layer), and it divides the *unsquared* Frobenius
-  norm (``torch.dist``) by ``B**2`` (``reduction='batchmean'``), so for normalised
-  embeddings its value is ``sqrt(loss) / B``. RepDistiller's ``Correlation`` is not this
-  kernel loss at all (it multiplies the absolute student-teacher differences of
-  neighbouring examples in the batch). torchdistill's ImageNet config uses
-  ``gamma = 0.4``, ``P = 2`` and weighs the term 0.003.
-
-  Args:
-    student_embeddings: ``[B, ...]`` student embeddings (flattened to ``[B, D_s]``; in the
-      paper and torchdistill, a linear projection of the pooled features), ``B >= 2``; any
-      float dtype, computed in >= float32.
-    teacher_embeddings: ``[B, ...]`` teacher embeddings (flattened to ``[B, D_t]``).
-      Gradients flow into them too; wrap them in ``jax.lax.stop_gradient`` if the teacher
-      (and its projection) must not be trained.
-    gamma: RBF width ``gamma > 0`` (Python float or scalar array).
-    order: Taylor order ``P >= 1``, a Python int.
-
-  Returns:
-    ``[]`` float32 (float64 for float64 inputs) loss for the batch.
-
-  References:
-    Peng et al., `Correlation Congruence for Knowledge Distillation
-    <https://arxiv.org/abs/1904.01802>`_, ICCV 2019.
-  """
-  _check_cc_settings(gamma, order)
-  student, teacher = _batch_pair(student_embeddings, teacher_embeddings,
-                                 'student_embeddings', 'teacher_embeddings')
-  batch = student.shape[0]
-  gamma = jnp.asarray(gamma, student.dtype)
-  diff = _cc_matrix(student, gamma, order) - _cc_matrix(teacher, gamma, order)
-  return jnp.sum(diff * diff) / (batch * batch)
-
-
-# ------------------------------------------------------------------------------------ RKD
 
 
 def _normalized_distances(embeddings: jax.Array) -> jax.Array:
@@ -218,7 +29,7 @@ def _normalized_distances(embeddings: jax.Array) -> jax.Array:
   """
   batch = embeddings.shape[0]
   squared_norms = jnp.sum(embeddings * embeddings, axis=-1)
-  squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * _gram(embeddings)
+  squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram(embeddings)
   distances = jnp.sqrt(jnp.maximum(squared, _DISTANCE_FLOOR))
   distances = jnp.where(jnp.eye(batch, dtype=bool), 0.0, distances)
   # Off the diagonal every distance is >= 1e-6, so this is the authors' mean over d > 0.
@@ -243,8 +54,8 @@ def _inverse_lengths(squared: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``1 / max(||x_j - x_i||, 1e-12)``, 0 for equal rows, and its derivative in ``squared``."""
   positive = squared > 0
   length = jnp.sqrt(jnp.where(positive, squared, 1.0))
-  inverse = jnp.where(positive, 1.0 / jnp.maximum(length, _NORM_EPS), 0.0)
-  derivative = jnp.where(positive & (length > _NORM_EPS), -0.5 * inverse * inverse * inverse,
+  inverse = jnp.where(positive, 1.0 / jnp.maximum(length, NORM_EPS), 0.0)
+  derivative = jnp.where(positive & (length > NORM_EPS), -0.5 * inverse * inverse * inverse,
                          0.0)
   return inverse, derivative
 
@@ -343,7 +154,7 @@ def _angle_gradient(x: jax.Array, other: jax.Array, cotangent: jax.Array,
   weights = weights + weights.T
   # sum_j W_ij (x_i - x_j) is translation invariant; centring keeps its cancellation small.
   x = x - jnp.mean(x, axis=0)
-  grad = jnp.sum(weights, axis=1)[:, None] * x - jnp.dot(weights, x, precision=_PRECISION)
+  grad = jnp.sum(weights, axis=1)[:, None] * x - jnp.dot(weights, x, precision=PRECISION)
   return 2.0 * cotangent * grad
 
 
@@ -366,8 +177,8 @@ def _angle_loss_bwd(residuals, cotangent):
 
 def _angles(embeddings: jax.Array) -> jax.Array:
   """``[B, B, B]`` cosines at vertex ``i`` between ``e_j - e_i`` and ``e_k - e_i``."""
-  directions = _normalize(embeddings[None, :, :] - embeddings[:, None, :])
-  return jnp.einsum('ijd,ikd->ijk', directions, directions, precision=_PRECISION)
+  directions = normalize(embeddings[None, :, :] - embeddings[:, None, :])
+  return jnp.einsum('ijd,ikd->ijk', directions, directions, precision=PRECISION)
 
 
 _angle_loss.defvjp(_angle_loss_fwd, _angle_loss_bwd)
@@ -404,7 +215,7 @@ def rkd_distance_loss(
     Park et al., `Relational Knowledge Distillation <https://arxiv.org/abs/1904.05068>`_,
     CVPR 2019.
   """
-  student, teacher = _batch_pair(student_embeddings, teacher_embeddings,
+  student, teacher = batch_pair(student_embeddings, teacher_embeddings,
                                  'student_embeddings', 'teacher_embeddings')
   return _smooth_l1(_normalized_distances(student), _normalized_distances(teacher))
 
@@ -449,7 +260,7 @@ def rkd_angle_loss(
     Park et al., `Relational Knowledge Distillation <https://arxiv.org/abs/1904.05068>`_,
     CVPR 2019.
   """
-  student, teacher = _batch_pair(student_embeddings, teacher_embeddings,
+  student, teacher = batch_pair(student_embeddings, teacher_embeddings,
                                  'student_embeddings', 'teacher_embeddings')
   # CPU: the distance formulation with its own gradient (2.5-2.9x faster at B = 256 than
   # the direct one on XLA:CPU); accelerators: the direct [B, B, D] one, a batched matmul.
@@ -491,63 +302,33 @@ def rkd_loss(
     Park et al., `Relational Knowledge Distillation <https://arxiv.org/abs/1904.05068>`_,
     CVPR 2019.
   """
-  _check_static_non_negative(distance_weight, 'distance_weight')
-  _check_static_non_negative(angle_weight, 'angle_weight')
+  check_static_non_negative(distance_weight, 'distance_weight')
+  check_static_non_negative(angle_weight, 'angle_weight')
   distance = rkd_distance_loss(student_embeddings, teacher_embeddings)
   angle = rkd_angle_loss(student_embeddings, teacher_embeddings)
   return (jnp.asarray(distance_weight, distance.dtype) * distance +
           jnp.asarray(angle_weight, angle.dtype) * angle)
 
 
-# ------------------------------------------------------------------------------------ PKT
+@dataclasses.dataclass(frozen=True)
+class RKD(RelationTerm):
+  """Relational KD (Park et al. 2019, `rkd_loss`): smooth-L1 between the normalised pairwise
+  distances (`distance_weight`) and the triplet angles (`angle_weight`) of the embeddings."""
 
+  distance_weight: float = 25.0
+  angle_weight: float = 50.0
 
-def _pkt_probabilities(features: jax.Array) -> jax.Array:
-  """Cosine similarities mapped to ``[0, 1]`` and normalised over each row: ``[B, B]``."""
-  norm = _safe_norm(features, -1)
-  unit = jnp.where(norm > 0, features / (norm + _PKT_EPS), 0.0)
-  similarity = (_gram(unit) + 1.0) / 2.0
-  return similarity / jnp.sum(similarity, axis=-1, keepdims=True)
+  name = 'rkd'
+  family = 'relation'
+  paper = 'Park et al. 2019, Relational Knowledge Distillation'
+  url = 'https://arxiv.org/abs/1904.05068'
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
 
+  def __post_init__(self):
+    validated('distance_weight', self.distance_weight, positive=False)
+    validated('angle_weight', self.angle_weight, positive=False)
 
-def pkt_loss(
-    student_features: jax.typing.ArrayLike,
-    teacher_features: jax.typing.ArrayLike,
-) -> jax.Array:
-  r"""Probabilistic knowledge transfer: KL between cosine-kernel neighbour distributions.
-
-  .. math::
-    K_{ij} = \frac{1}{2}\left(\frac{x_i^\top x_j}{(\|x_i\| + \epsilon)(\|x_j\| + \epsilon)}
-      + 1\right),\quad
-    p_{ij} = \frac{K_{ij}}{\sum_k K_{ik}},\qquad
-    \ell = \frac{1}{B^2} \sum_{i,j} p^t_{ij}
-      \log\frac{p^t_{ij} + \epsilon}{p^s_{ij} + \epsilon}
-
-  with ``\epsilon = 1e-7``: each example's distribution over its neighbours in the batch,
-  from the cosine kernel, and the teacher-to-student KL between them. This is
-  RepDistiller's ``PKT.cosine_similarity_loss`` (the authors' code): the mean over all
-  ``B**2`` entries, i.e. the row-summed KL averaged over rows and divided again by ``B``.
-  The paper sums over pairs and leaves each example out of its own neighbour distribution
-  (``k != j``); the code keeps the diagonal (``K_ii ~ 1``) and adds ``epsilon`` inside the
-  log. RepDistiller weighs it by 30000 on the penultimate embeddings. 0 for identical
-  inputs.
-
-  Args:
-    student_features: ``[B, ...]`` student features (flattened to ``[B, D_s]``; any float
-      dtype, computed in >= float32), ``B >= 2``.
-    teacher_features: ``[B, ...]`` teacher features (flattened to ``[B, D_t]``). Gradients
-      flow into them too; wrap them in ``jax.lax.stop_gradient`` if the teacher must not
-      be trained.
-
-  Returns:
-    ``[]`` float32 (float64 for float64 inputs) loss for the batch.
-
-  References:
-    Passalis & Tefas, `Learning Deep Representations with Probabilistic Knowledge Transfer
-    <https://arxiv.org/abs/1803.10837>`_, ECCV 2018.
-  """
-  student, teacher = _batch_pair(student_features, teacher_features, 'student_features',
-                                 'teacher_features')
-  p_s = _pkt_probabilities(student)
-  p_t = _pkt_probabilities(teacher)
-  return jnp.mean(p_t * jnp.log((p_t + _PKT_EPS) / (p_s + _PKT_EPS)))
+  def relation(self, student, teacher):
+    return rkd_loss(student, teacher, distance_weight=self.distance_weight,
+                    angle_weight=self.angle_weight)

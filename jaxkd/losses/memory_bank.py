@@ -7,7 +7,7 @@ the device with :func:`check_memory_bank_fits`), picks the rows each example is
 contrasted with (:func:`sample_contrast_indices`, or other-class negatives with
 :func:`build_class_index_table` and :func:`sample_other_class_contrast_indices`), and
 writes the step's embeddings back (:func:`update_memory_bank`). The loss itself is in
-:mod:`jaxkd.losses.feature.contrastive`.
+:mod:`jaxkd.losses.methods.crd`.
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses.feature.contrastive import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES,
-                                              _check_indices, _check_static_positive_int,
-                                              _safe_l2_normalise)
-from jaxkd.losses.kd import _upcast
+from jaxkd.losses.nce import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES, check_indices,
+                              check_static_positive_int, safe_l2_normalise)
+from jaxkd.losses.numerics import upcast
 
 __all__ = [
     'HOST_MEMORY_FRACTION',
@@ -90,16 +89,16 @@ def init_memory_bank(
     Tian, Krishnan & Isola, `Contrastive Representation Distillation
     <https://arxiv.org/abs/1910.10699>`_, ICLR 2020.
   """
-  _check_static_positive_int(num_data, 'num_data', 'one bank row per training example.')
-  _check_static_positive_int(embed_dim, 'embed_dim', f'CRD uses {CRD_EMBED_DIM}.')
+  check_static_positive_int(num_data, 'num_data', 'one bank row per training example.')
+  check_static_positive_int(embed_dim, 'embed_dim', f'CRD uses {CRD_EMBED_DIM}.')
   stdv = 1.0 / math.sqrt(embed_dim / 3)
   return jax.random.uniform(key, (num_data, embed_dim), dtype, minval=-stdv, maxval=stdv)
 
 
 def memory_bank_bytes(num_data: int, embed_dim: int) -> int:
   """Bytes taken by CRD's two float32 memory banks: ``2 * num_data * embed_dim * 4``."""
-  _check_static_positive_int(num_data, 'num_data', 'one bank row per training example.')
-  _check_static_positive_int(embed_dim, 'embed_dim', f'CRD uses {CRD_EMBED_DIM}.')
+  check_static_positive_int(num_data, 'num_data', 'one bank row per training example.')
+  check_static_positive_int(embed_dim, 'embed_dim', f'CRD uses {CRD_EMBED_DIM}.')
   return 2 * num_data * embed_dim * _FLOAT32_BYTES
 
 
@@ -129,7 +128,7 @@ def check_memory_bank_fits(num_data: int, embed_dim: int, *, device=None) -> Non
   it returns ``None``) are compared with :data:`HOST_MEMORY_FRACTION` (one half) of the
   machine's physical RAM (``os.sysconf``); where neither is known the check passes.
   Only the banks are counted: the step also needs ``2 * B * (K + 1) * d`` floats for the
-  gathered bank rows of :func:`~jaxkd.losses.feature.contrastive.contrast_scores`, plus the
+  gathered bank rows of :func:`~jaxkd.losses.nce.contrast_scores`, plus the
   networks.
 
   Args:
@@ -184,10 +183,10 @@ def sample_contrast_indices(
     Tian, Krishnan & Isola, `Contrastive Representation Distillation
     <https://arxiv.org/abs/1910.10699>`_, ICLR 2020.
   """
-  _check_static_positive_int(num_data, 'num_data', 'one bank row per training example.')
-  _check_static_positive_int(num_negatives, 'num_negatives', f'CRD uses {CRD_NUM_NEGATIVES}.')
+  check_static_positive_int(num_data, 'num_data', 'one bank row per training example.')
+  check_static_positive_int(num_negatives, 'num_negatives', f'CRD uses {CRD_NUM_NEGATIVES}.')
   indices = jnp.asarray(indices)
-  _check_indices(indices, 'indices', 1)
+  check_indices(indices, 'indices', 1)
   negatives = jax.random.randint(key, (indices.shape[0], num_negatives), 0, num_data,
                                  dtype=jnp.int32)
   return jnp.concatenate([indices.astype(jnp.int32)[:, None], negatives], axis=1)
@@ -227,7 +226,7 @@ def build_class_index_table(dataset_labels, *,
   if labels.min() < 0:
     raise ValueError(f'dataset_labels must be >= 0, got {labels.min()}.')
   num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-  _check_static_positive_int(num_classes, 'num_classes', 'one more than the largest label.')
+  check_static_positive_int(num_classes, 'num_classes', 'one more than the largest label.')
   if labels.max() >= num_classes:
     raise ValueError(f'num_classes={num_classes} but dataset_labels has label {labels.max()}.')
   count = np.bincount(labels, minlength=num_classes)
@@ -270,11 +269,11 @@ def sample_other_class_contrast_indices(
     Tian, Krishnan & Isola, `Contrastive Representation Distillation
     <https://arxiv.org/abs/1910.10699>`_, ICLR 2020.
   """
-  _check_static_positive_int(num_negatives, 'num_negatives', f'CRD uses {CRD_NUM_NEGATIVES}.')
+  check_static_positive_int(num_negatives, 'num_negatives', f'CRD uses {CRD_NUM_NEGATIVES}.')
   indices = jnp.asarray(indices)
   labels = jnp.asarray(labels)
-  _check_indices(indices, 'indices', 1)
-  _check_indices(labels, 'labels', 1)
+  check_indices(indices, 'indices', 1)
+  check_indices(labels, 'labels', 1)
   if labels.shape != indices.shape:
     raise ValueError(f'labels shape {labels.shape} and indices shape {indices.shape} differ.')
   num_data = table.order.shape[0]
@@ -341,14 +340,14 @@ def update_memory_bank(
   """
   _check_static_momentum(momentum)
   bank = jax.lax.stop_gradient(jnp.asarray(bank))
-  embeddings = jax.lax.stop_gradient(_upcast(embeddings))
+  embeddings = jax.lax.stop_gradient(upcast(embeddings))
   indices = jnp.asarray(indices)
-  _check_indices(indices, 'indices', 1)
+  check_indices(indices, 'indices', 1)
   if (bank.ndim != 2 or embeddings.shape != (indices.shape[0], bank.shape[1])):
     raise ValueError(
         f'bank must be [N, d], indices [B] and embeddings [B, d]; got bank {bank.shape}, '
         f'indices {indices.shape}, embeddings {embeddings.shape}.')
-  dtype = jnp.promote_types(_upcast(bank).dtype, embeddings.dtype)
+  dtype = jnp.promote_types(upcast(bank).dtype, embeddings.dtype)
   mu = jnp.asarray(momentum, dtype)
   rows = mu * bank[indices].astype(dtype) + (1 - mu) * embeddings.astype(dtype)
-  return bank.at[indices].set(_safe_l2_normalise(rows).astype(bank.dtype))
+  return bank.at[indices].set(safe_l2_normalise(rows).astype(bank.dtype))

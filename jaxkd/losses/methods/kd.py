@@ -1,62 +1,14 @@
-"""Hinton-style knowledge-distillation losses: KL between temperature-softened distributions.
-
-Every loss here returns one value per example (no reduction) and computes in at least
-float32, whatever the input dtype.
-"""
+"""Hinton et al.'s knowledge distillation: KL between temperature-softened distributions."""
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-__all__ = ['kd_loss', 'kd_loss_from_probs']
-
-
-def _upcast(x: jax.typing.ArrayLike) -> jax.Array:
-  """Casts to at least float32 (bfloat16/float16 -> float32; float64 stays)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _check_static_temperature(temperature) -> None:
-  """Rejects a concrete temperature (a number or an array of them) with a value <= 0 or
-  non-finite; traced values cannot be checked here."""
-  if isinstance(temperature, jax.core.Tracer):
-    return
-  try:
-    values = np.asarray(temperature, np.float64)
-  except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
-    return
-  if not np.all(values > 0) or not np.all(np.isfinite(values)):
-    raise ValueError(
-        f'temperature must be finite and > 0, got {temperature!r}; pass a positive '
-        'temperature (Hinton et al. use 1-20).')
-
-
-def _check_last_dims(student_shape, teacher_shape, teacher_name: str) -> None:
-  """Raises if the class axes (and batch axes) of student and teacher differ."""
-  if tuple(student_shape) != tuple(teacher_shape):
-    raise ValueError(
-        f'student_logits shape {tuple(student_shape)} and {teacher_name} shape '
-        f'{tuple(teacher_shape)} differ; the teacher must give one distribution over the '
-        'same classes for each student example.')
-
-
-def _kl(p_t: jax.Array, log_p_t: jax.Array, log_p_s: jax.Array) -> jax.Array:
-  """KL(p_t || p_s) over the last axis, with 0 * log 0 = 0 and NaN-free gradients."""
-  support = p_t > 0
-  # optax.losses.kl_divergence{,_with_log_targets} give NaN values (0 * -inf) or NaN
-  # gradients (the unselected log(0) branch) when the teacher puts zero mass on a class;
-  # the inner `where`s keep both branches finite so the outer one is gradient-safe.
-  safe_log_p_t = jnp.where(support, log_p_t, 0.0)
-  safe_log_p_s = jnp.where(support, log_p_s, 0.0)
-  terms = jnp.where(support, p_t * (safe_log_p_t - safe_log_p_s), 0.0)
-  return jnp.sum(terms, axis=-1)
-
-
-def _temperature_scale(temperature: jax.Array, scale_by_temperature_squared: bool):
-  """T**2, or 1 when the paper's scaling is switched off."""
-  return temperature**2 if scale_by_temperature_squared else jnp.ones_like(temperature)
+from jaxkd.losses.numerics import (check_last_dims, check_static_temperature, kl,
+                                   temperature_scale, upcast)
+from jaxkd.losses.terms import MULTI_TEACHER, Hyperparam, LogitTerm, pick, value_at
 
 
 def kd_loss(
@@ -94,15 +46,15 @@ def kd_loss(
     Hinton, Vinyals, Dean, `Distilling the Knowledge in a Neural Network
     <https://arxiv.org/abs/1503.02531>`_, 2015.
   """
-  _check_static_temperature(temperature)
-  student_logits = _upcast(student_logits)
-  teacher_logits = _upcast(teacher_logits)
-  _check_last_dims(student_logits.shape, teacher_logits.shape, 'teacher_logits')
+  check_static_temperature(temperature)
+  student_logits = upcast(student_logits)
+  teacher_logits = upcast(teacher_logits)
+  check_last_dims(student_logits.shape, teacher_logits.shape, 'teacher_logits')
   dtype = jnp.promote_types(student_logits.dtype, teacher_logits.dtype)
   t = jnp.asarray(temperature, dtype)
   log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / t, axis=-1)
   log_p_t = jax.nn.log_softmax(teacher_logits.astype(dtype) / t, axis=-1)
-  return _temperature_scale(t, scale_by_temperature_squared) * _kl(
+  return temperature_scale(t, scale_by_temperature_squared) * kl(
       jnp.exp(log_p_t), log_p_t, log_p_s)
 
 
@@ -139,15 +91,60 @@ def kd_loss_from_probs(
     Hinton, Vinyals, Dean, `Distilling the Knowledge in a Neural Network
     <https://arxiv.org/abs/1503.02531>`_, 2015.
   """
-  _check_static_temperature(temperature)
-  student_logits = _upcast(student_logits)
-  teacher_probs = _upcast(teacher_probs)
-  _check_last_dims(student_logits.shape, teacher_probs.shape, 'teacher_probs')
+  check_static_temperature(temperature)
+  student_logits = upcast(student_logits)
+  teacher_probs = upcast(teacher_probs)
+  check_last_dims(student_logits.shape, teacher_probs.shape, 'teacher_probs')
   dtype = jnp.promote_types(student_logits.dtype, teacher_probs.dtype)
   t = jnp.asarray(temperature, dtype)
   log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / t, axis=-1)
   teacher_probs = teacher_probs.astype(dtype)
   positive = teacher_probs > 0
   log_p_t = jnp.log(jnp.where(positive, teacher_probs, 1.0))  # only read where positive
-  return _temperature_scale(t, scale_by_temperature_squared) * _kl(
+  return temperature_scale(t, scale_by_temperature_squared) * kl(
       teacher_probs, log_p_t, log_p_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class KD(LogitTerm):
+  r"""Hinton et al.'s soft-target loss, ``T^2 KL(softmax(z_t/T) || softmax(z_s/T))``
+  (`jaxkd.losses.kd_loss`). With several teachers, 'sum' adds the per-teacher losses with
+  `teacher_weights` (normalised), 'ensemble' distils from the weighted average of their
+  softened distributions (Hinton et al. 2015, sec. 2). `temperature=None` is allowed only
+  for a term that is never computed (weight 0, the supervised shorthand)."""
+
+  temperature: Hyperparam | None = None
+  teacher_weights: tuple[float, ...] | None = None
+  multi_teacher: str = 'sum'
+  standardize: bool = False
+  scale_by_temperature_squared: bool = True
+
+  name = 'kd'
+  family = 'classic'
+  paper = 'Hinton et al. 2015, Distilling the Knowledge in a Neural Network'
+  url = 'https://arxiv.org/abs/1503.02531'
+  paper_weight = 0.9
+  paper_ce_weight = 0.1
+
+  def __post_init__(self):
+    super().__post_init__()
+    pick('multi_teacher', self.multi_teacher, MULTI_TEACHER)
+
+  def per_teacher(self, student_logits, teacher_logits, labels, temperature):
+    del labels
+    return kd_loss(student_logits, teacher_logits, temperature=temperature,
+                   scale_by_temperature_squared=self.scale_by_temperature_squared)
+
+  def __call__(self, ctx):
+    student, teachers = ctx.student, ctx.teachers
+    if self.temperature is None:
+      return jnp.zeros(student.logits.shape[:-1], jnp.float32), {}, ctx.state
+    if self.multi_teacher != 'ensemble' or len(teachers) < 2:
+      return super().__call__(ctx)
+    temperature = value_at(self.temperature, ctx.step)
+    weights = self.teacher_weights or (1.0 / len(teachers),) * len(teachers)
+    probs = sum(w * jax.nn.softmax(self._prepare(t.logits) / temperature, axis=-1)
+                for w, t in zip(weights, teachers))
+    return kd_loss_from_probs(
+        self._prepare(student.logits), probs, temperature=temperature,
+        scale_by_temperature_squared=self.scale_by_temperature_squared), {}, ctx.state

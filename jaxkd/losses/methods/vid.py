@@ -1,16 +1,19 @@
-"""Variational information distillation: Gaussian likelihood of the teacher's features."""
+"""Variational information distillation (Ahn et al. 2019): Gaussian likelihood of the teacher's
+features under a regressor of the student's."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.feature.attention import _common_spatial_shape, _pool_to
-from jaxkd.losses.kd import _upcast
+from jaxkd.losses.numerics import upcast
+from jaxkd.losses.pooling import common_spatial_shape, pool_onto, pool_to
+from jaxkd.losses.projectors import computed_once, conv1x1, conv1x1_init
+from jaxkd.losses.terms import ProjectedMaps
 
-__all__ = ['vid_log_scale_init', 'vid_loss']
 
 # The authors' floor on the predicted variance (``eps`` of RepDistiller's VIDLoss).
 _MIN_VARIANCE = 1e-5
@@ -79,7 +82,7 @@ def vid_loss(
   when the student's map is larger they pool the student's features *before* the
   regressor; since the regressor is non-linear, a term that wants their exact loss pools
   the student's features first (e.g. with
-  :func:`jaxkd.losses.feature.review.adaptive_avg_pool`) and passes a ``mu`` already at
+  :func:`jaxkd.losses.pooling.adaptive_avg_pool`) and passes a ``mu`` already at
   the teacher's size.
 
   Args:
@@ -99,9 +102,9 @@ def vid_loss(
     <https://arxiv.org/abs/1904.05835>`_, CVPR 2019.
   """
   _check_min_variance(min_variance)
-  predicted_mean = _upcast(predicted_mean)
-  teacher_features = _upcast(teacher_features)
-  log_scale = _upcast(log_scale)
+  predicted_mean = upcast(predicted_mean)
+  teacher_features = upcast(teacher_features)
+  log_scale = upcast(log_scale)
   for x, name in ((predicted_mean, 'predicted_mean'), (teacher_features, 'teacher_features')):
     if x.ndim < 3:
       raise ValueError(f'{name} must be [batch, *spatial, channels] (NHWC for images), got '
@@ -118,11 +121,11 @@ def vid_loss(
     raise ValueError(
         f'log_scale shape {log_scale.shape} must be [{channels}] (one per teacher channel) '
         'or a scalar.')
-  spatial = _common_spatial_shape(predicted_mean.shape, teacher_features.shape)
+  spatial = common_spatial_shape(predicted_mean.shape, teacher_features.shape)
   dtype = jnp.promote_types(jnp.promote_types(predicted_mean.dtype, teacher_features.dtype),
                             log_scale.dtype)
-  mean = _pool_to(predicted_mean.astype(dtype), spatial)
-  target = _pool_to(teacher_features.astype(dtype), spatial)
+  mean = pool_to(predicted_mean.astype(dtype), spatial)
+  target = pool_to(teacher_features.astype(dtype), spatial)
   variance = jax.nn.softplus(log_scale.astype(dtype)) + jnp.asarray(min_variance, dtype)
   variance = jnp.broadcast_to(variance, (channels,))
   # Squared errors summed per example and channel first, so the per-channel variance (its
@@ -130,3 +133,41 @@ def vid_loss(
   squared = jnp.sum(jnp.square(mean - target).reshape(mean.shape[0], -1, channels), axis=1)
   return 0.5 * (jnp.sum(squared / variance, axis=-1) / mean[0].size +
                 jnp.mean(jnp.log(variance)))
+
+
+@dataclasses.dataclass(frozen=True)
+class VID(ProjectedMaps):
+  """Variational information distillation (Ahn et al. 2019, `vid_loss`): a regressor (three 1x1
+  convolutions, ReLUs between, no bias) predicts the mean of a Gaussian over each teacher
+  map, with a trainable per-channel variance (`initial_variance` at the start); the negative
+  log-likelihood is summed over the tap pairs."""
+
+  initial_variance: float = 5.0
+  min_variance: float = 1e-5
+
+  name = 'vid'
+  family = 'feature'
+  paper = 'Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer'
+  url = 'https://arxiv.org/abs/1904.05835'
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
+
+  def init_pair(self, key, c_in, c_out):
+    k1, k2, k3 = jax.random.split(key, 3)
+    log_scale = vid_log_scale_init(self.initial_variance, min_variance=self.min_variance)
+    return {'conv1': conv1x1_init(k1, c_in, c_out, bias=False),
+            'conv2': conv1x1_init(k2, c_out, c_out, bias=False),
+            'conv3': conv1x1_init(k3, c_out, c_out, bias=False),
+            'log_scale': jnp.full((c_out,), log_scale, jnp.float32)}
+
+  def pair_loss(self, student, teacher, params, teacher_outputs, axis_name):
+    total = 0.0
+    for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps)):
+      p = params[f'pair{i}']
+      x = pool_onto(s, t.shape, self.name, tap)
+      hidden = computed_once(jax.nn.relu(conv1x1(x, p['conv1'])))
+      hidden = computed_once(jax.nn.relu(conv1x1(hidden, p['conv2'])))
+      mean = conv1x1(hidden, p['conv3'])
+      total = total + vid_loss(mean, t, log_scale=p['log_scale'],
+                               min_variance=self.min_variance)
+    return total

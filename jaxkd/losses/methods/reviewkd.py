@@ -1,13 +1,8 @@
-"""ReviewKD: hierarchical context loss and the attention-based fusion (ABF) step.
-
-The review framework fuses each student stage with the (already fused) deeper stages
-through ABF modules, then matches every fused map to the teacher's map of that stage with
-the hierarchical context loss (HCL). The convolutions of the ABF modules are trained with
-the student and live in the term; here are the pure pieces: the loss, the attention-weighted
-combination, and PyTorch-compatible adaptive average pooling and nearest resizing.
-"""
+"""ReviewKD (Chen et al. 2021): student stages fused deepest first by attention-based fusion
+(ABF), matched to the teacher's by the hierarchical context loss (HCL)."""
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Sequence
 
@@ -15,84 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd.losses.kd import _upcast
+from jaxkd.losses.numerics import upcast
+from jaxkd.losses.pooling import adaptive_avg_pool, check_nhwc, check_size
+from jaxkd.losses.projectors import (batch_norm, computed_once, conv1x1, conv1x1_batch_norm,
+                                     conv1x1_init, conv3x3)
+from jaxkd.losses.terms import Term, combine_teachers
 
-__all__ = ['abf_combine', 'adaptive_avg_pool', 'hcl_loss', 'nearest_upsample']
 
 # The pyramid levels of the authors' ``hcl``, finest first; each weighs half the previous.
 _HCL_LEVELS = (4, 2, 1)
-
-
-def _check_nhwc(x: jax.Array, name: str) -> None:
-  if x.ndim != 4:
-    raise ValueError(f'{name} must be [batch, height, width, channels] (NHWC), got shape '
-                     f'{x.shape}.')
-
-
-def _check_size(value, name: str) -> None:
-  if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-    raise ValueError(f'{name} must be a positive Python int, got {value!r}.')
-
-
-def _pool_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """``[out, in]`` averaging matrix of PyTorch's adaptive average pooling on one axis.
-
-  Output cell ``i`` averages inputs ``floor(i * in / out)`` to ``ceil((i + 1) * in / out)``
-  (exclusive), the windows of ``torch.nn.functional.adaptive_avg_pool2d``; they overlap when
-  ``out`` does not divide ``in``.
-  """
-  matrix = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    start = (i * in_size) // out_size
-    end = -((-(i + 1) * in_size) // out_size)
-    matrix[i, start:end] = 1.0 / (end - start)
-  return matrix
-
-
-def _pool_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
-  """Adaptive average pooling of one axis of ``x`` to ``out_size``."""
-  in_size = x.shape[axis]
-  if in_size == out_size:
-    return x
-  if in_size % out_size == 0:  # whole factor: plain block means, exact and cheap
-    factor = in_size // out_size
-    shape = x.shape[:axis] + (out_size, factor) + x.shape[axis + 1:]
-    return jnp.mean(x.reshape(shape), axis=axis + 1)
-  matrix = jnp.asarray(_pool_matrix(in_size, out_size), x.dtype)
-  pooled = jnp.tensordot(matrix, x, axes=((1,), (axis,)), precision=jax.lax.Precision.HIGHEST)
-  return jnp.moveaxis(pooled, 0, axis)
-
-
-def _adaptive_avg_pool(x: jax.Array, height: int, width: int) -> jax.Array:
-  return _pool_axis(_pool_axis(x, 1, height), 2, width)
-
-
-def adaptive_avg_pool(features: jax.typing.ArrayLike, height: int, width: int) -> jax.Array:
-  r"""Adaptive average pooling of NHWC features, as PyTorch's ``adaptive_avg_pool2d``.
-
-  .. math::
-    y_{b,i,j,c} = \frac{1}{|R_i|\,|C_j|} \sum_{h \in R_i} \sum_{w \in C_j} x_{b,h,w,c},\quad
-    R_i = \left[\left\lfloor \tfrac{iH}{h'} \right\rfloor,
-    \left\lceil \tfrac{(i+1)H}{h'} \right\rceil\right)
-
-  (likewise ``C_j`` for the width). When the output size divides the input size the windows
-  are the blocks of an ordinary average pooling; otherwise they overlap (e.g. ImageNet's 7x7
-  maps pooled to 4x4 in ReviewKD and SDD), and an output larger than the input repeats
-  entries.
-
-  Args:
-    features: ``[B, H, W, C]`` features (any float dtype; computed in >= float32).
-    height: output height ``h' >= 1`` (Python int).
-    width: output width ``w' >= 1`` (Python int).
-
-  Returns:
-    ``[B, height, width, C]`` float32 (float64 for float64 inputs) pooled features.
-  """
-  _check_size(height, 'height')
-  _check_size(width, 'width')
-  features = _upcast(features)
-  _check_nhwc(features, 'features')
-  return _adaptive_avg_pool(features, height, width)
 
 
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -121,10 +47,10 @@ def nearest_upsample(x: jax.typing.ArrayLike, height: int, width: int) -> jax.Ar
   Returns:
     ``[B, height, width, C]`` resized features (float32, or float64 for float64 inputs).
   """
-  _check_size(height, 'height')
-  _check_size(width, 'width')
-  x = _upcast(x)
-  _check_nhwc(x, 'x')
+  check_size(height, 'height')
+  check_size(width, 'width')
+  x = upcast(x)
+  check_nhwc(x, 'x')
   return _nearest(x, height, width)
 
 
@@ -170,12 +96,12 @@ def abf_combine(
     Chen et al., `Distilling Knowledge via Knowledge Review
     <https://arxiv.org/abs/2104.09044>`_, CVPR 2021.
   """
-  x = _upcast(x)
-  residual = _upcast(residual)
-  attention = _upcast(attention)
-  _check_nhwc(x, 'x')
-  _check_nhwc(residual, 'residual')
-  _check_nhwc(attention, 'attention')
+  x = upcast(x)
+  residual = upcast(residual)
+  attention = upcast(attention)
+  check_nhwc(x, 'x')
+  check_nhwc(residual, 'residual')
+  check_nhwc(attention, 'attention')
   batch, height, width, channels = x.shape
   if residual.shape[0] != batch or residual.shape[3] != channels:
     raise ValueError(
@@ -253,14 +179,14 @@ def hcl_loss(
       teacher_features, (jax.Array, np.ndarray)):
     raise ValueError('student_features and teacher_features must be sequences of per-stage '
                      'arrays, not single arrays.')
-  student_features = [_upcast(f) for f in student_features]
-  teacher_features = [_upcast(f) for f in teacher_features]
+  student_features = [upcast(f) for f in student_features]
+  teacher_features = [upcast(f) for f in teacher_features]
   if not student_features or len(student_features) != len(teacher_features):
     raise ValueError(
         f'student_features has {len(student_features)} stages and teacher_features '
         f'{len(teacher_features)}; give the same, non-zero, number of stages.')
   for stage, (fs, ft) in enumerate(zip(student_features, teacher_features)):
-    _check_nhwc(fs, f'student_features[{stage}]')
+    check_nhwc(fs, f'student_features[{stage}]')
     if fs.shape != ft.shape:
       raise ValueError(
           f'student_features[{stage}] shape {fs.shape} and teacher_features[{stage}] shape '
@@ -281,7 +207,82 @@ def hcl_loss(
         continue
       weight /= 2.0
       weight_total += weight
-      loss = loss + weight * _per_example_mean_square(_adaptive_avg_pool(diff, level, level))
+      loss = loss + weight * _per_example_mean_square(adaptive_avg_pool(diff, level, level))
     loss = loss / weight_total
     total = loss if total is None else total + loss
   return total
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewKD(Term):
+  """Knowledge review (Chen et al. 2021, `hcl_loss`): the student's stages, deepest first,
+  each projected (1x1 convolution + BN) and fused with the fused result of the deeper stages
+  by attention-based fusion (two sigmoid maps from a 1x1 convolution over both, `abf_combine`),
+  resized to the teacher stage's size and mapped onto its channels (3x3 convolution + BN),
+  then compared with the teacher's stages by the hierarchical context loss (MSE at full size
+  and pooled to 4, 2, 1), summed over stages. The fusion modules (`mid_channels` wide; the
+  authors' min(512, deepest student width) when 0) are the term's parameters; their
+  BatchNorms use the global batch's statistics (they exist only in training)."""
+
+  student_taps: tuple[str, ...] = ('pool1', 'pool2')
+  teacher_taps: tuple[str, ...] = ('pool1', 'pool2')
+  mid_channels: int = 0
+  teacher_weights: tuple[float, ...] | None = None
+
+  name = 'reviewkd'
+  family = 'multiscale'
+  paper = 'Chen et al. 2021, Distilling Knowledge via Knowledge Review'
+  url = 'https://arxiv.org/abs/2104.09044'
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
+  owns_params = True
+
+  def __post_init__(self):
+    if len(self.student_taps) != len(self.teacher_taps) or not self.student_taps:
+      raise ValueError(f'reviewkd pairs student_taps with teacher_taps one to one (shallow to '
+                       f'deep), got {list(self.student_taps)} and {list(self.teacher_taps)}.')
+
+  def init(self, key, student, teachers):
+    s_shapes = [student.features[t].shape for t in self.student_taps]
+    t_shapes = [teachers[0].features[t].shape for t in self.teacher_taps]
+    for tap, shape in zip(self.student_taps + self.teacher_taps, s_shapes + t_shapes):
+      if len(shape) != 4:
+        raise ValueError(f'reviewkd fuses NHWC stage maps; {tap!r} has shape {shape}.')
+    mid = self.mid_channels or min(512, s_shapes[-1][-1])
+    params = {}
+    for i, (s, t) in enumerate(zip(s_shapes, t_shapes)):
+      k1, k2, k3 = jax.random.split(jax.random.fold_in(key, i), 3)
+      stage = {'conv1': conv1x1_init(k1, s[-1], mid, bias=False),
+               'bn1': {'scale': jnp.ones(mid), 'bias': jnp.zeros(mid)},
+               'conv2': jax.nn.initializers.he_uniform()(k2, (3, 3, mid, t[-1])),
+               'bn2': {'scale': jnp.ones(t[-1]), 'bias': jnp.zeros(t[-1])}}
+      if i < len(s_shapes) - 1:  # every stage but the deepest fuses a residual
+        stage['attention'] = conv1x1_init(k3, 2 * mid, 2)
+      params[f'stage{i}'] = stage
+    return params, {}
+
+  def fused(self, student, target_shapes, params, axis_name) -> list[jax.Array]:
+    """The ABF outputs, shallow to deep, each the size and width of the teacher's stage."""
+    maps = [student.features[t].astype(jnp.float32) for t in self.student_taps]
+    outputs, residual = [None] * len(maps), None
+    for i in reversed(range(len(maps))):
+      p = params[f'stage{i}']
+      x = conv1x1_batch_norm(maps[i], p['conv1']['kernel'], p['bn1']['scale'],
+                             p['bn1']['bias'], axis_name)
+      if residual is not None:
+        residual = nearest_upsample(residual, *x.shape[1:3])
+        attention = jax.nn.sigmoid(conv1x1(jnp.concatenate([x, residual], -1), p['attention']))
+        x = abf_combine(x, residual, attention)
+      x = computed_once(nearest_upsample(x, *target_shapes[i][1:3]))
+      residual = x
+      outputs[i] = batch_norm(conv3x3(x, p['conv2']), p['bn2']['scale'], p['bn2']['bias'],
+                               axis_name)
+    return outputs
+
+  def __call__(self, ctx):
+    per_teacher = []
+    for teacher in ctx.teachers:
+      targets = [teacher.features[t].astype(jnp.float32) for t in self.teacher_taps]
+      fused = self.fused(ctx.student, [t.shape for t in targets], ctx.params, ctx.axis_name)
+      per_teacher.append(hcl_loss(fused, targets))
+    return (*combine_teachers(self.teacher_weights, per_teacher), ctx.state)
