@@ -164,6 +164,9 @@ class Term:
     owns_params, owns_state: whether `init` creates trainable parameters / state.
     from_run: settings a recipe fills from the run when the spec leaves them out (e.g.
       `num_data`, the training split's size; `label_smoothing`, the run's).
+    paper_weight, paper_ce_weight, paper_epochs: the paper's weight of the term and of the
+      cross-entropy beside it, and its settings counted in epochs (`{'warmup': 20.0}` for
+      `warmup_steps`); with the field defaults, what a named config is built from.
   """
 
   name = ''  # its key in `jaxkd.losses.LOSSES`
@@ -171,6 +174,9 @@ class Term:
   paper = ''
   url = ''
   from_run: tuple[str, ...] = ()
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
+  paper_epochs: dict[str, float] = {}
   student_taps: tuple[str, ...] = ()
   teacher_taps: tuple[str, ...] = ()
   per_example = True

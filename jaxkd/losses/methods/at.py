@@ -134,6 +134,7 @@ class AT(Term):
   family = 'feature'
   paper = 'Zagoruyko & Komodakis 2017, Paying More Attention to Attention'
   url = 'https://arxiv.org/abs/1612.03928'
+  # mdistiller AT: p = 2, weight 1000, CE 1, every stage.
   paper_weight = 1000.0
   paper_ce_weight = 1.0
 

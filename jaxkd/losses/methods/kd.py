@@ -113,7 +113,7 @@ class KD(LogitTerm):
   softened distributions (Hinton et al. 2015, sec. 2). `temperature=None` is allowed only
   for a term that is never computed (weight 0, the supervised shorthand)."""
 
-  temperature: Hyperparam | None = None
+  temperature: Hyperparam | None = 4.0
   teacher_weights: tuple[float, ...] | None = None
   multi_teacher: str = 'sum'
   standardize: bool = False
@@ -123,6 +123,7 @@ class KD(LogitTerm):
   family = 'classic'
   paper = 'Hinton et al. 2015, Distilling the Knowledge in a Neural Network'
   url = 'https://arxiv.org/abs/1503.02531'
+  # The CIFAR-100 recipe's weights and T (mdistiller, CRD, DKD).
   paper_weight = 0.9
   paper_ce_weight = 0.1
 

@@ -73,6 +73,7 @@ class NST(PairedMaps):
   family = 'feature'
   paper = 'Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer'
   url = 'https://arxiv.org/abs/1707.01219'
+  # RepDistiller: weight 50, the intermediate maps.
   paper_weight = 50.0
   paper_ce_weight = 1.0
 

@@ -75,6 +75,7 @@ class PKT(RelationTerm):
   family = 'relation'
   paper = 'Passalis & Tefas 2018, Learning Deep Representations with Probabilistic Knowledge Transfer'
   url = 'https://arxiv.org/abs/1803.10837'
+  # RepDistiller: weight 30000, the penultimate layer.
   paper_weight = 30000.0
   paper_ce_weight = 1.0
 

@@ -233,6 +233,8 @@ class ReviewKD(Term):
   family = 'multiscale'
   paper = 'Chen et al. 2021, Distilling Knowledge via Knowledge Review'
   url = 'https://arxiv.org/abs/2104.09044'
+  # HCL weight 1 (their default; 5 for the CIFAR ResNet/WRN pairs), the conv stages
+  # fused deepest first.
   paper_weight = 1.0
   paper_ce_weight = 1.0
   owns_params = True

@@ -57,6 +57,7 @@ class SP(RelationTerm):
   family = 'relation'
   paper = 'Tung & Mori 2019, Similarity-Preserving Knowledge Distillation'
   url = 'https://arxiv.org/abs/1907.09682'
+  # RepDistiller's run script: weight 3000, the last conv stage.
   paper_weight = 3000.0
   paper_ce_weight = 1.0
 

@@ -149,6 +149,7 @@ class VID(ProjectedMaps):
   family = 'feature'
   paper = 'Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer'
   url = 'https://arxiv.org/abs/1904.05835'
+  # RepDistiller: weight 1, initial variance 5, the intermediate maps.
   paper_weight = 1.0
   paper_ce_weight = 1.0
 
