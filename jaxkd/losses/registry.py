@@ -42,6 +42,7 @@ _TERMS: tuple[type[Term], ...] = (
     _method('crd', 'CRD'),
     _method('reviewkd', 'ReviewKD'),
     _method('sdd', 'SDD'),
+    _method('logit_mse', 'LogitMSE'),
 )
 
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).
