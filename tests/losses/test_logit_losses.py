@@ -1,4 +1,4 @@
-"""Logit losses (jaxkd.losses.logit) against independent NumPy/SciPy float64 references."""
+"""Properties shared by several logit losses (one test over many methods)."""
 import functools
 
 import jax
@@ -6,157 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from scipy import special
 
-from jaxkd.losses import kd_loss
-from jaxkd.losses import (dist_inter_loss, dist_intra_loss, dist_loss, dkd_loss,
-                                dkd_parts, gradient_reversal, jsd_loss, nkd_loss,
-                                reverse_kl_loss, standardize_logits, ttm_loss, wttm_loss)
-
-# ---------------------------------------------------------------- float64 references
-
-
-def softmax64(z, temperature=1.0):
-  return special.softmax(np.asarray(z, np.float64) / temperature, axis=-1)
-
-
-def log_softmax64(z, temperature=1.0):
-  return special.log_softmax(np.asarray(z, np.float64) / temperature, axis=-1)
-
-
-def kl64(p, q):
-  """sum_c p_c log(p_c / q_c) over the last axis (scipy's rel_entr: 0 log 0 = 0)."""
-  return special.rel_entr(p, q).sum(-1)
-
-
-def ref_kd(student, teacher, temperature):
-  return temperature**2 * kl64(softmax64(teacher, temperature), softmax64(student, temperature))
-
-
-def ref_reverse_kl(student, teacher, temperature):
-  return temperature**2 * kl64(softmax64(student, temperature), softmax64(teacher, temperature))
-
-
-def ref_jsd(student, teacher, temperature, w):
-  p_s, p_t = softmax64(student, temperature), softmax64(teacher, temperature)
-  m = w * p_t + (1 - w) * p_s
-  return temperature**2 * (w * kl64(p_t, m) + (1 - w) * kl64(p_s, m))
-
-
-def _drop(row, label):
-  return np.delete(np.asarray(row, np.float64), label)
-
-
-def ref_dkd_parts(student, teacher, labels, temperature):
-  """Loops over examples; the non-target softmax is taken over the deleted-label logits."""
-  tckd, nckd = [], []
-  for s, t, y in zip(student, teacher, labels):
-    ps, pt = softmax64(s, temperature), softmax64(t, temperature)
-    b_s, b_t = np.array([ps[y], ps.sum() - ps[y]]), np.array([pt[y], pt.sum() - pt[y]])
-    tckd.append(temperature**2 * kl64(b_t, b_s))
-    nckd.append(temperature**2 * kl64(softmax64(_drop(t, y), temperature),
-                                      softmax64(_drop(s, y), temperature)))
-  return np.array(tckd), np.array(nckd)
-
-
-def ref_nkd(student, teacher, labels, temperature, weight):
-  out = []
-  for s, t, y in zip(student, teacher, labels):
-    target = -softmax64(t)[y] * log_softmax64(s)[y]
-    q_t = softmax64(_drop(t, y), temperature)
-    non_target = -(q_t * log_softmax64(_drop(s, y), temperature)).sum()
-    out.append(target + weight * temperature**2 * non_target)
-  return np.array(out)
-
-
-def pearson64(a, b, eps=1e-8):
-  """Pearson correlation along the last axis with the authors' eps in the denominator."""
-  a = a - a.mean(-1, keepdims=True)
-  b = b - b.mean(-1, keepdims=True)
-  return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + eps)
-
-
-def ref_dist_inter(student, teacher, temperature):
-  return temperature**2 * (1 - pearson64(softmax64(student, temperature),
-                                         softmax64(teacher, temperature)))
-
-
-def ref_dist_intra(student, teacher, temperature):
-  p_s, p_t = softmax64(student, temperature), softmax64(teacher, temperature)
-  return temperature**2 * (1 - pearson64(p_s.T, p_t.T).mean())
-
-
-def ref_ttm(student, teacher, temperature):
-  powered = softmax64(teacher)**(1 / temperature)
-  return kl64(powered / powered.sum(-1, keepdims=True), softmax64(student))
-
-
-def ref_wttm(student, teacher, temperature):
-  return (softmax64(teacher)**(1 / temperature)).sum(-1) * ref_ttm(student, teacher, temperature)
-
-
-def ref_standardize(z, eps=1e-7):
-  z = np.asarray(z, np.float64)
-  return (z - z.mean(-1, keepdims=True)) / (eps + z.std(-1, ddof=1, keepdims=True))
-
-
-# ---------------------------------------------------------------------------- inputs
-
-# Hand-made rows: ordered, uniform, one very negative logit, and a confident teacher.
-HAND_STUDENT = np.array([[1.0, 2.0, 3.0, 4.0, 5.0],
-                         [0.0, 0.0, 0.0, 0.0, 0.0],
-                         [-50.0, 1.0, 0.5, 2.0, -1.0],
-                         [3.0, -2.0, 0.0, 1.0, 0.2]], np.float32)
-HAND_TEACHER = np.array([[5.0, 4.0, 3.0, 2.0, 1.0],
-                         [0.5, -0.5, 1.0, 0.0, 2.0],
-                         [0.0, 2.0, -40.0, 1.0, 0.0],
-                         [12.0, -3.0, 0.0, 2.0, 1.0]], np.float32)
-HAND_LABELS = np.array([4, 2, 1, 0])
-
-
-def _random(seed, shape=(4, 5), scale=3.0):
-  return scale * np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-CASES = {
-    'hand': (HAND_STUDENT, HAND_TEACHER, HAND_LABELS),
-    'random': (_random(0), _random(1), np.array([0, 3, 1, 4])),
-}
-
-
-def _extreme():
-  """Logits with -1e9 entries: in the student only, the teacher only, both, the label."""
-  student, teacher = _random(2), _random(3)
-  student[0, 2] = -1e9
-  teacher[1, 3] = -1e9
-  student[2, 4] = teacher[2, 4] = -1e9
-  student[3, 1] = -1e9
-  return student, teacher, np.array([0, 1, 4, 1])
-
-
-# Each entry: (name, JAX function of (student, teacher, labels), float64 reference).
-LOSSES = [
-    ('reverse_kl', lambda s, t, y: reverse_kl_loss(s, t, temperature=2.0),
-     lambda s, t, y: ref_reverse_kl(s, t, 2.0)),
-    ('jsd', lambda s, t, y: jsd_loss(s, t, temperature=2.0, mixing_weight=0.3),
-     lambda s, t, y: ref_jsd(s, t, 2.0, 0.3)),
-    ('dkd', lambda s, t, y: dkd_loss(s, t, y, temperature=4.0, target_weight=1.0,
-                                     non_target_weight=8.0),
-     lambda s, t, y: np.dot([1.0, 8.0], ref_dkd_parts(s, t, y, 4.0))),
-    ('nkd', lambda s, t, y: nkd_loss(s, t, y, temperature=2.0, non_target_weight=1.5),
-     lambda s, t, y: ref_nkd(s, t, y, 2.0, 1.5)),
-    ('dist_inter', lambda s, t, y: dist_inter_loss(s, t, temperature=3.0),
-     lambda s, t, y: ref_dist_inter(s, t, 3.0)),
-    ('dist_intra', lambda s, t, y: dist_intra_loss(s, t, temperature=3.0),
-     lambda s, t, y: ref_dist_intra(s, t, 3.0)),
-    ('ttm', lambda s, t, y: ttm_loss(s, t, temperature=4.0),
-     lambda s, t, y: ref_ttm(s, t, 4.0)),
-    ('wttm', lambda s, t, y: wttm_loss(s, t, temperature=4.0),
-     lambda s, t, y: ref_wttm(s, t, 4.0)),
-]
-LOSS_IDS = [name for name, _, _ in LOSSES]
-
-# ------------------------------------------------------------- values against references
+from jaxkd.losses import (dist_inter_loss, dist_intra_loss, dist_loss, dkd_loss, dkd_parts,
+                          gradient_reversal, jsd_loss, kd_loss, nkd_loss, reverse_kl_loss,
+                          standardize_logits, ttm_loss, wttm_loss)
+from logit_refs import (_extreme, _random, CASES, HAND_STUDENT, HAND_TEACHER, LOSS_IDS, LOSSES,
+                        ref_dist_inter, ref_dkd_parts, ref_jsd, ref_reverse_kl, ref_ttm, softmax64)
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -167,18 +22,6 @@ def test_matches_reference(name, fn, ref, case):
   want = ref(student, teacher, labels)
   assert got.dtype == jnp.float32 and got.shape == np.shape(want)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize('temperature', [0.5, 1.0, 4.0])
-def test_dkd_parts_match_reference(temperature):
-  student, teacher, labels = CASES['random']
-  tckd, nckd = jax.jit(functools.partial(dkd_parts, temperature=temperature))(
-      student, teacher, labels)
-  want_tckd, want_nckd = ref_dkd_parts(student, teacher, labels, temperature)
-  # A KL's float32 error is absolute (log-ratios of O(1) logs), and T**2 scales it.
-  atol = 1e-6 * temperature**2
-  np.testing.assert_allclose(tckd, want_tckd, rtol=1e-5, atol=atol)
-  np.testing.assert_allclose(nckd, want_nckd, rtol=1e-5, atol=atol)
 
 
 def test_losses_accept_leading_axes():
@@ -209,9 +52,6 @@ def test_traced_hyperparameters():
                              rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- identities
-
-
 @pytest.mark.parametrize('temperature', [1.0, 4.0])
 def test_jsd_limits_are_forward_and_reverse_kl(temperature):
   student, teacher, _ = CASES['random']
@@ -224,28 +64,6 @@ def test_jsd_limits_are_forward_and_reverse_kl(temperature):
   np.testing.assert_allclose(
       jsd(student, teacher, mixing_weight=1 - small) / small,
       reverse_kl_loss(student, teacher, temperature=temperature), rtol=1e-2)
-
-
-@pytest.mark.parametrize('mixing_weight', [1e-4, 1e-2, 0.99, 1 - 1e-4])
-def test_jsd_near_the_ends_stays_accurate_in_float32(mixing_weight):
-  # The loss is O(w) (or O(1 - w)) there; forming log(m / p) directly keeps its relative
-  # error at float32 level instead of eps / w. The reference uses w as float32 rounds it.
-  student, teacher, _ = CASES['random']
-  got = jsd_loss(student, teacher, temperature=2.0, mixing_weight=mixing_weight)
-  want = ref_jsd(student, teacher, 2.0, float(np.float32(mixing_weight)))
-  np.testing.assert_allclose(got, want, rtol=2e-5)
-
-
-def test_symmetric_jsd_is_symmetric_and_bounded():
-  student, teacher, _ = CASES['hand']
-  forward = jsd_loss(student, teacher, temperature=2.0, mixing_weight=0.5)
-  backward = jsd_loss(teacher, student, temperature=2.0, mixing_weight=0.5)
-  np.testing.assert_allclose(forward, backward, rtol=1e-5)
-  assert np.all(np.asarray(forward) <= 4.0 * np.log(2.0))
-  # Swapping student and teacher is the same as swapping the mixture weights.
-  np.testing.assert_allclose(jsd_loss(student, teacher, temperature=2.0, mixing_weight=0.2),
-                             jsd_loss(teacher, student, temperature=2.0, mixing_weight=0.8),
-                             rtol=1e-5)
 
 
 @pytest.mark.parametrize('temperature', [0.5, 1.0, 4.0])
@@ -263,14 +81,6 @@ def test_kd_is_tckd_plus_weighted_nckd(case, temperature):
       atol=1e-6)
 
 
-def test_dkd_loss_is_weighted_sum_of_parts():
-  student, teacher, labels = CASES['hand']
-  tckd, nckd = dkd_parts(student, teacher, labels, temperature=4.0)
-  got = dkd_loss(student, teacher, labels, temperature=4.0, target_weight=0.5,
-                 non_target_weight=8.0)
-  np.testing.assert_allclose(got, 0.5 * tckd + 8.0 * nckd, rtol=1e-6)
-
-
 def test_ttm_at_temperature_one_is_kd_and_wttm_weight_is_one():
   student, teacher, _ = CASES['random']
   np.testing.assert_allclose(ttm_loss(student, teacher, temperature=1.0),
@@ -280,26 +90,6 @@ def test_ttm_at_temperature_one_is_kd_and_wttm_weight_is_one():
   # For T > 1 the weight sum_c p_c^(1/T) is at least 1, so WTTM >= TTM.
   assert np.all(np.asarray(wttm_loss(student, teacher, temperature=4.0)) >=
                 np.asarray(ttm_loss(student, teacher, temperature=4.0)))
-
-
-def test_dist_loss_combines_mean_inter_and_intra():
-  student, teacher, _ = CASES['random']
-  got = jax.jit(functools.partial(dist_loss, temperature=2.0, inter_weight=0.5,
-                                  intra_weight=2.0))(student, teacher)
-  want = 0.5 * ref_dist_inter(student, teacher, 2.0).mean() + 2.0 * ref_dist_intra(
-      student, teacher, 2.0)
-  assert got.shape == ()
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-
-
-def test_dist_inter_uniform_row_and_reversed_ranking():
-  # Inter relation: only the ranking and spacing of classes matter; a uniform row's
-  # correlation is 0 by the authors' eps (loss T**2), not NaN.
-  student, teacher, _ = CASES['hand']
-  got = np.asarray(dist_inter_loss(student, teacher, temperature=1.0))
-  np.testing.assert_allclose(got[1], 1.0, rtol=1e-6)
-  reversed_rows = dist_inter_loss(HAND_STUDENT[:1], HAND_STUDENT[:1, ::-1], temperature=1.0)
-  assert 1.5 < float(reversed_rows[0]) <= 2.0
 
 
 @pytest.mark.parametrize('temperature', [0.5, 1.0, 4.0])
@@ -318,43 +108,6 @@ def test_zero_where_student_matches_teacher(temperature):
       wttm_loss(logits / temperature, logits, temperature=temperature),
   ]:
     np.testing.assert_allclose(got, 0.0, atol=1e-5 * max(1.0, temperature**2))
-
-
-def test_nkd_is_a_cross_entropy_not_a_divergence():
-  # Equal student and teacher: the teacher's weighted entropies, not 0.
-  logits, labels = HAND_TEACHER, HAND_LABELS
-  got = nkd_loss(logits, logits, labels, temperature=1.0, non_target_weight=1.0)
-  p = softmax64(logits)
-  entropies = [-p[i, y] * np.log(p[i, y]) + special.entr(softmax64(_drop(logits[i], y))).sum()
-               for i, y in enumerate(labels)]
-  np.testing.assert_allclose(got, entropies, rtol=1e-5, atol=1e-6)
-
-
-# -------------------------------------------------------------- standardize / reversal
-
-
-@pytest.mark.parametrize('case', CASES)
-def test_standardize_logits_matches_reference(case):
-  logits = np.concatenate(CASES[case][:2])
-  got = jax.jit(standardize_logits)(logits)
-  assert got.shape == logits.shape and got.dtype == jnp.float32
-  np.testing.assert_allclose(got, ref_standardize(logits), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(standardize_logits(logits, eps=0.5), ref_standardize(logits, 0.5),
-                             rtol=1e-5, atol=1e-6)
-
-
-def test_standardize_logits_properties():
-  logits = _random(7, (3, 6))
-  z = np.asarray(standardize_logits(logits, eps=0.0))
-  np.testing.assert_allclose(z.mean(-1), 0.0, atol=1e-6)
-  np.testing.assert_allclose(z.std(-1, ddof=1), 1.0, rtol=1e-5)  # unbiased, as torch.std
-  np.testing.assert_allclose(standardize_logits(3.0 * logits - 7.0), standardize_logits(logits),
-                             rtol=1e-4, atol=1e-5)
-  # Equal logits: zeros, with finite gradients.
-  flat = np.full((2, 4), 1.5, np.float32)
-  np.testing.assert_array_equal(standardize_logits(flat), 0.0)
-  grad = jax.grad(lambda x: jnp.sum(standardize_logits(x) * jnp.arange(4.0)))(flat)
-  assert np.all(np.isfinite(grad))
 
 
 def test_gradient_reversal_values_and_gradients():
@@ -383,9 +136,6 @@ def test_gradient_reversal_values_and_gradients():
       x16).dtype == jnp.bfloat16
 
 
-# ------------------------------------------------------------------ gradients, dtypes
-
-
 @pytest.mark.parametrize('name, fn, ref', LOSSES, ids=LOSS_IDS)
 def test_extreme_logits_finite_values_and_gradients(name, fn, ref):
   student, teacher, labels = _extreme()
@@ -395,12 +145,6 @@ def test_extreme_logits_finite_values_and_gradients(name, fn, ref):
       student, teacher)
   for g in grads:
     assert np.all(np.isfinite(g))
-
-
-def test_standardize_extreme_logits_finite_gradients():
-  student, _, _ = _extreme()
-  grad = jax.grad(lambda x: jnp.mean(standardize_logits(x)**2))(student)
-  assert np.all(np.isfinite(grad))
 
 
 def test_teacher_zero_probability_classes_give_finite_jsd_and_dkd():
@@ -443,10 +187,6 @@ def test_bfloat16_inputs_give_float32_outputs(name, fn, ref):
   np.testing.assert_allclose(got, ref(student, teacher, labels), rtol=5e-2, atol=5e-2)
 
 
-def test_bfloat16_standardize_gives_float32():
-  assert standardize_logits(jnp.asarray(HAND_TEACHER, jnp.bfloat16)).dtype == jnp.float32
-
-
 def test_float64_outputs_and_check_grads():
   with jax.enable_x64(True):
     rng = np.random.default_rng(10)
@@ -469,9 +209,6 @@ def test_float64_outputs_and_check_grads():
     # One function of all the outputs: one compilation instead of eight.
     everything = jax.jit(lambda s, t: jnp.concatenate([jnp.ravel(fn(s, t)) for fn in functions]))
     check_grads(everything, (student, teacher), order=1, modes=('rev',), atol=1e-5, rtol=1e-5)
-
-
-# ---------------------------------------------------------------------------- errors
 
 
 @pytest.mark.parametrize('fn', [

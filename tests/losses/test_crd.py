@@ -1,102 +1,24 @@
-"""CRD (jaxkd.losses.feature.contrastive) against independent NumPy float64 references."""
+"""Tests of jaxkd.losses.methods.crd against independent NumPy float64 references."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxkd.losses import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES,
-                                              CRD_TEMPERATURE, UNSET_NORMALISER, contrast_scores,
-                                              crd_embed, crd_loss, crd_loss_with_normalisers,
-                                              estimate_normaliser, nce_loss, normalise_scores)
-from jaxkd.losses import (build_class_index_table, check_memory_bank_fits,
-                                              init_memory_bank, memory_bank_bytes,
-                                              sample_contrast_indices,
-                                              sample_other_class_contrast_indices,
-                                              update_memory_bank)
-
-# ---------------------------------------------------------------- float64 references
-
-
-def ref_embed(features, kernel, bias):
-  features = np.asarray(features, np.float64)
-  out = []
-  for f in features:
-    z = f.ravel() @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)
-    out.append(z / np.sqrt(np.sum(z**2)))
-  return np.stack(out)
-
-
-def ref_scores(bank, indices, embeddings, temperature):
-  bank = np.asarray(bank, np.float64)
-  embeddings = np.asarray(embeddings, np.float64)
-  out = np.zeros(indices.shape)
-  for b in range(indices.shape[0]):
-    for k in range(indices.shape[1]):
-      out[b, k] = np.exp(np.dot(bank[indices[b, k]], embeddings[b]) / temperature)
-  return out
-
-
-def ref_nce(probabilities, num_data):
-  probabilities = np.asarray(probabilities, np.float64)
-  m = probabilities.shape[1] - 1
-  noise = m / num_data
-  out = []
-  for p in probabilities:
-    loss = -np.log(p[0] / (p[0] + noise + 1e-7))
-    for q in p[1:]:
-      loss -= np.log(noise / (q + noise + 1e-7))
-    out.append(loss)
-  return np.array(out)
-
-
-def ref_crd(s, t, student_bank, teacher_bank, idx, temperature, z_s=None, z_t=None):
-  """Student embeddings vs the teacher's bank, teacher embeddings vs the student's bank."""
-  n = student_bank.shape[0]
-  out_s = ref_scores(teacher_bank, idx, s, temperature)
-  out_t = ref_scores(student_bank, idx, t, temperature)
-  z_s = out_s.mean() * n if z_s is None else z_s
-  z_t = out_t.mean() * n if z_t is None else z_t
-  return ref_nce(out_s / z_s, n) + ref_nce(out_t / z_t, n), z_s, z_t
-
-
-def ref_update(bank, indices, embeddings, momentum):
-  bank = np.array(bank, np.float64)
-  for i, e in zip(indices, np.asarray(embeddings, np.float64)):
-    row = momentum * bank[i] + (1 - momentum) * e
-    bank[i] = row / np.sqrt(np.sum(row**2))
-  return bank
-
-
-def _normal(seed, shape):
-  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _unit(seed, shape):
-  x = _normal(seed, shape)
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _setup(seed=0, batch=5, num_data=12, dim=6, num_negatives=7):
-  """Unit embeddings, unit banks and contrast indices with unique positives."""
-  rng = np.random.default_rng(seed)
-  s, t = _unit(seed + 1, (batch, dim)), _unit(seed + 2, (batch, dim))
-  student_bank, teacher_bank = _unit(seed + 3, (num_data, dim)), _unit(seed + 4, (num_data, dim))
-  idx = rng.integers(0, num_data, (batch, num_negatives + 1)).astype(np.int32)
-  idx[:, 0] = rng.permutation(num_data)[:batch]
-  return s, t, student_bank, teacher_bank, idx
-
-
-# ---------------------------------------------------------------------------- defaults
+from contrastive_refs import (_normal, _setup, _unit, ref_crd, ref_embed, ref_nce, ref_scores,
+                              ref_update)
+from jaxkd.losses import (build_class_index_table, check_memory_bank_fits, contrast_scores,
+                          crd_embed, CRD_EMBED_DIM, crd_loss, crd_loss_with_normalisers,
+                          CRD_MOMENTUM, CRD_NUM_NEGATIVES, CRD_TEMPERATURE, estimate_normaliser,
+                          init_memory_bank, memory_bank_bytes, nce_loss, normalise_scores,
+                          sample_contrast_indices, sample_other_class_contrast_indices,
+                          UNSET_NORMALISER, update_memory_bank)
 
 
 def test_authors_defaults():
   assert (CRD_EMBED_DIM, CRD_NUM_NEGATIVES, CRD_TEMPERATURE, CRD_MOMENTUM) == (128, 16384,
                                                                               0.07, 0.5)
   assert UNSET_NORMALISER < 0
-
-
-# ---------------------------------------------------------------------------- crd_embed
 
 
 def test_crd_embed_matches_reference():
@@ -130,9 +52,6 @@ def test_crd_embed_rejects_bad_shapes():
     crd_embed(_normal(0, (4, 6)), _normal(1, (5, 3)), _normal(2, (3,)))
   with pytest.raises(ValueError, match='bias'):
     crd_embed(_normal(0, (4, 6)), _normal(1, (6, 3)), _normal(2, (4,)))
-
-
-# --------------------------------------------------------------------------- memory bank
 
 
 def test_init_memory_bank_authors_uniform():
@@ -177,9 +96,6 @@ def test_update_memory_bank_exact():
   np.testing.assert_array_equal(grad, 0.0)
   with pytest.raises(ValueError, match='momentum'):
     update_memory_bank(bank, indices, embeddings, momentum=1.5)
-
-
-# ------------------------------------------------------------------------------ sampling
 
 
 def test_sample_contrast_indices_exact():
@@ -238,9 +154,6 @@ def test_sample_other_class_contrast_indices():
     build_class_index_table(np.zeros(5, np.int32))
 
 
-# -------------------------------------------------------------------- scores, normaliser
-
-
 def test_contrast_scores_matches_reference():
   s, _, _, teacher_bank, idx = _setup(0)
   got = jax.jit(lambda b, i, e: contrast_scores(b, i, e, temperature=0.07))(teacher_bank, idx, s)
@@ -274,9 +187,6 @@ def test_normaliser_and_normalised_scores():
   np.testing.assert_array_equal(jax.grad(lambda x: estimate_normaliser(x, 10))(scores), 0.0)
 
 
-# ------------------------------------------------------------------------------- NCE loss
-
-
 def test_nce_loss_matches_reference_and_authors_batch_mean():
   probabilities = np.exp(_normal(8, (6, 11))) / 300.0
   got = jax.jit(lambda p: nce_loss(p, num_data=500))(probabilities)
@@ -291,9 +201,6 @@ def test_nce_loss_matches_reference_and_authors_batch_mean():
   np.testing.assert_allclose(jnp.mean(got), -(log_d1.sum() + log_d0.sum()) / 6, rtol=1e-5)
   with pytest.raises(ValueError, match='negative'):
     nce_loss(probabilities[:, :1], num_data=500)
-
-
-# ------------------------------------------------------------------------------- crd_loss
 
 
 def test_crd_loss_matches_reference_with_stored_normalisers():
@@ -411,9 +318,6 @@ def test_jitted_training_step_carries_banks_in_state():
   np.testing.assert_array_equal(second['student_bank'][:4], first['student_bank'][:4])
   np.testing.assert_allclose(jnp.linalg.norm(second['student_bank'][:8], axis=-1), 1.0,
                              rtol=1e-6)
-
-
-# --------------------------------------------------------------------------- memory size
 
 
 def test_memory_bank_bytes_and_fit_check():
