@@ -11,7 +11,8 @@ from jaxkd.losses.memory_bank import check_memory_bank_fits as check_memory_bank
 from jaxkd.losses.memory_bank import init_memory_bank as init_memory_bank
 from jaxkd.losses.memory_bank import memory_bank_bytes as memory_bank_bytes
 from jaxkd.losses.memory_bank import sample_contrast_indices as sample_contrast_indices
-from jaxkd.losses.memory_bank import sample_other_class_contrast_indices as sample_other_class_contrast_indices
+from jaxkd.losses.memory_bank import (
+    sample_other_class_contrast_indices as sample_other_class_contrast_indices)
 from jaxkd.losses.memory_bank import update_memory_bank as update_memory_bank
 from jaxkd.losses.methods.at import AT as AT
 from jaxkd.losses.methods.at import attention_map as attention_map

@@ -1,4 +1,4 @@
-"""NumPy float64 references and helpers shared by the loss tests (from test_losses_contrastive.py)."""
+"""NumPy float64 references of CRD and its memory banks, and the helpers of their tests."""
 import numpy as np
 
 

@@ -1,4 +1,4 @@
-"""NumPy float64 references and helpers shared by the loss tests (from test_losses_feature.py)."""
+"""NumPy float64 references of FitNets hints and attention transfer, and test helpers."""
 import numpy as np
 
 

@@ -1,4 +1,4 @@
-"""NumPy float64 references and helpers shared by the loss tests (from test_losses_logit.py)."""
+"""NumPy float64 references of the logit losses, and the helpers of their tests."""
 import numpy as np
 from scipy import special
 

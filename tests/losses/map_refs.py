@@ -1,4 +1,4 @@
-"""NumPy float64 references and helpers shared by the loss tests (from test_losses_feature_more.py)."""
+"""NumPy float64 references of VID, OFD, ReviewKD and SDD, and the helpers of their tests."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""NumPy float64 references and helpers shared by the loss tests (from test_losses_relation.py)."""
+"""NumPy float64 references of SP, CC, RKD, PKT, NST, FSP and ICKD, and their tests' helpers."""
 import math
 
 import jax

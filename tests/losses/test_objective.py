@@ -197,7 +197,8 @@ def test_objective_rejects_mismatched_inputs_at_trace_time():
   objective = make_objective(hard_weight=0.1, soft_weight=0.9, temperature=4.0,
                              teacher_weights=(1.0, 1.0))
   with pytest.raises(ValueError, match=r'teacher_logits\[1\] has 5 classes.*student_logits has 10'):
-    jax.jit(on_logits(objective))(student, labels, [_logits(38, (4, 10)), _logits(39, (4, 5))], step=0)
+    jax.jit(on_logits(objective))(student, labels, [_logits(38, (4, 10)), _logits(39, (4, 5))],
+                                  step=0)
   with pytest.raises(ValueError, match='teacher_weights has 2 entries but 3'):
     jax.jit(on_logits(objective))(student, labels, [student] * 3, step=0)
   with pytest.raises(ValueError, match='teacher_logits'):

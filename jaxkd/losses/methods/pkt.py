@@ -73,7 +73,8 @@ class PKT(RelationTerm):
 
   name = 'pkt'
   family = 'relation'
-  paper = 'Passalis & Tefas 2018, Learning Deep Representations with Probabilistic Knowledge Transfer'
+  paper = ('Passalis & Tefas 2018, Learning Deep Representations with Probabilistic '
+           'Knowledge Transfer')
   url = 'https://arxiv.org/abs/1803.10837'
   # RepDistiller: weight 30000, the penultimate layer.
   paper_weight = 30000.0
