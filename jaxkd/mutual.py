@@ -122,9 +122,9 @@ def build_mutual_update(*, models: Sequence[nn.Module], tx: optax.GradientTransf
       for i, student in enumerate(outputs):
         peers = [losses.Outputs(jax.lax.stop_gradient(peer.logits))
                  for j, peer in enumerate(outputs) if j != i]
-        per_example, components, _ = objective.apply(
+        per_example, components, _ = objective.apply(losses.Context(
             student, peers, batch, step=state.step, key=jax.random.fold_in(dropout_key, i),
-            params=None, state=None, axis_name=axis_name)
+            axis_name=axis_name))
         member_losses.append(jnp.mean(per_example))
         member_components.append({k: jnp.mean(v) for k, v in components.items()})
       logits = [out.logits for out in outputs]

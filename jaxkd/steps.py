@@ -2,7 +2,7 @@
 fine-tuning, plus the eval step. Each factory returns one step, compiled once."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,23 +18,6 @@ from jaxkd.state import DistillState, TrainState, model_variables, step_key
 # teacher_fn(teacher_variables, images, batch) -> the teachers' outputs (a list of
 # `losses.Outputs`, one per teacher, or what `complete_teacher` completes: top-k cache rows).
 TeacherFn = Callable[[Sequence[Any], jax.Array, dict], Any]
-
-
-class Objective(Protocol):
-  """What a step minimises (`jaxkd.losses.Objective` is one): terms over the student's and
-  teachers' outputs, the taps they read, and the parameters and state they own."""
-
-  student_taps: tuple[str, ...]
-  owns_variables: bool
-
-  def apply(self, student: losses.Outputs, teachers: Sequence[losses.Outputs] | None,
-            batch: dict, *, step: jax.Array, key: jax.Array | None, params: dict | None,
-            state: dict | None, axis_name: str | None
-            ) -> tuple[jax.Array, dict[str, jax.Array], dict]:
-    """`(per-example total [B], {component: [B]}, new loss state)` at training step `step`."""
-
-  def hyperparams(self, step: jax.Array, params: dict | None = None) -> dict[str, jax.Array]:
-    """The current weights (and temperatures), float32 scalars, logged every step."""
 
 
 def pmean(tree, axis_name: str | None):
@@ -78,7 +61,7 @@ def build_update(
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
-    objective: Objective,
+    objective: losses.Objective,
     augment: Augment = Augment(),
     teacher_fn: TeacherFn | None = None,
     learning_rate_fn: Callable | None = None,
@@ -115,9 +98,10 @@ def build_update(
       teachers = teacher_outputs
       if complete_teacher is not None:
         teachers = complete_teacher(student.logits, teacher_outputs)
-      per_example, components, loss_state = objective.apply(
-          student, teachers, batch, step=state.step, key=dropout_key, params=loss_params,
-          state=state.loss_state if distilling else None, axis_name=axis_name)
+      per_example, components, loss_state = objective.apply(losses.Context(
+          student, teachers or (), batch, step=state.step, key=dropout_key,
+          params=loss_params or {}, state=state.loss_state if distilling else {},
+          axis_name=axis_name))
       aux = (student.logits, teachers, components, batch_stats, loss_state)
       return jnp.mean(per_example), aux
 

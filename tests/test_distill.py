@@ -64,7 +64,7 @@ def test_teacher_untouched_and_student_learns(pair, make_batches):
   # Only the student's parameters are in the optimizer state.
   assert jax.tree.structure(state.opt_state[0].mu) == jax.tree.structure(state.params)
   assert float(metrics['loss']) < float(first['loss'])
-  for key in ('loss', 'hard_loss', 'soft_loss', 'accuracy', 'teacher_accuracy', 'agreement',
+  for key in ('loss', 'ce_loss', 'kd_loss', 'accuracy', 'teacher_accuracy', 'agreement',
               'grad_norm'):
     assert np.isfinite(float(metrics[key])), key
 
@@ -97,7 +97,7 @@ def test_loss_matches_numpy_for_two_teachers(pair, make_batches):
       log_q = z - z.max(-1, keepdims=True)
       log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
       soft = 4.0 * (p * (np.log(p) - log_q)).sum(-1)
-    np.testing.assert_allclose(float(metrics['soft_loss']), soft.mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics['kd_loss']), soft.mean(), rtol=1e-4)
     np.testing.assert_allclose(float(metrics['loss']), (0.3 * ce + 0.7 * soft).mean(), rtol=1e-4)
     np.testing.assert_allclose(float(metrics['teacher0_accuracy']),
                                np.mean(t1.argmax(-1) == batch['label']))
@@ -116,7 +116,7 @@ def test_teacher_runs_in_inference_mode(make_batches):
   t = np.asarray(teacher.apply(teacher_vars, batch['image'], train=False))
   s = np.asarray(student.apply(state.variables, batch['image'], train=False))
   _, metrics = step(state, batch, teacher_vars)
-  np.testing.assert_allclose(float(metrics['soft_loss']), _np_kd(s, t, 1.0).mean(), rtol=1e-4)
+  np.testing.assert_allclose(float(metrics['kd_loss']), _np_kd(s, t, 1.0).mean(), rtol=1e-4)
 
 
 def test_nnx_models_through_adapters(make_batches):
@@ -141,7 +141,7 @@ def test_nnx_models_through_adapters(make_batches):
   state, first = step(state, batch, teacher_state)
   for _ in range(20):
     state, metrics = step(state, batch, teacher_state)
-  assert float(metrics['soft_loss']) < 0.5 * float(first['soft_loss'])
+  assert float(metrics['kd_loss']) < 0.5 * float(first['kd_loss'])
 
 
 def test_rejects_bad_wiring(pair, make_batches):

@@ -54,7 +54,7 @@ def test_train_then_distill_cli(env, tmp_path):
          '--config.batch_size=32', '--config.log_every=1', *extra)
     records, final = _read(student)
     assert [r['step'] for r in records if 'loss' in r] == [1, 2]
-    assert {'soft_loss', 'hard_loss', 'teacher_accuracy', 'agreement'} <= set(records[0])
+    assert {'kd_loss', 'ce_loss', 'teacher_accuracy', 'agreement'} <= set(records[0])
     assert final['teacher_fingerprints'][0] and final['test_count'] == 64
     shas.append(final['params_sha256'])
 

@@ -13,7 +13,7 @@ import pytest
 from jaxkd import losses, models
 from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.losses import projectors
-from jaxkd.losses.feature import ofd_margin
+from jaxkd.losses import ofd_margin
 from jaxkd.models import layers
 from jaxkd.parallel import Parallel
 from jaxkd.state import DistillState, init_variables
@@ -167,7 +167,7 @@ def test_ofd_margin_from_the_teachers_batchnorm():
 def test_sdd_classifies_multiscale_cells_with_each_models_head():
   """SDD's loss equals `sdd_loss` on the cells classified by each model's own head; a model
   whose classifier does not read the pooled map (LeNet-5) is refused by name."""
-  from jaxkd.losses.feature import multiscale_pooled_features, sdd_loss
+  from jaxkd.losses import multiscale_pooled_features, sdd_loss
   from jaxkd.models import features
   teacher, student = models.build('resnet8', num_classes=10), models.build('resnet8',
                                                                            num_classes=10)
@@ -181,8 +181,7 @@ def test_sdd_classifies_multiscale_cells_with_each_models_head():
     logits, feats = features(model, variables, images, ['stage3'])
     outs.append(losses.Outputs(logits, feats, variables=variables))
   term = losses.make_term('sdd', temperature=4.0)
-  value, _, _ = term(outs[0], [outs[1]], {'label': labels}, step=0, key=None, params={},
-                     state={}, axis_name=None)
+  value, _, _ = term(losses.Context(outs[0], [outs[1]], {'label': labels}))
 
   def cells(out, variables):
     pooled = multiscale_pooled_features(out.features['stage3'])
@@ -197,8 +196,7 @@ def test_sdd_classifies_multiscale_cells_with_each_models_head():
                          variables=init_variables(TEACHER, key=jax.random.key(0),
                                                   input_shape=SHAPE))
   with pytest.raises(ValueError, match='global average'):
-    term(lenet, [lenet], {'label': labels[:2]}, step=0, key=None, params={}, state={},
-         axis_name=None)
+    term(losses.Context(lenet, [lenet], {'label': labels[:2]}))
 
 
 def test_term_settings_are_checked():

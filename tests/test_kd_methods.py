@@ -44,7 +44,7 @@ def test_label_smoothing_reaches_the_cross_entropy_terms():
   shorthand = kd_methods.distill_config('lenet5_half')
   shorthand.label_smoothing = 0.2
   objective = build_objective(shorthand, num_teachers=1, steps_per_epoch=1)
-  assert objective.term('hard').label_smoothing == 0.2
+  assert objective.term('ce').label_smoothing == 0.2
 
 
 def test_unknown_term_is_refused_before_any_data_or_teacher_is_read(tmp_path):

@@ -32,7 +32,7 @@ def test_supervised_steps_reduce_loss_and_compile_once():
   assert int(state.step) == 11
   assert float(metrics['loss']) < 0.5 * float(first['loss'])
   assert step._cache_size() == 1  # the second and later calls did not recompile
-  assert {'loss', 'hard_loss', 'accuracy', 'grad_norm'} <= set(metrics)
+  assert {'loss', 'ce_loss', 'accuracy', 'grad_norm'} <= set(metrics)
 
 
 def test_train_state_is_donated():

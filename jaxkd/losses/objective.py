@@ -1,27 +1,54 @@
 """The objective: named, weighted terms added per example, and the classic shorthand.
 
 `make_objective(hard_weight=, soft_weight=, temperature=)` is the shorthand for the terms
-`hard` (`ce`) and `soft` (`kd`) of a `jaxkd.losses.Objective`, with the metric names the
-steps log (`hard_loss`, `soft_loss`, `hard_weight`, `soft_weight`, `temperature`):
+`ce` and `kd` of a `jaxkd.losses.Objective`, the same terms (and metric names: `ce_loss`,
+`kd_loss`, `ce_weight`, `kd_weight`, `temperature`) as `build_objective({'ce': ..., 'kd': ...})`:
 
   objective = make_objective(hard_weight=0.1, soft_weight=0.9, temperature=4.0)
-  per_example, components = objective(student_logits, labels, teacher_logits, step=step)
+  per_example, components, _ = objective.apply(
+      Context(Outputs(student_logits), [Outputs(teacher_logits)], {'label': labels}, step=step))
   loss = jnp.mean(per_example)  # the step reduces, once
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.terms import (KD, CrossEntropy, Hyperparam, Outputs, Term, describe_value,
-                                is_constant_zero, normalised_teacher_weights, validated,
-                                value_at)
+from jaxkd.losses.methods.ce import CrossEntropy
+from jaxkd.losses.methods.kd import KD
+from jaxkd.losses.terms import (Context, Hyperparam, Outputs, Term, describe_value,
+                                is_constant_zero, validated, value_at)
 
 __all__ = ['Objective', 'check_num_classes', 'make_objective']
+
+
+def normalised_teacher_weights(teacher_weights, num_teachers) -> tuple[float, ...] | None:
+  """Validates per-teacher weights and returns them divided by their sum (None: equal)."""
+  if teacher_weights is None:
+    return None
+  try:
+    weights = tuple(float(w) for w in teacher_weights)
+  except (TypeError, ValueError):
+    raise ValueError(f'teacher_weights must be a sequence of numbers, got '
+                     f'{teacher_weights!r}.') from None
+  if not weights:
+    raise ValueError('teacher_weights is empty; pass one weight per teacher, or None for '
+                     'equal weights.')
+  if num_teachers is not None and len(weights) != num_teachers:
+    raise ValueError(f'teacher_weights has {len(weights)} entries but num_teachers is '
+                     f'{num_teachers}; pass one weight per teacher.')
+  if any(not math.isfinite(w) or w < 0 for w in weights):
+    raise ValueError(f'teacher_weights must be finite and non-negative, got {weights}.')
+  total = sum(weights)
+  if total == 0:
+    raise ValueError('teacher_weights are all 0; give at least one teacher a positive '
+                     'weight.')
+  return tuple(w / total for w in weights)
 
 
 # --- the objective -------------------------------------------------------------------------------
@@ -182,11 +209,11 @@ class Objective:
         raise ValueError(f'teacher_weights has {len(weights)} entries but {given} '
                          'teacher_logits were given; pass one weight per teacher.')
 
-  def apply(self, student: Outputs, teachers: Sequence[Outputs] | None, batch: dict, *,
-            step: jax.typing.ArrayLike, key: jax.Array | None = None,
-            params: dict | None = None, state: dict | None = None,
-            axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array], dict]:
+  def apply(self, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array], dict]:
     """Per-example total, each term's value (unweighted) and the terms' new state.
+
+    `ctx.params` and `ctx.state` hold the terms' own by term name; each term is called with
+    a copy of `ctx` holding its own, and its own key (`ctx.key` folded with its index).
 
     Returns:
       ``(total [B], components, state)``: float32 ``total = sum_i w_i(step) * term_i``
@@ -194,8 +221,8 @@ class Objective:
       when its inputs are absent; a batch-level term's value repeated), plus
       ``'<prefix>_<name>'`` parts (per-teacher losses of a 'sum' over several teachers).
     """
-    teachers = list(teachers or [])
-    labels = batch.get('label')
+    teachers = tuple(ctx.teachers or ())
+    labels, step, key = ctx.labels, ctx.step, ctx.key
     for name, _, term in self._active():
       if term.needs_teacher and not teachers:
         raise ValueError(f'{name}_weight is not zero but no teacher_logits were given; pass '
@@ -203,20 +230,19 @@ class Objective:
       if term.needs_labels and labels is None:
         raise ValueError(f'{name}_weight is not zero but labels is None; pass labels or '
                          f'build the objective with {name}_weight=0.')
-    self.check_shapes(student.logits.shape, None if labels is None else jnp.shape(labels),
+    self.check_shapes(ctx.student.logits.shape, None if labels is None else jnp.shape(labels),
                       [t.logits.shape for t in teachers])
-    params, state = params or {}, dict(state or {})
-    examples = student.logits.shape[:-1]
+    params, state = ctx.params or {}, dict(ctx.state or {})
+    examples = ctx.student.logits.shape[:-1]
     total = jnp.zeros(examples, jnp.float32)
     components = {}
     for i, (name, weight, term) in enumerate(self.terms):
       if (term.needs_teacher and not teachers) or (term.needs_labels and labels is None):
         components[name] = jnp.zeros(examples, jnp.float32)
         continue
-      value, parts, new_state = term(
-          student, teachers, batch, step=step,
-          key=None if key is None else jax.random.fold_in(key, i), params=params.get(name, {}),
-          state=state.get(name, {}), axis_name=axis_name)
+      value, parts, new_state = term(ctx.replace(
+          teachers=teachers, key=None if key is None else jax.random.fold_in(key, i),
+          params=params.get(name, {}), state=state.get(name, {})))
       if name in state:
         state[name] = new_state
       components[name] = jnp.broadcast_to(jnp.asarray(value, jnp.float32), examples)
@@ -224,25 +250,6 @@ class Objective:
       if not is_constant_zero(weight):
         total = total + value_at(weight, step) * components[name]
     return total, components, state
-
-  def __call__(self, student_logits: jax.Array, labels: jax.Array | None,
-               teacher_logits: jax.Array | Sequence[jax.Array] | None = None, *,
-               step: jax.typing.ArrayLike) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`apply` for objectives over logits alone: ``(total [B], components)``."""
-    if self.owns_variables or self.student_taps or self.teacher_taps:
-      raise ValueError('This objective reads features or owns parameters/state; call '
-                       'objective.apply(student_outputs, teacher_outputs, batch, ...) instead.')
-    if teacher_logits is None:
-      teachers = []
-    elif isinstance(teacher_logits, (list, tuple)):
-      teachers = list(teacher_logits)
-    else:
-      teachers = [teacher_logits]
-    batch = {} if labels is None else {'label': labels}
-    total, components, _ = self.apply(
-        Outputs(jnp.asarray(student_logits)), [Outputs(jnp.asarray(t)) for t in teachers],
-        batch, step=step)
-    return total, components
 
 
 def make_objective(
@@ -286,10 +293,10 @@ def make_objective(
     scale_by_temperature_squared: multiply the soft loss by ``T**2`` (Hinton et al.).
 
   Returns:
-    An `Objective` with terms ``hard`` and ``soft``: ``objective(student_logits [B, C],
-    labels [B] | None, teacher_logits [B, C] | sequence | None, *, step) -> (total [B],
-    {'hard': [B], 'soft': [B], ...})``, ``objective.hyperparams(step)`` giving the current
-    weights and temperature.
+    An `Objective` with terms ``ce`` and ``kd`` (as `build_objective` names them):
+    ``objective.apply(Context(student, teachers, batch, step=step)) -> (total [B],
+    {'ce': [B], 'kd': [B], ...}, state)``, ``objective.hyperparams(step)`` giving the
+    current weights (``ce_weight``, ``kd_weight``) and temperature.
 
   Raises:
     ValueError: naming the argument, for a temperature <= 0 (a schedule's value at step
@@ -316,5 +323,5 @@ def make_objective(
             multi_teacher=multi_teacher, standardize=standardize,
             scale_by_temperature_squared=bool(scale_by_temperature_squared))
   return Objective.of(num_teachers=num_teachers,
-                      hard=(hard_weight, CrossEntropy(label_smoothing=label_smoothing)),
-                      soft=(soft_weight, soft))
+                      ce=(hard_weight, CrossEntropy(label_smoothing=label_smoothing)),
+                      kd=(soft_weight, soft))

@@ -1,24 +1,52 @@
-"""One registry of objective terms by name, and objectives built from a by-name spec."""
+"""One registry of objective terms by name, and objectives built from a by-name spec.
+
+A method is one module of `jaxkd.losses.methods` and one line below."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Mapping
 
-from jaxkd.losses.contrastive_terms import CRD
-from jaxkd.losses.feature_terms import AT, FitNet
-from jaxkd.losses.logit_terms import CTKD, DIST, DKD, JSD, NKD, TTM, WTTM, ReverseKL
-from jaxkd.losses.map_terms import FSP, ICKD, NST, OFD, VID
-from jaxkd.losses.multiscale_terms import SDD, ReviewKD
-from jaxkd.losses.objective import Objective
-from jaxkd.losses.relation_terms import CC, PKT, RKD, SP
-from jaxkd.losses.terms import KD, CrossEntropy, Term, normalised_teacher_weights
+from jaxkd.losses.objective import Objective, normalised_teacher_weights
+from jaxkd.losses.terms import Term
+
+
+def _method(module: str, term: str) -> type[Term]:
+  """The term class `term` of `jaxkd.losses.methods.<module>`."""
+  return getattr(importlib.import_module(f'jaxkd.losses.methods.{module}'), term)
+
+
+# One line per method: its module in `jaxkd.losses.methods` and its term class.
+_TERMS: tuple[type[Term], ...] = (
+    _method('ce', 'CrossEntropy'),
+    _method('kd', 'KD'),
+    _method('reverse_kl', 'ReverseKL'),
+    _method('jsd', 'JSD'),
+    _method('dkd', 'DKD'),
+    _method('dist', 'DIST'),
+    _method('nkd', 'NKD'),
+    _method('ttm', 'TTM'),
+    _method('wttm', 'WTTM'),
+    _method('ctkd', 'CTKD'),
+    _method('fitnet', 'FitNet'),
+    _method('at', 'AT'),
+    _method('sp', 'SP'),
+    _method('cc', 'CC'),
+    _method('rkd', 'RKD'),
+    _method('pkt', 'PKT'),
+    _method('nst', 'NST'),
+    _method('ickd', 'ICKD'),
+    _method('fsp', 'FSP'),
+    _method('vid', 'VID'),
+    _method('ofd', 'OFD'),
+    _method('crd', 'CRD'),
+    _method('reviewkd', 'ReviewKD'),
+    _method('sdd', 'SDD'),
+    _method('logit_mse', 'LogitMSE'),
+)
 
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).
-LOSSES: Mapping[str, type[Term]] = {
-    term.name: term for term in (CrossEntropy, KD, ReverseKL, JSD, DKD, DIST, NKD, TTM, WTTM,
-                                 CTKD, FitNet, AT, SP, CC, RKD, PKT, NST, ICKD, FSP, VID, OFD, CRD,
-                                 ReviewKD, SDD)
-}
+LOSSES: Mapping[str, type[Term]] = {term.name: term for term in _TERMS}
 
 
 def make_term(name: str, **hyperparams: Any) -> Term:
@@ -40,10 +68,15 @@ def make_term(name: str, **hyperparams: Any) -> Term:
 
 
 def build_objective(spec: Mapping[str, Mapping[str, Any]], *,
-                    num_teachers: int | None = None) -> Objective:
+                    num_teachers: int | None = None,
+                    run: Mapping[str, Any] | None = None) -> Objective:
   """An objective from `{term name: {'loss': registry name (default: the term name),
   'weight': constant or schedule, **hyper-parameters}}`, e.g.
-  `{'ce': {'weight': 1.0}, 'dkd': {'weight': 1.0, 'temperature': 4.0}}`."""
+  `{'ce': {'weight': 1.0}, 'dkd': {'weight': 1.0, 'temperature': 4.0}}`.
+
+  `run` holds what a recipe knows of the run (e.g. `num_data`, the training split's size;
+  `label_smoothing`): a term takes each setting it lists in `from_run` from it when the spec
+  leaves that setting out (or gives None)."""
   terms = {}
   for name, settings in spec.items():
     settings = dict(settings)
@@ -51,5 +84,8 @@ def build_objective(spec: Mapping[str, Mapping[str, Any]], *,
     if 'weight' not in settings:
       raise ValueError(f'Term {name!r} has no weight; give e.g. {{"weight": 1.0}}.')
     weight = settings.pop('weight')
+    for setting in getattr(LOSSES.get(loss), 'from_run', ()):
+      if settings.get(setting) is None and setting in (run or {}):
+        settings[setting] = run[setting]
     terms[name] = (weight, make_term(loss, **settings))
   return Objective.of(num_teachers=num_teachers, **terms)

@@ -8,8 +8,13 @@ False`). An `Objective` weighs its terms (constants or optax schedules) and adds
 example; the step reduces once:
 
   objective = Objective.of(ce=(0.1, CrossEntropy()), kd=(0.9, KD(temperature=4.0)))
-  total_B, components, loss_state = objective.apply(student, teachers, batch, step=step)
+  total_B, components, loss_state = objective.apply(
+      Context(student, teachers, batch, step=step))
   loss = jnp.mean(total_B)
+
+A term reads everything through one `Context` (the outputs, the batch with its labels and
+dataset indices, the step, a key, its own parameters and state, the data axis), so a method
+that needs a new input adds a field to `Context`, not an argument to every term and step.
 
 A batch-level term's value is the same for every example of the batch, so the mean adds it
 once. Under `pmap`/`shard_map` such a term gathers its inputs over the data axis (`gather`)
@@ -26,9 +31,9 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses.classification import cross_entropy
-from jaxkd.losses.kd import _upcast, kd_loss, kd_loss_from_probs
-from jaxkd.losses.logit.standardize import standardize_logits
+from jaxkd.losses.numerics import standardize_logits, upcast
+from jaxkd.losses.pooling import pool_onto
+from jaxkd.losses.projectors import conv1x1, conv1x1_init
 
 PyTree = Any
 # A constant, or an optax-style schedule `step -> value` (evaluated inside the step).
@@ -47,6 +52,39 @@ class Outputs:
   features: dict = flax.struct.field(default_factory=dict)
   top1: jax.Array | None = None
   variables: dict | None = None
+
+
+@flax.struct.dataclass
+class Context:
+  """What a term reads at one call. The step builds one for the objective (`params` and
+  `state` then hold every term's, by term name); `Objective.apply` gives each term a copy
+  with its own `params`, `state` and `key`.
+
+  student: the student's `Outputs` (logits, tapped features, variables when tapped).
+  teachers: the teachers' `Outputs` (none for a supervised objective).
+  batch: the step's batch (`'image'`, `'label'`, `'index'` (dataset rows), ...).
+  step: the training step (a traced int32); `key`: a per-step PRNG key, or None.
+  axis_name: the data axis under `pmap`/`shard_map` (None under `jit`).
+  """
+
+  student: Outputs
+  teachers: Sequence[Outputs] = ()
+  batch: dict = flax.struct.field(default_factory=dict)
+  step: jax.typing.ArrayLike = 0
+  key: jax.Array | None = None
+  params: PyTree = flax.struct.field(default_factory=dict)
+  state: PyTree = flax.struct.field(default_factory=dict)
+  axis_name: str | None = flax.struct.field(pytree_node=False, default=None)
+
+  @property
+  def labels(self) -> jax.Array | None:
+    """The batch's integer labels `[B]`, if it has them."""
+    return self.batch.get('label')
+
+  @property
+  def indices(self) -> jax.Array | None:
+    """The examples' dataset indices `[B]` (`batch['index']`), if the batch has them."""
+    return self.batch.get('index')
 
 
 # --- hyper-parameters ----------------------------------------------------------------------------
@@ -116,15 +154,29 @@ def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
 class Term:
   """A part of an objective. Subclasses are frozen dataclasses of their hyper-parameters.
 
-  Class attributes (or properties) say what a term reads and owns:
+  Class attributes (or properties) say what a term is, reads and owns:
+    family, paper, url: its kind ('classic', 'logit', 'feature', 'relation', 'contrastive',
+      'multiscale'), its paper (short citation) and the paper's address.
     student_taps, teacher_taps: module paths whose outputs it reads ('' = logits only).
     per_example: False for a term that relates the examples of a batch (one value per batch).
     needs_teacher, needs_labels: which inputs it reads; needs_index: the examples' dataset
       indices (`batch['index']`, e.g. for a memory bank).
     owns_params, owns_state: whether `init` creates trainable parameters / state.
+    from_run: settings a recipe fills from the run when the spec leaves them out (e.g.
+      `num_data`, the training split's size; `label_smoothing`, the run's).
+    paper_weight, paper_ce_weight, paper_epochs: the paper's weight of the term and of the
+      cross-entropy beside it, and its settings counted in epochs (`{'warmup': 20.0}` for
+      `warmup_steps`); with the field defaults, what a named config is built from.
   """
 
   name = ''  # its key in `jaxkd.losses.LOSSES`
+  family = ''
+  paper = ''
+  url = ''
+  from_run: tuple[str, ...] = ()
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
+  paper_epochs: dict[str, float] = {}
   student_taps: tuple[str, ...] = ()
   teacher_taps: tuple[str, ...] = ()
   per_example = True
@@ -151,10 +203,8 @@ class Term:
     fields = {f.name: describe_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
     return {'loss': self.name, **fields}
 
-  def __call__(self, student: Outputs, teachers: Sequence[Outputs], batch: dict, *,
-               step: jax.Array, key: jax.Array | None, params: PyTree, state: PyTree,
-               axis_name: str | None) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
-    """`(value [B] or scalar, parts {prefix: [B]}, new_state)`."""
+  def __call__(self, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
+    """`(value [B] or scalar, parts {prefix: [B]}, new_state)` from the term's context."""
     raise NotImplementedError
 
 
@@ -176,6 +226,8 @@ class LogitTerm(Term):
   logit term has: `temperature` (constant or schedule), several teachers (`multi_teacher`
   'sum' of per-teacher losses or 'ensemble' of their softened distributions is the KD term's;
   the others sum with `teacher_weights`), and logit standardisation (Sun et al. 2024)."""
+
+  family = 'logit'
 
   def __post_init__(self):
     """Checks what every logit term has: a temperature > 0 (unless None: the term is never
@@ -200,7 +252,7 @@ class LogitTerm(Term):
     return {} if t is None else {'temperature': value_at(t, step)}
 
   def _prepare(self, logits: jax.Array) -> jax.Array:
-    logits = _upcast(logits)
+    logits = upcast(logits)
     return standardize_logits(logits) if getattr(self, 'standardize', False) else logits
 
   def temperature_value(self, step, params) -> jax.Array | None:
@@ -209,16 +261,16 @@ class LogitTerm(Term):
     t = self._temperature
     return None if t is None else value_at(t, step)
 
-  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
+  def __call__(self, ctx):
     """Each teacher's loss, combined with `teacher_weights`; a batch-level term (`per_example
     = False`) sees the global batch's logits."""
-    del key
-    temperature = self.temperature_value(step, params)
-    prepare = lambda logits: gather(self._prepare(logits), None if self.per_example else axis_name)
-    student_logits = prepare(student.logits)
-    per_teacher = [self.per_teacher(student_logits, prepare(teacher.logits), batch.get('label'),
-                                    temperature) for teacher in teachers]
-    return (*combine_teachers(getattr(self, 'teacher_weights', None), per_teacher), state)
+    temperature = self.temperature_value(ctx.step, ctx.params)
+    axis_name = None if self.per_example else ctx.axis_name
+    prepare = lambda logits: gather(self._prepare(logits), axis_name)  # noqa: E731
+    student_logits = prepare(ctx.student.logits)
+    per_teacher = [self.per_teacher(student_logits, prepare(teacher.logits), ctx.labels,
+                                    temperature) for teacher in ctx.teachers]
+    return (*combine_teachers(getattr(self, 'teacher_weights', None), per_teacher), ctx.state)
 
 
 def combine_teachers(weights: tuple[float, ...] | None,
@@ -235,89 +287,92 @@ def combine_teachers(weights: tuple[float, ...] | None,
   return value, ({f'teacher{i}': part for i, part in enumerate(per_teacher)} if count > 1 else {})
 
 
-def normalised_teacher_weights(teacher_weights, num_teachers) -> tuple[float, ...] | None:
-  """Validates per-teacher weights and returns them divided by their sum (None: equal)."""
-  if teacher_weights is None:
-    return None
-  try:
-    weights = tuple(float(w) for w in teacher_weights)
-  except (TypeError, ValueError):
-    raise ValueError(f'teacher_weights must be a sequence of numbers, got '
-                     f'{teacher_weights!r}.') from None
-  if not weights:
-    raise ValueError('teacher_weights is empty; pass one weight per teacher, or None for '
-                     'equal weights.')
-  if num_teachers is not None and len(weights) != num_teachers:
-    raise ValueError(f'teacher_weights has {len(weights)} entries but num_teachers is '
-                     f'{num_teachers}; pass one weight per teacher.')
-  if any(not math.isfinite(w) or w < 0 for w in weights):
-    raise ValueError(f'teacher_weights must be finite and non-negative, got {weights}.')
-  total = sum(weights)
-  if total == 0:
-    raise ValueError('teacher_weights are all 0; give at least one teacher a positive '
-                     'weight.')
-  return tuple(w / total for w in weights)
+# --- shared shapes of terms (each method subclasses one) -----------------------------------------
 
-
-# --- the two classic terms -----------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class CrossEntropy(Term):
-  """Hard-label cross-entropy with optional label smoothing (`jaxkd.losses.cross_entropy`)."""
-
-  label_smoothing: float = 0.0
-
-  name = 'ce'
-  needs_teacher = False
-  needs_labels = True
-
-  def __post_init__(self):
-    s = self.label_smoothing
-    if not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0.0 <= s <= 1.0:
-      raise ValueError(f'label_smoothing must be a float in [0, 1], got {s!r}.')
-
-  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
-    del teachers, step, key, params, axis_name
-    return cross_entropy(student.logits, batch['label'],
-                         label_smoothing=self.label_smoothing), {}, state
+def whole_steps(name: str, value) -> None:
+  """Rejects a setting counted in steps that is not an int >= 0."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError(f'{name} must be a whole number of steps >= 0, got {value!r}.')
 
 
 @dataclasses.dataclass(frozen=True)
-class KD(LogitTerm):
-  r"""Hinton et al.'s soft-target loss, ``T^2 KL(softmax(z_t/T) || softmax(z_s/T))``
-  (`jaxkd.losses.kd_loss`). With several teachers, 'sum' adds the per-teacher losses with
-  `teacher_weights` (normalised), 'ensemble' distils from the weighted average of their
-  softened distributions (Hinton et al. 2015, sec. 2). `temperature=None` is allowed only
-  for a term that is never computed (weight 0, the supervised shorthand)."""
+class RelationTerm(OneTap, Term):
+  """A batch-level term over one student tap and one teacher tap (flattened per example),
+  computed on the global batch under every parallel mode (the features are gathered over the
+  data axis)."""
 
-  temperature: Hyperparam | None = None
+  student_tap: str = 'pool2'
+  teacher_tap: str = 'pool2'
   teacher_weights: tuple[float, ...] | None = None
-  multi_teacher: str = 'sum'
-  standardize: bool = False
-  scale_by_temperature_squared: bool = True
 
-  name = 'kd'
+  family = 'relation'
+  per_example = False
+
+  def relation(self, student: jax.Array, teacher: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def __call__(self, ctx):
+    features = gather(ctx.student.features[self.student_tap].astype(jnp.float32), ctx.axis_name)
+    per_teacher = [self.relation(features, gather(
+        t.features[self.teacher_tap].astype(jnp.float32), ctx.axis_name)) for t in ctx.teachers]
+    return (*combine_teachers(self.teacher_weights, per_teacher), ctx.state)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedMaps(Term):
+  """Pairs `student_taps[i]` with `teacher_taps[i]`; NHWC maps; several teachers summed with
+  `teacher_weights`. Trainable projectors live in the term's parameters beside the student's,
+  never inside them."""
+
+  student_taps: tuple[str, ...] = ('pool1', 'pool2')
+  teacher_taps: tuple[str, ...] = ('pool1', 'pool2')
+  teacher_weights: tuple[float, ...] | None = None
+
+  family = 'feature'
 
   def __post_init__(self):
-    super().__post_init__()
-    pick('multi_teacher', self.multi_teacher, MULTI_TEACHER)
+    if len(self.student_taps) != len(self.teacher_taps) or not self.student_taps:
+      raise ValueError(f'{self.name} pairs student_taps with teacher_taps one to one, got '
+                       f'{list(self.student_taps)} and {list(self.teacher_taps)}.')
 
-  def per_teacher(self, student_logits, teacher_logits, labels, temperature):
-    del labels
-    return kd_loss(student_logits, teacher_logits, temperature=temperature,
-                   scale_by_temperature_squared=self.scale_by_temperature_squared)
+  def maps(self, outputs, taps) -> list[jax.Array]:
+    found = [outputs.features[tap].astype(jnp.float32) for tap in taps]
+    for tap, x in zip(taps, found):
+      if x.ndim != 4:
+        raise ValueError(f'{self.name} reads NHWC feature maps; the output at {tap!r} has shape '
+                         f'{x.shape}. Tap a convolutional stage.')
+    return found
 
-  def __call__(self, student, teachers, batch, *, step, key, params, state, axis_name):
-    zeros = jnp.zeros(student.logits.shape[:-1], jnp.float32)
-    if self.temperature is None:
-      return zeros, {}, state
-    if self.multi_teacher != 'ensemble' or len(teachers) < 2:
-      return super().__call__(student, teachers, batch, step=step, key=key, params=params,
-                              state=state, axis_name=axis_name)
-    temperature = value_at(self.temperature, step)
-    weights = self.teacher_weights or (1.0 / len(teachers),) * len(teachers)
-    probs = sum(w * jax.nn.softmax(self._prepare(t.logits) / temperature, axis=-1)
-                for w, t in zip(weights, teachers))
-    return kd_loss_from_probs(
-        self._prepare(student.logits), probs, temperature=temperature,
-        scale_by_temperature_squared=self.scale_by_temperature_squared), {}, state
+  def pair_loss(self, student: list, teacher: list, params, teacher_outputs, axis_name):
+    raise NotImplementedError
+
+  def __call__(self, ctx):
+    ours = self.maps(ctx.student, self.student_taps)
+    per_teacher = [self.pair_loss(ours, self.maps(t, self.teacher_taps), ctx.params, t,
+                                  ctx.axis_name) for t in ctx.teachers]
+    return (*combine_teachers(self.teacher_weights, per_teacher), ctx.state)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectedMaps(PairedMaps):
+  """A map term whose student maps go through a trainable 1x1 convolution onto the teacher's
+  channels (after pooling onto the teacher's size); one projector per tap pair."""
+
+  owns_params = True
+
+  def init(self, key, student, teachers):
+    if not teachers:
+      raise ValueError(f'{self.name} needs a teacher to size its projectors.')
+    params = {}
+    for i, (s_tap, t_tap) in enumerate(zip(self.student_taps, self.teacher_taps)):
+      c_in = student.features[s_tap].shape[-1]
+      c_out = teachers[0].features[t_tap].shape[-1]
+      params[f'pair{i}'] = self.init_pair(jax.random.fold_in(key, i), c_in, c_out)
+    return params, {}
+
+  def init_pair(self, key, c_in: int, c_out: int) -> dict:
+    return conv1x1_init(key, c_in, c_out)
+
+  def projected(self, student, teacher, params) -> list[jax.Array]:
+    return [conv1x1(pool_onto(s, t.shape, self.name, tap), params[f'pair{i}'])
+            for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps))]

@@ -24,9 +24,9 @@ def build_objective(config, *, num_teachers: int, steps_per_epoch: int,
   """The run's objective: `config.terms` by name when given (`{name: {'loss': ..., 'weight':
   ..., **hyper-parameters}}`, see `jaxkd.losses.LOSSES`; a setting `<x>_epochs` becomes
   `<x>_steps`), else the classic `config.kd` shorthand (hard + soft).
-  `config.label_smoothing` applies to every cross-entropy term that does not set its own;
-  `num_examples` (the training split's size) to every `crd` term that does not set
-  `num_data`."""
+  Terms take what they read from the run (`Term.from_run`) when the config leaves it out:
+  `config.label_smoothing` as `label_smoothing`, `num_examples` (the training split's size)
+  as `num_data`."""
   k = config.kd
   smoothing = setting(config, 'label_smoothing')
   terms = (config.get('terms') or {})
@@ -34,15 +34,12 @@ def build_objective(config, *, num_teachers: int, steps_per_epoch: int,
     spec = {}
     for name, settings in terms.items():
       settings = settings.to_dict() if hasattr(settings, 'to_dict') else dict(settings)
-      if settings.get('loss', name) == 'ce':
-        settings.setdefault('label_smoothing', smoothing)
-      if settings.get('loss', name) == 'crd' and not settings.get('num_data'):
-        settings['num_data'] = num_examples
       for key in [k for k in settings if k.endswith('_epochs')]:
         settings[key.removesuffix('_epochs') + '_steps'] = round(
             settings.pop(key) * steps_per_epoch)
       spec[name] = settings
-    return losses.build_objective(spec, num_teachers=num_teachers)
+    return losses.build_objective(spec, num_teachers=num_teachers, run={
+        'label_smoothing': smoothing, 'num_data': num_examples})
   return losses.make_objective(
       hard_weight=k.hard_weight, soft_weight=k.soft_weight, temperature=k.temperature,
       teacher_weights=tuple(k.teacher_weights) or None, multi_teacher=k.multi_teacher,

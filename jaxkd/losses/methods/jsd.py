@@ -1,0 +1,99 @@
+"""The generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2024)."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxkd.losses.numerics import check_static_open_unit, log_probs, temperature_scale
+from jaxkd.losses.terms import Hyperparam, LogitTerm
+
+
+def jsd_loss(
+    student_logits: jax.typing.ArrayLike,
+    teacher_logits: jax.typing.ArrayLike,
+    *,
+    temperature: jax.typing.ArrayLike,
+    mixing_weight: jax.typing.ArrayLike,
+    scale_by_temperature_squared: bool = True,
+) -> jax.Array:
+  r"""Generalised Jensen-Shannon divergence between teacher and student, per example.
+
+  .. math::
+    \ell = T^2 \left[ w\, \mathrm{KL}(p^t \,\|\, m) + (1 - w)\, \mathrm{KL}(p^s \,\|\, m)
+    \right],\quad m = w\, p^t + (1 - w)\, p^s,\quad p = \mathrm{softmax}(z / T)
+
+  ``w`` (``mixing_weight``) is the teacher's weight in the mixture. ``loss / w`` tends to
+  the forward KL ``kd_loss`` as ``w -> 0`` and ``loss / (1 - w)`` to ``reverse_kl_loss``
+  as ``w -> 1``; ``w = 0.5`` is the symmetric Jensen-Shannon divergence, bounded by
+  ``T**2 * log 2``. The loss itself goes to 0 at both ends, so a ``w`` close to 0 or 1
+  wants a larger term weight. The log-ratios ``log(m / p)`` are formed directly (a
+  ``logaddexp`` of the log-ratio of the two distributions), which keeps the second-order
+  term accurate for ``w`` near 0 or 1; classes where a distribution is exactly 0
+  contribute 0 to its KL, with finite gradients.
+
+  Args:
+    student_logits: ``[..., C]`` student logits (any float dtype; computed in >= float32).
+    teacher_logits: ``[..., C]`` teacher logits, same shape. Gradients flow into it too;
+      wrap it in ``jax.lax.stop_gradient`` if the teacher must not be trained.
+    temperature: softmax temperature ``T > 0`` for both (Python float or scalar array).
+    mixing_weight: ``w`` in the open interval ``(0, 1)``, the teacher's share of the
+      mixture ``m`` (``beta`` in the paper and in TRL's ``GKDTrainer``); a Python float
+      or a scalar array.
+    scale_by_temperature_squared: multiply by ``T**2`` (default), as in ``kd_loss``; the
+      GKD paper and TRL use ``T = 1`` and no such factor.
+
+  Returns:
+    ``[...]`` float32 (float64 for float64 inputs) loss per example.
+
+  References:
+    Agarwal et al., `On-Policy Distillation of Language Models: Learning from
+    Self-Generated Mistakes <https://arxiv.org/abs/2306.13649>`_, ICLR 2024, eq. (1).
+  """
+  check_static_open_unit(mixing_weight, 'mixing_weight')
+  log_p_s, log_p_t, t = log_probs(student_logits, teacher_logits, temperature)
+  w = jnp.asarray(mixing_weight, log_p_s.dtype)
+  log_w, log_1mw = jnp.log(w), jnp.log1p(-w)
+  p_s, p_t = jnp.exp(log_p_s), jnp.exp(log_p_t)
+  on_s, on_t = p_s > 0, p_t > 0
+  # log(p_t / p_s) where both are positive; elsewhere the `where`s below pick the limit.
+  both = on_s & on_t
+  log_t_over_s = jnp.where(both, jnp.where(both, log_p_t, 0.0) - jnp.where(both, log_p_s, 0.0),
+                           0.0)
+  # log(m / p_s) = log(w p_t / p_s + 1 - w) and log(m / p_t) = log(w + (1 - w) p_s / p_t),
+  # each tending to 0 at its own end: no cancellation between two O(1) logarithms.
+  log_m_over_s = jnp.where(on_t, jnp.logaddexp(log_w + log_t_over_s, log_1mw), log_1mw)
+  log_m_over_t = jnp.where(on_s, jnp.logaddexp(log_w, log_1mw - log_t_over_s), log_w)
+  kl_t = -jnp.sum(jnp.where(on_t, p_t * log_m_over_t, 0.0), axis=-1)
+  kl_s = -jnp.sum(jnp.where(on_s, p_s * log_m_over_s, 0.0), axis=-1)
+  return temperature_scale(t, scale_by_temperature_squared) * (w * kl_t + (1 - w) * kl_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class JSD(LogitTerm):
+  """Generalised Jensen-Shannon divergence (Agarwal et al. 2024, `jsd_loss`): the teacher
+  has weight `mixing_weight` in the mixture; near 0 it is `kd` times that weight, near 1
+  `reverse_kl` times one minus it."""
+
+  temperature: Hyperparam = 1.0
+  mixing_weight: float = 0.5
+  teacher_weights: tuple[float, ...] | None = None
+  standardize: bool = False
+
+  name = 'jsd'
+  family = 'logit'
+  paper = 'Agarwal et al. 2024, On-Policy Distillation of Language Models'
+  url = 'https://arxiv.org/abs/2306.13649'
+  # GKD: mixing 0.5, T = 1 as in their experiments; the kd recipe's weights.
+  paper_weight = 0.9
+  paper_ce_weight = 0.1
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not 0.0 < self.mixing_weight < 1.0:
+      raise ValueError(f'mixing_weight must be in (0, 1), got {self.mixing_weight!r}.')
+
+  def per_teacher(self, student_logits, teacher_logits, labels, temperature):
+    return jsd_loss(student_logits, teacher_logits, temperature=temperature,
+                    mixing_weight=self.mixing_weight)
