@@ -175,9 +175,11 @@ def test_sdd_classifies_multiscale_cells_with_each_models_head():
   s_vars = init_variables(student, key=jax.random.key(4), input_shape=shape)
   images = jax.random.normal(jax.random.key(5), shape)
   labels = jnp.array([0, 1, 2, 3])
+  # One compiled program for both (same architecture), not op-by-op dispatch: cheaper.
+  tapped = jax.jit(lambda variables, x: features(student, variables, x, ['stage3']))
   outs = []
-  for model, variables in ((student, s_vars), (teacher, t_vars)):
-    logits, feats = features(model, variables, images, ['stage3'])
+  for variables in (s_vars, t_vars):
+    logits, feats = tapped(variables, images)
     outs.append(losses.Outputs(logits, feats, variables=variables))
   term = losses.make_term('sdd', temperature=4.0)
   value, _, _ = term(outs[0], [outs[1]], {'label': labels}, step=0, key=None, params={},
