@@ -5,8 +5,8 @@ VPY := $(VENV)/bin/python
 FMNIST_DIR ?= $(or $(JAXKD_FASHION_MNIST_DIR),/usr/share/datasets/fashion-mnist)
 PYTEST_ARGS ?=
 # XLA:CPU's step buffers on transparent huge pages: a step's temporaries are mapped afresh
-# each run, and fault in per 2 MiB page instead of per 4 KiB (ResNet-20 step 1.91 -> 1.68 s,
-# 2 cores; jaxkd/hostmem.py). glibc reads it when a process starts; others ignore it.
+# each run, and fault in per 2 MiB page instead of per 4 KiB (docs/performance.md). glibc
+# reads it when a process starts; other allocators ignore it.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: demo test docs install install-test install-docs data bench clean
@@ -76,14 +76,23 @@ docs: install-docs
 	$(VPY) docs/gen_methods.py
 	$(VPY) -m mkdocs build --strict
 
-# tcmalloc where the system has it (Debian: libtcmalloc-minimal4): it reuses freed blocks,
-# so XLA's step temporaries stop faulting in afresh, for PyTorch's peer too (ResNet-20 step
-# beside PyTorch's 1454 -> 670 ms; jaxkd/hostmem.py). The results record it (`malloc`).
-TCMALLOC ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4))
+# tcmalloc (Debian: libtcmalloc-minimal4) reuses freed blocks, so XLA's step temporaries stop
+# faulting in afresh, for PyTorch's peer too: the ResNet rows reach PyTorch's speed only with
+# it (docs/performance.md). Installed when we are root on Debian and it is missing, then
+# preloaded; `make bench TCMALLOC=` runs on the C library's malloc instead. The results
+# record which allocator ran (`malloc`).
+TCMALLOC_GLOB := /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
 
 bench: install
+	@if ! ls $(TCMALLOC_GLOB) >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian package libtcmalloc-minimal4"; \
+	  apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null && apt-get install -y -q libtcmalloc-minimal4 >/dev/null; }; \
+	fi
 	$(VPY) -m pip install -q -e '.[bench]'
-	LD_PRELOAD=$(TCMALLOC) $(VPY) benchmarks/throughput.py --quick
+	LD_PRELOAD=$${TCMALLOC-$$(ls $(TCMALLOC_GLOB) 2>/dev/null | head -n 1)} \
+	  $(VPY) benchmarks/throughput.py --quick
 
 clean:
 	rm -rf $(VENV) workdirs site

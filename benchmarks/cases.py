@@ -259,25 +259,20 @@ def make_data(pair: Pair, batch_size: int, seed: int) -> dict:
 
 BASELINE = 'jaxkd-xla-layers'
 KERNELS_BASELINE = 'jaxkd-ynnpack'
-# Before/after baselines: the `jaxkd.models.layers` settings each is built with, the ratio
-# key on the jaxkd row and the README table's two columns.
+# Before/after baselines: the `jaxkd.ops` settings each is built with (`ops.configured`), the
+# ratio key on the jaxkd row and the README table's two columns.
 BASELINES = {
-    BASELINE: ({'CONV_IMPL': 'xla', 'POOL_IMPL': 'xla'}, 'vs_xla_layers',
+    BASELINE: ({'conv': 'xla', 'pool': 'xla'}, 'vs_xla_layers',
                'XLA layers ex/s', 'fastconv speed-up'),
-    KERNELS_BASELINE: ({'CPU_CONV_KERNELS': 'ynnpack'}, 'vs_ynnpack',
+    KERNELS_BASELINE: ({'cpu_conv_kernels': 'ynnpack'}, 'vs_ynnpack',
                        'YNNPACK kernels ex/s', 'own-kernel speed-up'),
 }
 
 
 def with_baseline(framework: str, build: Callable):
-  """Builds (and so traces and compiles) a case with `BASELINES[framework]`'s settings."""
-  from jaxkd.models import layers
-  settings = BASELINES[framework][0]
-  saved = {name: getattr(layers, name) for name in settings}
-  for name, value in settings.items():
-    setattr(layers, name, value)
-  try:
+  """Builds (and so traces and compiles) a case with `BASELINES[framework]`'s settings: its
+  steps keep them (`jaxkd.ops.use`; a step compiled by `Parallel` traces with the operations
+  current when it was built)."""
+  from jaxkd import ops
+  with ops.use(ops.configured(**BASELINES[framework][0])):
     return build()
-  finally:
-    for name, value in saved.items():
-      setattr(layers, name, value)

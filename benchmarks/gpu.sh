@@ -10,7 +10,7 @@
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), JAXKD_BENCH_OUT (the output
 # folder, default benchmarks/results). Adds the PyTorch peer when torch sees a CUDA device.
-# On a GPU, layers.CONV_IMPL/POOL_IMPL 'auto' pick XLA's native convolution and pooling.
+# On a GPU, JAXKD_CONV_IMPL/JAXKD_POOL_IMPL 'auto' pick XLA's native convolution and pooling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

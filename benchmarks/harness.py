@@ -19,7 +19,7 @@ from cases import (BASELINE, BASELINES, KERNELS_BASELINE, METHOD_MODES, MODES, P
                    make_data, make_jax_case, make_torch_case, with_baseline)
 from report import check_targets
 
-from jaxkd import hostmem
+from jaxkd.accel import hostmem
 
 # The entry point the scaling runs start afresh.
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'throughput.py')
@@ -271,7 +271,7 @@ def run(args, *, command: str) -> dict:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   import jax.numpy as jnp
-  from jaxkd.models import layers
+  from jaxkd import ops
   from jaxkd.parallel import Parallel
 
   # Several processes: the mesh spans every process's devices (`--devices` is per process).
@@ -315,10 +315,10 @@ def run(args, *, command: str) -> dict:
       'python': platform.python_version(),
       'dtype': args.dtype,
       'peak_flops_per_s': peak,
-      'conv_impl': layers.conv_impl(),
-      'pool_impl': layers.pool_impl(),
+      'conv_impl': ops.default().conv_impl,
+      'pool_impl': ops.default().pool_impl,
       'load_average_before': load_before,
-      'huge_pages': hostmem.huge_pages(),  # malloc's large blocks (jaxkd.hostmem)
+      'huge_pages': hostmem.huge_pages(),  # malloc's large blocks (jaxkd.accel.hostmem)
       'malloc': hostmem.malloc(),  # glibc, or a preloaded tcmalloc/jemalloc
       'rows': rows,
       'targets': checks,

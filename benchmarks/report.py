@@ -175,7 +175,7 @@ def summary_line(result: dict) -> str:
 
 
 def _memory(result: dict) -> str:
-  """', malloc tcmalloc' / ', huge pages on', where the run recorded them (jaxkd.hostmem)."""
+  """', malloc tcmalloc' / ', huge pages on', where the run recorded them (jaxkd.accel.hostmem)."""
   if result.get('malloc', 'glibc') != 'glibc':
     return f", malloc {result['malloc']}"
   return f", huge pages {result['huge_pages'].split(' (')[0]}" if 'huge_pages' in result else ''

@@ -62,11 +62,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--baseline-layers', action='store_true',
                       help="also time jaxkd with XLA's native convolution and pooling "
                            "(framework 'jaxkd-xla-layers'), interleaved: before/after of "
-                           'jaxkd.models.fastconv')
+                           'jaxkd.accel')
   parser.add_argument('--baseline-kernels', action='store_true',
                       help="also time jaxkd compiled for XLA:CPU's default YNNPACK "
                            "convolution kernels (framework 'jaxkd-ynnpack'), interleaved: "
-                           "before/after of XLA's own kernels (layers.jit)")
+                           "before/after of XLA's own kernels (jaxkd.accel.compile)")
   parser.add_argument('--json', default=None,
                       help="write the results here; 'auto': benchmarks/results/cpu-<cpu>.json "
                            '(processes-<cpu>.json with --processes, cpu-bfloat16-<cpu>.json '

@@ -204,8 +204,8 @@ def compute(
     raise ValueError('A top-k cache needs the training temperature (> 0): its rest mass '
                      'depends on it. Pass temperature=T.')
   from jaxkd import distributed
-  from jaxkd.models import layers
-  run = layers.jit(apply_fn)
+  from jaxkd import ops
+  run = ops.current().jit(apply_fn)  # on CPU by default with XLA's own convolution kernels
   # With several processes each runs the teacher on its block of rows, and all gather them.
   block = distributed.process_block(len(images))
   mine = images[block]

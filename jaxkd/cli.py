@@ -92,8 +92,8 @@ def main(recipe: str, script: str) -> None:
   def run(argv):
     del argv
     from jaxkd import distributed
-    from jaxkd.models import layers
-    exit_on_user_error(layers.check_settings)  # JAXKD_CONV_IMPL & co., before anything runs
+    from jaxkd import ops
+    exit_on_user_error(ops.check_settings)  # JAXKD_CONV_IMPL & co., before anything runs
     settings = exit_on_user_error(_loaded, config)
     exit_on_user_error(distributed.initialize, coordinator.value, num_processes.value,
                        process_id.value, settings={'recipe': recipe, 'config': settings.to_dict()})

@@ -19,7 +19,7 @@ alone. The exported function:
   the run-time kernels that evaluate a checkpoint.
 
 So a float32 artifact gives bit-for-bit the checkpoint's logits on the CPU (the same
-convolution formulation, `jaxkd.models.layers.conv_impl()`, is traced in; it is recorded).
+convolution formulation, `jaxkd.ops.current().conv_impl`, is traced in; it is recorded).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkd
-from jaxkd import models, paths, quantize
-from jaxkd.models import DTYPES, layers
+from jaxkd import models, ops, paths, quantize
+from jaxkd.models import DTYPES
 from jaxkd.serving import ARTIFACT, DESCRIPTION, Artifact, load
 
 PyTree = Any
@@ -210,7 +210,7 @@ def describe(meta: dict, *, source: str, variables: PyTree, exported: jax.export
                  'task': meta.get('task'), 'variables_sha256': meta.get('variables_sha256'),
                  'params_sha256': meta.get('params_sha256')},
       'platforms': list(exported.platforms),
-      'conv_impl': layers.conv_impl(),
+      'conv_impl': ops.current().conv_impl,
       'calling_convention_version': exported.calling_convention_version,
       'jax_version': jax.__version__,
       'jaxkd_version': jaxkd.__version__,

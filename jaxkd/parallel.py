@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from jaxkd import ops
+
 MODES = ('jit', 'pmap', 'shard_map')
 
 
@@ -88,24 +90,26 @@ class Parallel:
     """Compiles `fn(first, batch, *step_args, axis_name=...)` once for this mode.
 
     Returns a callable `(first, batch, *step_args) -> outputs`; every output is replicated
-    (under pmap: stacked over devices, see `unreplicate`).
+    (under pmap: stacked over devices, see `unreplicate`). It computes with the operations
+    current now (`jaxkd.ops.current()`) and compiles with their compile function (on CPU
+    by default `jaxkd.accel`'s, with XLA's own convolution kernels).
     """
-    from jaxkd.models import layers  # `jax.jit`, on CPU with XLA's own convolution kernels
+    impl = ops.current()
     donate_argnums = (0,) if donate else ()
     if self.mode == 'jit':
       replicated = self._sharding(P())
-      return layers.jit(functools.partial(fn, axis_name=None), donate_argnums=donate_argnums,
-                        out_shardings=replicated)
+      return impl.jit(functools.partial(fn, axis_name=None), donate_argnums=donate_argnums,
+                      out_shardings=replicated)
     per_device = functools.partial(fn, axis_name=self.axis)
     if self.mode == 'pmap':  # (`jax.pmap` takes no compiler options: YNNPACK's kernels)
-      return jax.pmap(per_device, axis_name=self.axis, devices=list(self.mesh.devices.flat),
-                      donate_argnums=donate_argnums)
+      return jax.pmap(impl.bind(per_device, compiler_options=False), axis_name=self.axis,
+                      devices=list(self.mesh.devices.flat), donate_argnums=donate_argnums)
     in_specs = (P(), P(self.axis)) + (P(),) * num_step_args
     # check_vma=False gives pmap's semantics: gradients of replicated parameters stay
     # per-device until the step's own pmean (with it, autodiff would psum them already).
     mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=P(),
                            check_vma=False)
-    return layers.jit(mapped, donate_argnums=donate_argnums)
+    return impl.jit(mapped, donate_argnums=donate_argnums)
 
   # --- placing data ----------------------------------------------------------------------
 

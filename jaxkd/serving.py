@@ -12,8 +12,10 @@ NHWC), to float32 logits `[batch, num_classes]`; the dataset's normalisation
 `(x / 255 - mean) / std` happens inside it. The batch dimension is symbolic: any batch size
 works (each new size compiles once).
 
-This module imports nothing from jaxkd, so a deployment can copy it alone, or do the same in
-three lines:
+This module imports nothing from jaxkd but the CPU compile function, `accel/compile.py`
+(JAX alone), which it loads from beside itself when it runs outside the package: a
+deployment copies the two files (keeping `accel/compile.py` next to `serving.py`), or does
+the same in three lines (without the CPU compiler options):
 
     exported = jax.export.deserialize(open('DIR/model.jaxexport', 'rb').read())
     description = json.load(open('DIR/model.json'))
@@ -21,7 +23,7 @@ three lines:
 """
 from __future__ import annotations
 
-import functools
+import importlib.util
 import json
 import os
 from typing import Any
@@ -31,29 +33,23 @@ import numpy as np
 
 ARTIFACT = 'model.jaxexport'
 DESCRIPTION = 'model.json'
-# On CPU: XLA's own convolution kernels instead of the YNNPACK library's it picks by default
-# (an exported ResNet-20, batch 256: 268 -> 206 ms, AMD EPYC, 2 cores, one-off timing). The
-# option is `jaxkd.models.fastconv.COMPILER_OPTIONS`, written out because this module
-# imports nothing from jaxkd (a test keeps the two equal).
-CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-                        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
 
-@functools.cache
-def _cpu_options_supported() -> bool:
-  """Whether this jaxlib's CPU compiler accepts `CPU_COMPILER_OPTIONS` (checked once)."""
-  try:
-    jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=CPU_COMPILER_OPTIONS)
-  except Exception:  # noqa: BLE001 - a jaxlib without the option: its defaults
-    return False
-  return True
+def _load_compile():
+  """`jaxkd.accel.compile` (the CPU compile function, JAX alone): imported from the package,
+  or, where this file runs alone, loaded from `accel/compile.py` beside it."""
+  if __package__:
+    from jaxkd.accel import compile as compile_module
+    return compile_module
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'accel', 'compile.py')
+  spec = importlib.util.spec_from_file_location('_jaxkd_accel_compile', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
-def _jit(fn):
-  """`jax.jit(fn)`, on CPU with `CPU_COMPILER_OPTIONS` where this jaxlib accepts them."""
-  if jax.default_backend() == 'cpu' and _cpu_options_supported():
-    return jax.jit(fn, compiler_options=CPU_COMPILER_OPTIONS)
-  return jax.jit(fn)
+# On CPU, `jit` compiles with XLA's own convolution kernels where this jaxlib allows.
+_compile = _load_compile()
 
 
 class Artifact:
@@ -71,7 +67,7 @@ class Artifact:
     self.description = description
     self.input_shape = tuple(description['input_shape'])
     self._where = where
-    self._call = _jit(exported.call)
+    self._call = _compile.jit(exported.call)
 
   def __call__(self, images) -> jax.Array:
     """Logits float32 `[batch, num_classes]` for uint8 images `[batch, *input_shape]`.

@@ -24,9 +24,6 @@ if _OWN_CACHE:  # removed at exit by the process that made it, after its workers
 CACHE = os.environ["JAXKD_TEST_COMPILATION_CACHE"]
 
 import jax  # noqa: E402
-import pytest  # noqa: E402
-
-from jaxkd.models import layers  # noqa: E402
 
 # Must happen before JAX's backend starts; every test module sees 8 CPU devices.
 jax.config.update("jax_num_cpu_devices", 8)
@@ -34,27 +31,6 @@ if CACHE != "off":
   jax.config.update("jax_compilation_cache_dir", CACHE)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-# In-process tests trace XLA's native convolution unless JAXKD_CONV_IMPL says otherwise: the
-# CPU formulations (`jaxkd.models.fastconv`, the library's default on CPU) trace into many
-# more operations, and what most tests check (losses, terms, recipes, schemes) does not
-# depend on them. 11 such test files on 2 workers, twice each: 115 s and 97 s -> 89 s and
-# 81 s (AMD EPYC). The CPU path stays covered: tests/test_layers.py compares it with XLA's
-# values and gradients, the modules that use `cpu_convolutions` (parallel modes, export) run
-# it, and so do the experiment scripts the tests start (resume, CLI, CIFAR-100 table, README).
-_CONV_DEFAULT = layers.CONV_IMPL
-if 'JAXKD_CONV_IMPL' not in os.environ:
-  layers.CONV_IMPL = 'xla'
-
-
-@pytest.fixture(scope='module')
-def cpu_convolutions():
-  """The library's default convolution (`auto`: fastconv on CPU) for a whole module:
-  `pytestmark = pytest.mark.usefixtures('cpu_convolutions')`."""
-  saved, layers.CONV_IMPL = layers.CONV_IMPL, _CONV_DEFAULT
-  yield
-  layers.CONV_IMPL = saved
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -165,7 +165,7 @@ def test_summary_line_names_the_isa_and_torch_build_where_recorded(monkeypatch):
   assert ', torch 2.13.0 (CPU build, cpu capability AVX512), ' in line
   new['torch_build'] = dict(new['torch_build'], cuda='12.8', cpu_capability=None)
   assert ', torch 2.13.0 (CUDA 12.8 build), ' in report.summary_line(new)
-  # the allocator (jaxkd.hostmem): a preloaded one by name, glibc by its huge pages
+  # the allocator (jaxkd.accel.hostmem): a preloaded one by name, glibc by its huge pages
   assert ', malloc tcmalloc, load average ' in report.summary_line(dict(new, malloc='tcmalloc'))
   glibc = dict(new, malloc='glibc', huge_pages='off (GLIBC_TUNABLES lacks x)')
   assert ', huge pages off, load average ' in report.summary_line(glibc)

@@ -13,15 +13,13 @@ import numpy as np
 import pytest
 
 from fakedata import make_fashion_mnist
-from jaxkd import checkpoint, cli, export, models, quantize, serving
+from jaxkd import checkpoint, cli, export, models, ops, quantize, serving
 from jaxkd.tables import compare
-from jaxkd.models import layers
 from jaxkd.paths import path_str
 from jaxkd.recipes.components import Task
 from test_models import MNIST, PARAM_COUNTS
 
 # Artifacts trace the library's default (CPU) convolutions, as a user's export does.
-pytestmark = pytest.mark.usefixtures('cpu_convolutions')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (28, 28, 1)
@@ -103,10 +101,9 @@ def test_every_zoo_model_round_trips_in_a_fresh_process_without_jaxkd(tmp_path, 
   # References op by op, with XLA's convolutions and pooling: independent of the CPU
   # formulations traced into the artifacts (so close, not equal; bit-for-bit equality with
   # the compiled checkpoint is the next test's).
-  monkeypatch.setattr(layers, 'CONV_IMPL', 'xla')
-  monkeypatch.setattr(layers, 'POOL_IMPL', 'xla')
-  expected = {name: np.asarray(model.apply(variables, TASK.normalize(images), train=False))
-              for name, (model, variables) in zoo.items()}
+  with ops.use(ops.XLA):
+    expected = {name: np.asarray(model.apply(variables, TASK.normalize(images), train=False))
+                for name, (model, variables) in zoo.items()}
   stdout, stderr = fresh.communicate(timeout=600)
   assert fresh.returncode == 0, stderr[-3000:]
   assert stdout.strip() == '[]'  # no jaxkd module, no flax
@@ -119,7 +116,7 @@ def test_every_zoo_model_round_trips_in_a_fresh_process_without_jaxkd(tmp_path, 
 
 @pytest.mark.parametrize('name', ['lenet5_half', 'resnet8'])
 def test_float32_artifact_gives_the_checkpoints_logits_bit_for_bit(tmp_path, name):
-  # lenet5_half: fastconv's fused elementwise convolutions; resnet8: BatchNorm, XLA's
+  # lenet5_half: jaxkd.accel's fused elementwise convolutions; resnet8: BatchNorm, XLA's
   # convolutions and a fused stem.
   _, variables = _trained_like(name, seed=1)
   workdir = _finished_run(tmp_path / 'run', name, variables)
@@ -336,14 +333,14 @@ def test_export_cli(tmp_path, capsys):
 
 
 def test_serving_compiles_with_the_libraries_cpu_options():
-  # serving.py imports nothing from jaxkd, so it writes the option out: the two stay equal.
-  from jaxkd.models import fastconv
-  assert serving.CPU_COMPILER_OPTIONS == fastconv.COMPILER_OPTIONS
+  # One compile function: serving.py uses jaxkd.accel.compile (loaded beside it when alone).
+  from jaxkd.accel import compile as accel_compile
+  assert serving._compile is accel_compile
   x = np.zeros((2, 8, 8, 32), np.float32)
   kernel = np.ones((3, 3, 32, 32), np.float32)
   conv = lambda x: jax.lax.conv_general_dilated(  # noqa: E731 - YNNPACK's by default
       x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  assert 'ynn' not in serving._jit(conv).lower(x).compile().as_text().lower()
+  assert 'ynn' not in serving._compile.jit(conv).lower(x).compile().as_text().lower()
 
 
 @pytest.mark.parametrize('kwargs,words', [

@@ -10,11 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxkd import losses, models
+from jaxkd import losses, models, ops
 from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.losses import projectors
 from jaxkd.losses import ofd_margin
-from jaxkd.models import layers
 from jaxkd.parallel import Parallel
 from jaxkd.state import DistillState, init_variables
 
@@ -85,14 +84,14 @@ def test_every_new_term_trains_the_lenet_pair(all_new_terms):
   assert 'ickd' not in str(jax.tree_util.tree_structure(state.params))
 
 
-def test_terms_on_the_cpu_formulations_match_xla(teacher_vars, all_new_terms, monkeypatch):
-  """The same two steps traced on the CPU formulations (`layers.CONV_IMPL = 'fast'`: the
-  models' convolutions, `fastconv.pointwise` connectors, buffers cut by `computed_once`)
-  give the losses and parameters of XLA's (the session's `'xla'`)."""
-  monkeypatch.setattr(layers, 'CONV_IMPL', 'fast')
-  fast, fast_history = _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1),
+def test_terms_on_the_cpu_formulations_match_xla(teacher_vars, all_new_terms):
+  """The same two steps traced on XLA's own operations (`ops.XLA`) give the losses and
+  parameters of the CPU formulations (the default on CPU: the models' convolutions,
+  `jaxkd.accel` connectors, buffers cut by `computed_once`)."""
+  with ops.use(ops.XLA):
+    xla, xla_history = _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1),
                             _batches(2))
-  xla, xla_history = all_new_terms
+  fast, fast_history = all_new_terms
   for a, b in zip(fast_history, xla_history):
     for name in NEW:
       np.testing.assert_allclose(a[f'{name}_loss'], b[f'{name}_loss'], rtol=2e-4, atol=1e-7)
@@ -176,9 +175,11 @@ def test_sdd_classifies_multiscale_cells_with_each_models_head():
   s_vars = init_variables(student, key=jax.random.key(4), input_shape=shape)
   images = jax.random.normal(jax.random.key(5), shape)
   labels = jnp.array([0, 1, 2, 3])
+  # One compiled program for both (same architecture), not op-by-op dispatch: cheaper.
+  tapped = jax.jit(lambda variables, x: features(student, variables, x, ['stage3']))
   outs = []
-  for model, variables in ((student, s_vars), (teacher, t_vars)):
-    logits, feats = features(model, variables, images, ['stage3'])
+  for variables in (s_vars, t_vars):
+    logits, feats = tapped(variables, images)
     outs.append(losses.Outputs(logits, feats, variables=variables))
   term = losses.make_term('sdd', temperature=4.0)
   value, _, _ = term(losses.Context(outs[0], [outs[1]], {'label': labels}))

@@ -1,4 +1,4 @@
-"""jaxkd.hostmem: XLA's step buffers on transparent huge pages (fewer faults, same values)."""
+"""jaxkd.accel.hostmem: XLA's step buffers on transparent huge pages (fewer faults, same values)."""
 import os
 import platform
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxkd import hostmem
+from jaxkd.accel import hostmem
 
 # A jitted program whose temporaries (~65 MB) glibc maps afresh every run; prints the minor
 # page faults per run and a checksum of its output.

@@ -4,16 +4,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxkd import losses, models
+from jaxkd import losses, models, ops
 from jaxkd.augment import Augment
 from jaxkd.distill import make_distill_step
-from jaxkd.models import layers
 from jaxkd.parallel import Parallel
 from jaxkd.state import create_train_state, init_variables
 from jaxkd.steps import make_eval_step, make_train_step
-
-# The CPU convolutions under each parallel mode and mesh.
-pytestmark = pytest.mark.usefixtures('cpu_convolutions')
 
 SHAPE = (1, 28, 28, 1)
 AUGMENT = Augment(crop_padding=2, flip=True)
@@ -80,15 +76,15 @@ def test_supervised_step_same_on_8_devices(supervised_setup, mode):
                got_params, ref_params)
 
 
-def test_batchnorm_model_same_on_8_devices_under_jit(monkeypatch):
+def test_batchnorm_model_same_on_8_devices_under_jit():
   # Under jit XLA computes BatchNorm statistics over the global batch, as on one device.
-  # XLA's convolutions (LeNet's tests above run the CPU ones on 8 devices): 8.0 s -> 5.2 s.
-  monkeypatch.setattr(layers, 'CONV_IMPL', 'xla')
+  # XLA's convolutions (LeNet's tests above run the CPU ones on 8 devices): faster to compile.
   model = models.build('resnet8', num_classes=10, widths=(4, 4, 8, 8))  # narrow: fast
   tx = optax.sgd(0.1, momentum=0.9)
   make = lambda p: make_train_step(model=model, tx=tx, parallel=p)
-  ref_losses, ref_params = _run(Parallel('jit', num_devices=1), make, model, tx, steps=2)
-  got_losses, got_params = _run(Parallel('jit'), make, model, tx, steps=2)
+  with ops.use(ops.XLA):
+    ref_losses, ref_params = _run(Parallel('jit', num_devices=1), make, model, tx, steps=2)
+    got_losses, got_params = _run(Parallel('jit'), make, model, tx, steps=2)
   np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
                got_params, ref_params)

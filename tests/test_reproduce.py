@@ -15,10 +15,6 @@ def _run_tiny(tmp_path, script: str, name: str):
   """Runs experiments/`script` in its tiny profile on generated data; returns the results
   JSON `name`_tiny.json."""
   env = fashion_mnist_env(tmp_path, n_train=320, n_test=64)
-  # The tables' machinery on XLA's convolutions, which compile faster (Fashion-MNIST tiny
-  # profile 27 s -> 22 s); the CIFAR-100 run below, test_resume.py, test_experiments.py and
-  # the README's snippets run the scripts on the library's default (CPU) convolutions.
-  env.setdefault('JAXKD_CONV_IMPL', 'xla')
   command = [sys.executable, os.path.join(ROOT, 'experiments', script), '--profile', 'tiny',
              '--root', str(tmp_path / 'runs'), '--results', str(tmp_path / 'results')]
   result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,

@@ -141,5 +141,5 @@ def test_script_refuses_an_unknown_layers_setting_first(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       "error: Unknown CPU convolution kernels 'eigen'; choose one of ['xla', 'ynnpack'] "
-      "(layers.CPU_CONV_KERNELS or JAXKD_CPU_CONV_KERNELS).")
+      "(JAXKD_CPU_CONV_KERNELS).")
   assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'run')

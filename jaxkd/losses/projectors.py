@@ -1,15 +1,15 @@
 """Trainable projectors that terms own (beside the student's parameters, never inside):
 1x1 convolutions and a BatchNorm on the global batch's statistics.
 
-On the CPU (`jaxkd.models.layers.conv_impl() == 'fast'`) they run the formulations XLA:CPU
-runs well (`fastconv.pointwise`, buffers cut by `computed_once`); elsewhere XLA's own ops.
-Same values either way (float32 round-off; tests/test_feature_terms.py)."""
+They compute through the ops seam (`jaxkd.ops.current()`): on CPU by default the
+formulations XLA:CPU runs well (`jaxkd.accel`), elsewhere XLA's own operations. Same values
+either way (float32 round-off; tests/test_feature_terms.py)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.models import fastconv, layers
+from jaxkd import ops
 
 BN_EPS = 1e-5
 
@@ -21,9 +21,7 @@ def conv1x1_init(key, c_in: int, c_out: int, *, bias: bool = True) -> dict:
 
 
 def conv1x1(x: jax.Array, params: dict) -> jax.Array:
-  """The 1x1 convolution of NHWC `x` (a matrix product over channels): on the models'
-  convolution implementation (`jaxkd.models.layers.conv_impl`), `fastconv.pointwise`
-  where that is `'fast'` (CPU), XLA's product elsewhere."""
+  """The 1x1 convolution of NHWC `x` (a matrix product over channels), `channel_mix`."""
   y = channel_mix(x, params['kernel'])
   return y + params['bias'] if 'bias' in params else y
 
@@ -31,28 +29,22 @@ def conv1x1(x: jax.Array, params: dict) -> jax.Array:
 def computed_once(v: jax.Array) -> jax.Array:
   """`v` computed into a buffer of its own before its consumers read it; differentiable.
 
-  XLA:CPU (`conv_impl() == 'fast'`) fuses an elementwise chain into every consumer and
-  recomputes it there: per-channel values (a margin from `erf`, a BatchNorm's `rsqrt`)
-  once per element of a `[B, H, W, C]` map (OFD's two loss fusions on LeNet's first maps
-  took 14 ms each), a hidden map of a regressor once per channel of the next 1x1
-  convolution. Cut with `fastconv.materialized`; elsewhere `v` itself.
+  XLA:CPU fuses an elementwise chain into every consumer and recomputes it there:
+  per-channel values (a margin from `erf`, a BatchNorm's `rsqrt`) once per element of a
+  `[B, H, W, C]` map, a hidden map of a regressor once per channel of the next 1x1
+  convolution. `ops.current().materialize` cuts it where that helps; elsewhere `v` itself.
   """
-  return fastconv.materialized(v) if layers.conv_impl() == 'fast' else v
+  return ops.current().materialize(v)
 
 
 def channel_mix(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`[..., C] x [C, O] -> [..., O]`, as `conv1x1` computes it (no bias)."""
-  if layers.conv_impl() == 'fast':
-    return fastconv.pointwise(x, kernel)
-  return jnp.einsum('...c,cd->...d', x, kernel)
+  return ops.current().pointwise(x, kernel)
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A SAME 3x3 convolution of NHWC `x` with an HWIO `kernel`, on the models' implementation
-  (`layers.conv_impl`)."""
-  conv = (fastconv.conv_general_dilated if layers.conv_impl() == 'fast'
-          else jax.lax.conv_general_dilated)
-  return conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  """A SAME 3x3 convolution of NHWC `x` with an HWIO `kernel`, as the models compute theirs."""
+  return ops.current().conv(x, kernel, padding=((1, 1), (1, 1)))
 
 
 def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, axis_name) -> jax.Array:
@@ -68,9 +60,9 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, axis_name) -> ja
 def _moments(flat: jax.Array) -> jax.Array:
   """`[N, C] -> [C, C + 1]`: the second moments `x^T x / N` beside the means `x^T 1 / N`.
 
-  One product with a column of ones appended (XLA:CPU ran `x^T x` alone 4.6x slower for
-  `C = 3`: 2.28 ms vs 0.49 ms on `[200704, 3]`); its gradient `(x (G + G^T) + g) / N` is
-  one channel mix, not XLA's two transposed products (2.1 ms each there).
+  One product with a column of ones appended (XLA:CPU runs `x^T x` alone several times
+  slower for few channels); its gradient `(x (G + G^T) + g) / N` is one channel mix, not
+  XLA's two transposed products.
   """
   ones = jnp.ones((flat.shape[0], 1), flat.dtype)
   return jax.lax.dot_general(flat, jnp.concatenate([flat, ones], axis=1),

@@ -1,95 +1,19 @@
 """Layer factories shared by every CNN in the zoo, so each can be swapped in one place.
 
 All convolutions go through `conv` and all spatial pooling through `Pool` / `GlobalAvgPool`.
-
-Implementations (same parameters, same maths; see `jaxkd.models.fastconv`):
-
-- `CONV_IMPL`: `'xla'` (XLA's convolution throughout) or `'fast'` (`fastconv.conv2d`: a
-  fused elementwise forward pass and col2im input gradient for few channels, and a kernel
-  gradient that XLA:CPU cannot fuse into a slow transpose; steps compiled with `jit` run
-  the convolutions on XLA's own kernels rather than YNNPACK's). `'auto'` (the default) is
-  `'fast'` on CPU, where it wins, and `'xla'` on GPU/TPU.
-- `POOL_IMPL`: `'xla'` (`nn.max_pool`/`nn.avg_pool`: reduce-window, select-and-scatter
-  backward) or `'reshape'` (reshape + reduction, elementwise backward); `'auto'` is
-  `'reshape'` on CPU, `'xla'` elsewhere.
-
-Both are read when a model is traced (when `init`/`apply` runs under `jit`), from these
-module attributes, whose defaults come from the environment variables `JAXKD_CONV_IMPL`
-and `JAXKD_POOL_IMPL`. Set them before building steps: `layers.CONV_IMPL = 'xla'`.
+They compute with the operations of `jaxkd.ops.current()` when a model is traced (XLA's,
+or on CPU by default `jaxkd.accel`'s formulations): same parameters, same maths.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from jaxkd.models import fastconv
+from jaxkd import ops
 
 Dtype = Any
-
-CONV_IMPLS = ('auto', 'xla', 'fast')
-POOL_IMPLS = ('auto', 'xla', 'reshape')
-CPU_CONV_KERNELS_CHOICES = ('xla', 'ynnpack')
-CONV_IMPL: str = os.environ.get('JAXKD_CONV_IMPL', 'auto')
-POOL_IMPL: str = os.environ.get('JAXKD_POOL_IMPL', 'auto')
-# With the fast convolutions on CPU, which kernels `jit` compiles them for: 'xla' (XLA's own,
-# `fastconv.jit`) or 'ynnpack' (XLA:CPU's default library, plain `jax.jit`; the before/after
-# baseline of `benchmarks/throughput.py --baseline-kernels`).
-CPU_CONV_KERNELS: str = os.environ.get('JAXKD_CPU_CONV_KERNELS', 'xla')
-
-
-_DESCRIBED = {'CONV_IMPL': 'conv implementation', 'POOL_IMPL': 'pool implementation',
-              'CPU_CONV_KERNELS': 'CPU convolution kernels'}
-
-
-def _check(setting: str, value: str, known: tuple[str, ...]) -> None:
-  if value not in known:
-    raise ValueError(f'Unknown {_DESCRIBED[setting]} {value!r}; choose one of {list(known)} '
-                     f'(layers.{setting} or JAXKD_{setting}).')
-
-
-def check_settings() -> None:
-  """Raises ValueError for an unknown `CONV_IMPL`, `POOL_IMPL` or `CPU_CONV_KERNELS`, without
-  starting JAX's backend (the experiment scripts call it before anything else)."""
-  _check('CONV_IMPL', CONV_IMPL, CONV_IMPLS)
-  _check('POOL_IMPL', POOL_IMPL, POOL_IMPLS)
-  _check('CPU_CONV_KERNELS', CPU_CONV_KERNELS, CPU_CONV_KERNELS_CHOICES)
-
-
-def _resolve(kind: str, value: str, known: tuple[str, ...], fast: str) -> str:
-  _check(f'{kind.upper()}_IMPL', value, known)
-  if value == 'auto':
-    return fast if jax.default_backend() == 'cpu' else 'xla'
-  return value
-
-
-def conv_impl() -> str:
-  """The convolution implementation `conv` builds now: `'xla'` or `'fast'`."""
-  return _resolve('conv', CONV_IMPL, CONV_IMPLS, 'fast')
-
-
-def jit(fn, **jit_kwargs):
-  """`jax.jit(fn, **jit_kwargs)`; with the fast convolutions on CPU, `fastconv.jit`.
-
-  Every step the library builds compiles through this (`Parallel.compile`, the teacher
-  cache). Under `fastconv.jit`, XLA:CPU runs the convolutions on its own kernels instead of
-  YNNPACK's and the kernel gradient is planned for them: ResNet-20's training step at
-  batch 256 1169 -> 844 ms, LeNet-5-half's 14.4 -> 11.7 ms (AMD EPYC, `benchmarks/
-  throughput.py --baseline-kernels`). Compile your own loops with it for the same speed.
-  `CPU_CONV_KERNELS = 'ynnpack'` makes it plain `jax.jit`.
-  """
-  _check('CPU_CONV_KERNELS', CPU_CONV_KERNELS, CPU_CONV_KERNELS_CHOICES)
-  if conv_impl() == 'fast' and CPU_CONV_KERNELS == 'xla' and jax.default_backend() == 'cpu':
-    return fastconv.jit(fn, **jit_kwargs)
-  return jax.jit(fn, **jit_kwargs)
-
-
-def pool_impl() -> str:
-  """The pooling implementation `Pool` uses now: `'xla'` or `'reshape'`."""
-  return _resolve('pool', POOL_IMPL, POOL_IMPLS, 'reshape')
 
 
 # PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'), as in the CRD/DKD repos.
@@ -109,11 +33,10 @@ def conv(
   """A square 2-D convolution over NHWC inputs; float32 parameters, `dtype` compute.
 
   Always an `nn.Conv` (parameters `kernel` [k, k, cin, cout] and `bias`), whichever
-  `conv_impl()` computes it.
+  operations (`jaxkd.ops.current()`) compute it.
   """
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
-  fast = conv_impl() == 'fast'
   return nn.Conv(
       features,
       (kernel_size, kernel_size),
@@ -124,7 +47,7 @@ def conv(
       dtype=dtype,
       param_dtype=jnp.float32,
       name=name,
-      conv_general_dilated=fastconv.conv_general_dilated if fast else None,
+      conv_general_dilated=ops.current().conv_general_dilated,
   )
 
 
@@ -155,12 +78,8 @@ class Pool(nn.Module):
   def __call__(self, x):
     if self.kind not in ('avg', 'max'):
       raise ValueError(f"Unknown pool kind {self.kind!r}; known: ['avg', 'max']")
-    if pool_impl() == 'reshape':
-      pool = fastconv.max_pool if self.kind == 'max' else fastconv.avg_pool
-      return pool(x, self.window)
-    shape = (self.window, self.window)
-    pool = nn.max_pool if self.kind == 'max' else nn.avg_pool
-    return pool(x, shape, strides=shape)
+    impl = ops.current()
+    return (impl.max_pool if self.kind == 'max' else impl.avg_pool)(x, self.window)
 
 
 class GlobalAvgPool(nn.Module):

@@ -9,7 +9,8 @@ import re
 
 import jax
 
-from jaxkd import data, distributed, hostmem
+from jaxkd import data, distributed
+from jaxkd.accel import hostmem
 from jaxkd.recipes.defaults import setting
 
 
@@ -74,7 +75,7 @@ def machine() -> dict:
   return {'device_kind': device.device_kind, 'platform': device.platform,
           'device_count': jax.device_count(), 'processes': jax.process_count(),
           'cpu': platform.processor() or platform.machine(), 'cores': os.cpu_count(),
-          'huge_pages': hostmem.huge_pages()}  # malloc's large blocks (jaxkd.hostmem)
+          'huge_pages': hostmem.huge_pages()}  # malloc's large blocks (jaxkd.accel.hostmem)
 
 
 # Config settings that shape the training trajectory besides the task, model and seed: stored

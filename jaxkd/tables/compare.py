@@ -10,7 +10,6 @@ work).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
@@ -20,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd import export, models
-from jaxkd.models import layers
+from jaxkd import export, models, ops
 from jaxkd.serving import Artifact
 
 EXPORTS = {'float32': ('float32', False), 'bfloat16': ('bfloat16', False),
@@ -41,24 +39,13 @@ def _flops(fn: Callable, *specs) -> float:
   return float(cost['flops'])
 
 
-@contextlib.contextmanager
-def _xla_layers():
-  """Traces models with XLA's own convolution and pooling (`jaxkd.models.layers`)."""
-  saved = layers.CONV_IMPL, layers.POOL_IMPL
-  layers.CONV_IMPL, layers.POOL_IMPL = 'xla', 'xla'
-  try:
-    yield
-  finally:
-    layers.CONV_IMPL, layers.POOL_IMPL = saved
-
-
 def model_flops(model, variables, input_shape: Sequence[int]) -> float:
   """FLOPs per example of `model`'s inference: the architecture's arithmetic as XLA counts
-  it for its own convolutions (not the CPU formulations of `jaxkd.models.fastconv`, which
-  count differently for the same maths); variables are arguments, so nothing is folded."""
+  it for its own convolutions (not the CPU formulations of `jaxkd.accel`, which count
+  differently for the same maths); variables are arguments, so nothing is folded."""
   specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
                        variables)
-  with _xla_layers():  # weights as arguments: values (zero biases) cannot change the count
+  with ops.use(ops.XLA):  # weights as arguments: values (zero biases) cannot change the count
     return _flops(lambda v, x: model.apply(v, x, train=False), specs,
                   jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
 
@@ -185,7 +172,7 @@ def report(runs: dict[str, str], *, data_dir: str | None = None, latency_calls: 
                                          throughput_seconds=throughput_seconds)}
           for label, workdir in runs.items()]
   return {'cpu': cpu_model(), 'cpu_count': os.cpu_count(), 'backend': jax.default_backend(),
-          'jax_version': jax.__version__, 'conv_impl': layers.conv_impl(),
+          'jax_version': jax.__version__, 'conv_impl': ops.current().conv_impl,
           'latency_calls': latency_calls, 'throughput_batch': THROUGHPUT_BATCH,
           'test_examples': int(len(labels)), 'runs': rows}
 
@@ -225,7 +212,7 @@ def model_costs(names: Sequence[str], *, dataset: str = 'fashion_mnist',
     rows.append(row)
   from jaxkd.recipes.provenance import cpu_model
   return {'dataset': dataset, 'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
-          'jax_version': jax.__version__, 'conv_impl': layers.conv_impl(),
+          'jax_version': jax.__version__, 'conv_impl': ops.current().conv_impl,
           'latency_calls': latency_calls, 'models': rows}
 
 
