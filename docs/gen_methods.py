@@ -15,6 +15,7 @@ import os
 import re
 import sys
 
+from jaxkd import losses as losses_package
 from jaxkd.losses import LOSSES
 
 METHODS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'methods.md')
@@ -45,8 +46,9 @@ def methods_table(losses=LOSSES) -> str:
     paper = f'[{_cell(paper or url)}]({url})' if url else _cell(paper)
     defaults = ', '.join(f'`{key}={value!r}`' if value is not inspect.Parameter.empty
                          else f'`{key}` (required)' for key, value in _defaults(term))
-    # The API page documents each term where jaxkd.losses re-exports it.
-    link = f'api/losses.md#jaxkd.losses.{term.__name__}'
+    # The API page documents each term where jaxkd.losses re-exports it (else: the page).
+    exported = getattr(losses_package, term.__name__, None) is term
+    link = f'api/losses.md#jaxkd.losses.{term.__name__}' if exported else 'api/losses.md'
     rows.append(f'| `{name}` | [`{term.__name__}`]({link}) | '
                 f'{_cell(getattr(term, "family", ""))} | {paper} | {_cell(defaults)} |')
   return '\n'.join(rows)

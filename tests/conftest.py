@@ -24,6 +24,7 @@ if _OWN_CACHE:  # removed at exit by the process that made it, after its workers
 CACHE = os.environ["JAXKD_TEST_COMPILATION_CACHE"]
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Must happen before JAX's backend starts; every test module sees 8 CPU devices.
 jax.config.update("jax_num_cpu_devices", 8)

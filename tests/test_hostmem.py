@@ -75,7 +75,7 @@ def test_malloc_names_the_allocator(tmp_path):
 
 @pytest.mark.skipif(not GLIBC or _TCMALLOC is None, reason='glibc and libtcmalloc-minimal4')
 def test_preloaded_tcmalloc_is_recorded_and_huge_pages_are_off():
-  program = 'from jaxkd import hostmem; print(hostmem.malloc(), "|", hostmem.huge_pages())'
+  program = 'from jaxkd.accel import hostmem; print(hostmem.malloc(), "|", hostmem.huge_pages())'
   env = {**os.environ, 'GLIBC_TUNABLES': hostmem.HUGE_PAGES_TUNABLE, 'LD_PRELOAD': _TCMALLOC}
   out = subprocess.run([sys.executable, '-c', program], env=env, capture_output=True,
                        text=True, timeout=60, check=True).stdout.strip()

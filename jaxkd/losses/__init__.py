@@ -46,6 +46,8 @@ from jaxkd.losses.methods.jsd import jsd_loss as jsd_loss
 from jaxkd.losses.methods.kd import KD as KD
 from jaxkd.losses.methods.kd import kd_loss as kd_loss
 from jaxkd.losses.methods.kd import kd_loss_from_probs as kd_loss_from_probs
+from jaxkd.losses.methods.logit_mse import LogitMSE as LogitMSE
+from jaxkd.losses.methods.logit_mse import mse_logit_loss as mse_logit_loss
 from jaxkd.losses.methods.nkd import NKD as NKD
 from jaxkd.losses.methods.nkd import nkd_loss as nkd_loss
 from jaxkd.losses.methods.nst import NST as NST
@@ -108,7 +110,7 @@ from jaxkd.losses.terms import is_constant_zero as is_constant_zero
 __all__ = [
     'AT', 'CC', 'CRD', 'CRD_EMBED_DIM', 'CRD_MOMENTUM', 'CRD_NUM_NEGATIVES', 'CRD_TEMPERATURE',
     'CTKD', 'ClassIndexTable', 'Context', 'CrossEntropy', 'DIST', 'DKD', 'FSP', 'FitNet',
-    'HOST_MEMORY_FRACTION', 'Hyperparam', 'ICKD', 'JSD', 'KD', 'LOSSES', 'LogitTerm',
+    'HOST_MEMORY_FRACTION', 'Hyperparam', 'ICKD', 'JSD', 'KD', 'LOSSES', 'LogitMSE', 'LogitTerm',
     'MULTI_TEACHER', 'NKD', 'NST', 'OFD', 'OFD_CIFAR_WEIGHT', 'OFD_IMAGENET_WEIGHT', 'Objective',
     'Outputs', 'PKT', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'TTM', 'Term',
     'UNSET_NORMALISER', 'VID', 'WTTM', 'abf_combine', 'adaptive_avg_pool', 'attention_map',
@@ -118,7 +120,7 @@ __all__ = [
     'dist_loss', 'dkd_loss', 'dkd_parts', 'estimate_normaliser', 'fsp_loss', 'fsp_matrix',
     'gather', 'gradient_reversal', 'hcl_loss', 'hint_loss', 'ickd_loss', 'init_memory_bank',
     'is_constant_zero', 'jsd_loss', 'kd_loss', 'kd_loss_from_probs', 'make_objective',
-    'make_term', 'memory_bank_bytes', 'multiscale_pooled_features', 'nce_loss',
+    'make_term', 'memory_bank_bytes', 'mse_logit_loss', 'multiscale_pooled_features', 'nce_loss',
     'nearest_upsample', 'nkd_loss', 'normalise_scores', 'nst_loss', 'ofd_loss', 'ofd_margin',
     'pkt_loss', 'reverse_kl_loss', 'rkd_angle_loss', 'rkd_distance_loss', 'rkd_loss',
     'sample_contrast_indices', 'sample_other_class_contrast_indices', 'sdd_loss', 'sp_loss',
