@@ -56,7 +56,7 @@ def test_method_table_takes_the_terms_attributes():
 
   table = gen_methods.methods_table({'fake': Fake})
   assert table.splitlines()[-1] == (
-      '| `fake` | [`Fake`](api/losses.md#jaxkd.losses.Fake) | logit | '
+      '| `fake` | [`Fake`](api/losses.md) | logit | '  # not re-exported: the page
       "[Someone et al. 2099](https://example.org/paper) | `temperature=2.0`, `taps=('a', 'b')` |")
 
 
