@@ -23,6 +23,7 @@ convolution formulation, `jaxkd.ops.current().conv_impl`, is traced in; it is re
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -35,7 +36,7 @@ import numpy as np
 import jaxkd
 from jaxkd import models, ops, paths, quantize
 from jaxkd.models import DTYPES
-from jaxkd.serving import ARTIFACT, DESCRIPTION, Artifact, load
+from jaxkd.serving import ARTIFACT, CHECKSUM, DESCRIPTION, Artifact, load
 
 PyTree = Any
 FORMAT = 'jaxkd-export/1'
@@ -139,7 +140,7 @@ def check_out_dir(out_dir: str) -> None:
 
 def write(out_dir: str, exported: jax.export.Exported, description: dict) -> dict:
   """Writes `out_dir/model.jaxexport` and `out_dir/model.json`; returns the description
-  written (with `artifact_bytes` added).
+  written (with `artifact_bytes` and `artifact_sha256` added).
 
   Raises:
     FileExistsError: `out_dir` exists and is not empty.
@@ -147,7 +148,8 @@ def write(out_dir: str, exported: jax.export.Exported, description: dict) -> dic
   check_out_dir(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   blob = exported.serialize()
-  description = {**description, 'artifact_bytes': len(blob)}
+  description = {**description, 'artifact_bytes': len(blob),
+                 CHECKSUM: hashlib.sha256(blob).hexdigest()}
   for name, data, mode in ((ARTIFACT, blob, 'wb'),
                            (DESCRIPTION, json.dumps(description, indent=2) + '\n', 'w')):
     tmp = os.path.join(out_dir, f'.{name}.tmp')

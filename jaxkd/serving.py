@@ -23,6 +23,7 @@ the same in three lines (without the CPU compiler options):
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +34,7 @@ import numpy as np
 
 ARTIFACT = 'model.jaxexport'
 DESCRIPTION = 'model.json'
+CHECKSUM = 'artifact_sha256'  # model.json's record of model.jaxexport's SHA-256
 
 
 def _load_compile():
@@ -96,6 +98,8 @@ def load(directory: str) -> tuple[Artifact, dict[str, Any]]:
 
   Raises:
     FileNotFoundError: `directory` lacks `model.jaxexport` or `model.json`.
+    ValueError: the artifact does not match the SHA-256 recorded in `model.json`, or
+      `model.json` contradicts it (input shape, number of classes).
   """
   paths = {name: os.path.join(directory, name) for name in (ARTIFACT, DESCRIPTION)}
   missing = [name for name, path in paths.items() if not os.path.isfile(path)]
@@ -105,8 +109,31 @@ def load(directory: str) -> tuple[Artifact, dict[str, Any]]:
   with open(paths[DESCRIPTION]) as f:
     description = json.load(f)
   with open(paths[ARTIFACT], 'rb') as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+    blob = f.read()
+  expected = description.get(CHECKSUM)
+  if not expected:
+    raise ValueError(f'{paths[DESCRIPTION]} records no {CHECKSUM}, so {ARTIFACT} cannot be '
+                     'checked; export the model again (experiments/export.py).')
+  if hashlib.sha256(blob).hexdigest() != expected:
+    raise ValueError(f'{paths[ARTIFACT]} is damaged: its SHA-256 is not the {CHECKSUM} in '
+                     f'{DESCRIPTION}. Export the model again, or restore the file.')
+  exported = jax.export.deserialize(bytearray(blob))
+  _check_description(exported, description, paths[DESCRIPTION])
   return Artifact(exported, description, where=f'The model in {directory}'), description
 
 
-__all__ = ['ARTIFACT', 'Artifact', 'DESCRIPTION', 'load']
+def _check_description(exported: jax.export.Exported, description: dict, where: str) -> None:
+  """Raises ValueError where `model.json` contradicts the function: its input shape or its
+  number of classes (an edited description is not believed)."""
+  (images,), (logits,) = exported.in_avals, exported.out_avals
+  said = {'input_shape': list(description.get('input_shape', [])),
+          'num_classes': description.get('num_classes')}
+  actual = {'input_shape': [int(d) for d in images.shape[1:]], 'num_classes': int(logits.shape[-1])}
+  wrong = [f'{key} {said[key]} (the function: {actual[key]})' for key in said
+           if said[key] != actual[key]]
+  if wrong:
+    raise ValueError(f'{where} says {", ".join(wrong)}: it does not describe this artifact. '
+                     'Export the model again.')
+
+
+__all__ = ['ARTIFACT', 'Artifact', 'CHECKSUM', 'DESCRIPTION', 'load']

@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import shutil
 import os
 import subprocess
 import sys
@@ -361,3 +362,30 @@ def test_run_whose_metadata_names_another_model_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"do not fit the model its metadata names \('lenet5'"):
     export.export_run(workdir, str(tmp_path / 'out'))
   assert not (tmp_path / 'out').exists()
+
+
+def test_serving_refuses_a_damaged_artifact_and_an_edited_description(tmp_path):
+  _, variables = _trained_like('lenet5_half')
+  workdir = _finished_run(tmp_path / 'run', 'lenet5_half', variables)
+  out = tmp_path / 'out'
+  export.export_run(workdir, str(out))
+  predict, _ = serving.load(str(out))  # as written: loads
+  assert predict(np.zeros((2, *SHAPE), np.uint8)).shape == (2, 10)
+  damaged = tmp_path / 'damaged'
+  shutil.copytree(out, damaged)
+  blob = bytearray((damaged / serving.ARTIFACT).read_bytes())
+  blob[len(blob) // 2:len(blob) // 2 + 64] = bytes(b ^ 0xFF for b in blob[len(blob) // 2:
+                                                                          len(blob) // 2 + 64])
+  (damaged / serving.ARTIFACT).write_bytes(bytes(blob))
+  with pytest.raises(ValueError, match='model.jaxexport is damaged: its SHA-256'):
+    serving.load(str(damaged))
+  edited = tmp_path / 'edited'
+  shutil.copytree(out, edited)
+  description = json.loads((edited / serving.DESCRIPTION).read_text())
+  (edited / serving.DESCRIPTION).write_text(json.dumps({**description, 'num_classes': 5}))
+  with pytest.raises(ValueError, match=r'says num_classes 5 \(the function: 10\)'):
+    serving.load(str(edited))
+  del description[serving.CHECKSUM]
+  (edited / serving.DESCRIPTION).write_text(json.dumps(description))
+  with pytest.raises(ValueError, match='records no artifact_sha256'):
+    serving.load(str(edited))
