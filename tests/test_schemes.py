@@ -2,6 +2,7 @@
 and assistant chains, and a memory-bank term through the distillation recipe."""
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -74,6 +75,24 @@ def test_mutual_recipe_exports_each_member(fake_data):
     assert tree_sha256(variables['params']) == member['params_sha256'] == _final(
         member['workdir'])['params_sha256']
     assert meta['model'] == 'mlp' and meta['cohort_member'] == i
+  _rerun_with_another_seed_is_refused_first(recipes.mutual, config, workdir, 'members/0/final')
+
+
+def _rerun_with_another_seed_is_refused_first(recipe, config, workdir, kept_final):
+  """With its summary, checkpoints and WORKDIR/final gone, a rerun with another seed is
+  refused by the final model it would overwrite, before any step: nothing changes."""
+  for name in ('final_metrics.json', 'checkpoints', 'final'):
+    path = os.path.join(workdir, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    before = f.read()
+  other = config.copy_and_resolve_references()
+  other.seed = config.seed + 1
+  with pytest.raises(checkpoint.IncompatibleCheckpointError,
+                     match=rf'{kept_final} \(step \d+\): it belongs to another run \(seed: '):
+    recipe(other, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert f.read() == before
 
 
 def test_ema_recipe_exports_student_and_teacher(fake_data):
@@ -85,6 +104,7 @@ def test_ema_recipe_exports_student_and_teacher(fake_data):
   assert meta['ema_of'] == workdir and _final(os.path.join(workdir, 'ema'))['test_count'] == 50
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     assert any('ema_test_accuracy' in json.loads(line) for line in f)
+  _rerun_with_another_seed_is_refused_first(recipes.ema_teacher, config, workdir, 'ema/final')
 
 
 def _fingerprint(workdir):

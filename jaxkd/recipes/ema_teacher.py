@@ -46,8 +46,10 @@ def ema_teacher(config, workdir: str) -> dict:
                                    dont_load=tuple(config.get('dont_load') or ()))
   metadata = run_metadata(config, 'ema_teacher', task, selection=selection, ema=settings,
                           objective=objective.describe(), **init_info)
+  teacher_meta = {**metadata, 'ema_of': workdir}
   parallel = build_parallel(config)
-  with checkpointing(config, workdir, metadata) as checkpointer:
+  with checkpointing(config, workdir, metadata,
+                     {os.path.join(workdir, 'ema', 'final'): teacher_meta}) as checkpointer:
     batches, steps_per_epoch = make_batches(task, config, parallel)
     num_steps = num_train_steps(config, steps_per_epoch)
     tx, schedule = build_optimizer(config, num_steps)
@@ -67,7 +69,7 @@ def ema_teacher(config, workdir: str) -> dict:
     teacher = TrainState(step=state.step, params=state.teacher_params,
                          batch_stats=state.teacher_batch_stats, opt_state={}, rng=state.rng)
     teacher_final = finish(os.path.join(workdir, 'ema'), teacher, evaluate, config, num_steps,
-                           wall, metadata={**metadata, 'ema_of': workdir})
+                           wall, metadata=teacher_meta)
     return finish(workdir, state, evaluate, config, num_steps, wall, metadata=metadata,
                   extra={'ema': settings, 'ema_test_accuracy': teacher_final['test_accuracy'],
                          'ema_params_sha256': teacher_final['params_sha256'], **init_info})

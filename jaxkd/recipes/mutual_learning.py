@@ -56,8 +56,12 @@ def mutual(config, workdir: str) -> dict:
   metadata = run_metadata(config, 'mutual', task, selection=selection,
                           objective=objective.describe(), cohort=names)
   metadata['model'] = ','.join(names)
+  member_metas = [{**metadata, 'model': name, 'cohort_member': i, 'cohort_dir': workdir}
+                  for i, name in enumerate(names)]
+  finals = {os.path.join(workdir, 'members', str(i), 'final'): meta
+            for i, meta in enumerate(member_metas)}
   parallel = build_parallel(config)
-  with checkpointing(config, workdir, metadata) as checkpointer:
+  with checkpointing(config, workdir, metadata, finals) as checkpointer:
     batches, steps_per_epoch = make_batches(task, config, parallel)
     num_steps = num_train_steps(config, steps_per_epoch)
     tx, schedule = build_optimizer(config, num_steps)
@@ -78,9 +82,8 @@ def mutual(config, workdir: str) -> dict:
     results = []
     for i, (name, evaluator) in enumerate(zip(names, evaluators)):
       member_dir = os.path.join(workdir, 'members', str(i))
-      member_meta = {**metadata, 'model': name, 'cohort_member': i, 'cohort_dir': workdir}
       final = finish(member_dir, state.member(i), evaluator, member_config(config, name),
-                     num_steps, wall, metadata=member_meta,
+                     num_steps, wall, metadata=member_metas[i],
                      extra={'cohort': names, 'cohort_member': i})
       results.append({'model': name, 'workdir': member_dir, **{
           k: final[k] for k in ('test_accuracy', 'test_loss', 'params_sha256')}})

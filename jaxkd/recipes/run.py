@@ -99,14 +99,16 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       os.rmdir(workdir)
 
 
-def check_workdir(config, workdir: str, metadata: dict) -> None:
+def check_workdir(config, workdir: str, metadata: dict,
+                  finals: dict[str, dict] | None = None) -> None:
   """Refuses, before anything is written, a run that would mix two runs' files in WORKDIR:
-  a finished run (final_metrics.json), a saved final model from other settings, or
+  a finished run (final_metrics.json), a saved final model from other settings (WORKDIR/final,
+  and the recipe's other `finals`: {folder: the metadata this run would save there}), or
   checkpoints that a run without checkpointing would silently restart over."""
   from jaxkd import checkpoint  # local import: orbax is slow to import
-  final = os.path.join(workdir, 'final')
-  if checkpoint.latest_step(final) is not None:  # another run's model: name the differences
-    checkpoint.check_resumable(checkpoint.read_metadata(final), metadata, directory=final)
+  for final, expected in {os.path.join(workdir, 'final'): metadata, **(finals or {})}.items():
+    if checkpoint.latest_step(final) is not None:  # another run's model: name the differences
+      checkpoint.check_resumable(checkpoint.read_metadata(final), expected, directory=final)
   finished = os.path.join(workdir, 'final_metrics.json')
   if os.path.exists(finished):
     raise FileExistsError(
@@ -121,19 +123,21 @@ def check_workdir(config, workdir: str, metadata: dict) -> None:
 
 
 @contextlib.contextmanager
-def checkpointing(config, workdir: str, metadata: dict) -> Iterator[Any]:
+def checkpointing(config, workdir: str, metadata: dict,
+                  finals: dict[str, dict] | None = None) -> Iterator[Any]:
   """The run's room: WORKDIR held for this process (`workdir_lock`) and checked
   (`check_workdir`), and its `Checkpointer` in WORKDIR/checkpoints (None when
   `checkpoint_every` is 0), closed (pending saves finished) on exit. Recipes finish (save
   the final model) inside it.
 
-  Opening it refuses, before writing anything, a workdir whose checkpoints belong to
-  another run (every differing setting listed), e.g. a distillation from another teacher.
+  Opening it refuses, before writing anything, a workdir whose checkpoints or final models
+  (WORKDIR/final and the recipe's other `finals`) belong to another run (every differing
+  setting listed), e.g. a distillation from another teacher.
   """
   # The main process holds the lock for the run (processes of one run share the workdir).
   lock = workdir_lock(workdir) if distributed.is_main() else contextlib.nullcontext()
   with lock:
-    check_workdir(config, workdir, metadata)
+    check_workdir(config, workdir, metadata, finals)
     if not setting(config, 'checkpoint_every'):
       yield None
       return
