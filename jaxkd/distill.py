@@ -76,10 +76,7 @@ def make_distill_step(
   if cached:
     if teachers is not None:
       raise ValueError('cached=True trains from batch["teacher_logits"]; pass teachers=None.')
-    if objective.teacher_taps:
-      raise ValueError(f'cached=True carries teacher logits only, but the objective reads '
-                       f'teacher features at {list(objective.teacher_taps)}; distil from a '
-                       'live teacher (no cache) for feature terms.')
+    check_cacheable(objective)
 
     def teacher_fn(teacher_variables, images, batch):
       del teacher_variables, images
@@ -101,6 +98,14 @@ def make_distill_step(
                         teacher_fn=teacher_fn, learning_rate_fn=learning_rate_fn,
                         complete_teacher=complete_teacher)
   return parallel.compile(update, num_step_args=1)
+
+
+def check_cacheable(objective: losses.Objective) -> None:
+  """Raises ValueError when `objective` reads teacher features: a cache holds logits only."""
+  if objective.teacher_taps:
+    raise ValueError(f'cached=True carries teacher logits only, but the objective reads '
+                     f'teacher features at {list(objective.teacher_taps)}; distil from a '
+                     'live teacher (no cache) for feature terms.')
 
 
 def live_teacher_fn(teachers: nn.Module | ApplyFn | Sequence[nn.Module | ApplyFn] | None,

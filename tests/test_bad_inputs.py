@@ -368,3 +368,37 @@ def test_numerics_guard_names_the_quantity(tmp_path, monkeypatch, labels, learni
   monkeypatch.setenv('PYTEST_FIT_DIR', str(tmp_path))
   with pytest.raises(FloatingPointError, match=words):
     _fit(labels, learning_rate)
+
+
+# --- refused from the config and the teachers' metadata, before any data is read ------------
+
+def _fitnet(**taps):
+  return ml_collections.ConfigDict({'ce': {'weight': 1.0}, 'fitnet': {
+      'weight': 1.0, 'student_tap': 'dense1', 'teacher_tap': 'dense1', **taps}})
+
+
+PREFLIGHT = [
+    ('cache-of-two-teachers', {'kd__cache': 'float32', 'teacher_dir': 'teacher,teacher2'},
+     'A teacher cache holds one teacher'),
+    ('cache-of-features', {'kd__cache': 'float32', 'terms': _fitnet()},
+     "carries teacher logits only, but the objective reads teacher features at ['dense1']"),
+    ('student-tap', {'terms': _fitnet(student_tap='conv9')},
+     "taps ['conv9'] of the student (MLP), which has no such module; its paths: "
+     "['dense1', 'head']"),
+    ('teacher-tap', {'terms': _fitnet(teacher_tap='dense7')}, "taps ['dense7'] of teacher"),
+    ('devices', {'parallel__num_devices': 64}, 'num_devices'),
+]
+
+
+@pytest.mark.parametrize('name, changes, words', PREFLIGHT, ids=[p[0] for p in PREFLIGHT])
+def test_distill_refuses_before_reading_data(runs, tmp_path, monkeypatch, name, changes, words):
+  del name
+  def no_data(config):
+    raise AssertionError('the data was read before the refusal')
+  monkeypatch.setattr('jaxkd.recipes.distillation.load_task', no_data)
+  teachers = changes.get('teacher_dir', 'teacher').split(',')
+  changes = {**changes, 'teacher_dir': ','.join(str(runs / t) for t in teachers)}
+  with pytest.raises(ValueError) as raised:
+    recipes.distill(config('distill', **changes), str(tmp_path / 'kd'))
+  assert words in str(raised.value), str(raised.value)
+  assert not (tmp_path / 'kd').exists()

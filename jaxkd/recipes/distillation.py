@@ -1,13 +1,14 @@
 """Distillation from one or several trained teachers, live or from a teacher-output cache."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
-from jaxkd import cache, losses
-from jaxkd.distill import (create_distill_state, inference_apply, make_distill_step,
-                           topk_temperature)
+from jaxkd import cache, data, losses, models, paths
+from jaxkd.distill import (check_cacheable, create_distill_state, inference_apply,
+                           make_distill_step, topk_temperature)
 from jaxkd.recipes.components import (build_augment, build_model, build_optimizer,
                                       build_parallel, input_transform, load_init, load_task,
                                       load_teacher, make_batches, make_evaluator,
@@ -46,6 +47,42 @@ def build_objective(config, *, num_teachers: int, steps_per_epoch: int,
       num_teachers=num_teachers, label_smoothing=smoothing)
 
 
+def check_before_work(config, teacher_dirs: list[str], objective: losses.Objective) -> None:
+  """What can be refused from the config, the teachers' metadata and shapes alone, before
+  any data is read or folder made: a cache of several teachers or of teacher features, a
+  top-k cache for terms it cannot feed, taps that name no module of the student or of a
+  teacher, a device count this machine does not have."""
+  from jaxkd import checkpoint  # local import: orbax is slow to import
+  k = config.kd
+  if k.cache:
+    if len(teacher_dirs) != 1:
+      raise ValueError('A teacher cache holds one teacher; use a live teacher for several.')
+    check_cacheable(objective)
+    if k.cache_topk:
+      topk_temperature(objective)
+  build_parallel(config)  # num_devices
+  info = data.info(config.dataset)
+  shape = (1, *info.image_shape)
+  num_classes = len(config.get('classes') or ()) or info.num_classes
+  models_and_taps = [('the student', build_model(config, num_classes), objective.student_taps)]
+  for directory in teacher_dirs if objective.teacher_taps else ():
+    final = os.path.join(directory, 'final')
+    if checkpoint.latest_step(final if os.path.isdir(final) else directory) is None:
+      continue  # load_teacher says what is missing
+    meta = checkpoint.read_metadata(final if os.path.isdir(final) else directory)
+    teacher = models.build(meta['model'], num_classes=meta['num_classes'],
+                           **meta.get('model_overrides', {}))
+    models_and_taps.append((f'teacher {directory}', teacher, objective.teacher_taps))
+  for who, model, taps in models_and_taps:
+    if not taps:
+      continue
+    known = models.feature_paths(model, shape)
+    unknown = [t for t in taps if t and not any(paths.matches(p, (t,)) for p in known)]
+    if unknown:
+      raise ValueError(f'The objective taps {unknown} of {who} ({type(model).__name__}), '
+                       f'which has no such module; its paths: {known}.')
+
+
 def distill(config, workdir: str) -> dict:
   """Distils the teacher(s) in `config.teacher_dir` (comma-separated for several) into
   `config.model`, live or from a teacher-output cache; writes final_metrics.json.
@@ -62,7 +99,8 @@ def distill(config, workdir: str) -> dict:
     raise ValueError('config.teacher_dir is empty; pass --config.teacher_dir=WORKDIR of a '
                      'teacher trained with experiments/train.py.')
   # An unknown loss or setting is refused now, before any data or teacher is read.
-  build_objective(config, num_teachers=len(teacher_dirs), steps_per_epoch=1)
+  check_before_work(config, teacher_dirs, build_objective(
+      config, num_teachers=len(teacher_dirs), steps_per_epoch=1))
   task = load_task(config)
   parallel = build_parallel(config)
   teachers = [load_teacher(d, task, config) for d in teacher_dirs]
@@ -82,8 +120,6 @@ def distill(config, workdir: str) -> dict:
     augment = build_augment(config)
     columns = None
     if k.cache:
-      if len(teachers) != 1:
-        raise ValueError('A teacher cache holds one teacher; use a live teacher for several.')
       (teacher_model, teacher_vars, _), = teachers
       transform = input_transform(task, config)
       temperature = topk_temperature(objective) if k.cache_topk else None
