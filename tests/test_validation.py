@@ -67,6 +67,13 @@ BAD = [
     ('chain', 'chain.models', 'lenet5,resnet7', "'resnet7' is not a model"),
     ('finetune', 'finetune.method', 'probe', "finetune.method='probe'"),
     ('ema', 'ema.decay', 1.0, 'ema.decay=1.0: must be a number in [0.0, 1.0)'),
+    ('finetune', 'finetune.lp_epochs', -1, 'finetune.lp_epochs=-1'),
+    ('finetune', 'finetune.lp_steps', -2, 'finetune.lp_steps=-2'),
+    ('finetune', 'finetune.unfreeze_every', -1, 'finetune.unfreeze_every=-1'),
+    ('finetune', 'finetune.layer_decay', 1.5, 'finetune.layer_decay=1.5'),
+    ('finetune', 'finetune.layer_decay', 0.0, 'finetune.layer_decay=0.0'),
+    ('terms', 'kd.temperature', 20.0, 'kd.temperature=20.0 is not read: config.terms defines'),
+    ('terms', 'kd.soft_weight', 0.9, 'kd.soft_weight=0.9 is not read'),
 ]
 
 
@@ -80,9 +87,11 @@ FACTORIES = {'train': lambda: defaults.supervised('lenet5_half'),
              'mutual': lambda: _with(defaults.distillation(), cohort='lenet5_half,lenet5_half'),
              'chain': lambda: _with(defaults.distillation(), chain=ml_collections.ConfigDict(
                  dict(models='lenet5,lenet5_mid,lenet5_half', ensemble=False))),
-             'finetune': defaults.finetune, 'ema': defaults.ema_teacher}
+             'finetune': defaults.finetune, 'ema': defaults.ema_teacher,
+             'terms': lambda: _with(defaults.distillation(), terms=ml_collections.ConfigDict(
+                 {'ce': {'weight': 1.0}, 'kd': {'weight': 1.0, 'temperature': 4.0}}))}
 RECIPE = {'train': 'train', 'distill': 'distill', 'mutual': 'mutual', 'chain': 'chain',
-          'finetune': 'finetune', 'ema': 'ema_teacher'}
+          'finetune': 'finetune', 'ema': 'ema_teacher', 'terms': 'distill'}
 
 
 def _set(config, dotted, value):
@@ -98,7 +107,7 @@ def _set(config, dotted, value):
 def test_bad_setting_is_refused_before_any_work(kind, setting, value, words, tmp_path):
   config = FACTORIES[kind]()
   config.data_dir = str(tmp_path / 'data')  # nothing may be read or written there
-  if kind == 'distill' and setting != 'teacher_dir':
+  if kind in ('distill', 'terms') and setting != 'teacher_dir':
     config.teacher_dir = str(tmp_path)  # a folder that exists: the setting under test fails
   _set(config, setting, value)
   with pytest.raises(ConfigError) as error:

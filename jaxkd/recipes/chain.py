@@ -52,7 +52,8 @@ def link_config(config, *, model: str, generation: int, teacher_dirs: list[str])
     link.seed = config.seed + SEED_STRIDE * generation
     link.teacher_dir = ','.join(teacher_dirs)
     if len(teacher_dirs) > 1:  # the generations' ensemble teaches
-      link.kd.multi_teacher = 'ensemble'
+      if not link.terms:
+        link.kd.multi_teacher = 'ensemble'
       for name, settings in link.terms.items():
         if settings.get('loss', name) == 'kd':
           settings.multi_teacher = 'ensemble'

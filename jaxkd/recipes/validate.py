@@ -60,6 +60,29 @@ def _folders(config, name: str) -> None:
                         'finished run (experiments/train.py or distill.py).')
 
 
+# The `kd` shorthand's objective settings: read only when `config.terms` is empty.
+KD_SHORTHAND = ('hard_weight', 'soft_weight', 'temperature', 'teacher_weights', 'multi_teacher')
+
+
+def _kd_shorthand_unused(config) -> None:
+  """Refuses a `kd.<objective setting>` changed from its default beside `config.terms`,
+  which then define the objective alone (the change would be ignored)."""
+  if not _get(config, 'terms'):
+    return
+  from jaxkd.recipes import defaults  # pylint: disable=g-import-not-at-top
+  default = defaults.distillation().kd
+  for key in KD_SHORTHAND:
+    value = _get(config, f'kd.{key}')
+    if value is not None and _plain(value) != _plain(default[key]):
+      raise ConfigError(
+          f'kd.{key}={_plain(value)!r} is not read: config.terms defines the objective. Set it '
+          f'on a term instead, e.g. --config.terms.kd.{key}=..., or drop config.terms.')
+
+
+def _plain(value):
+  return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def check_config(config) -> None:
   """Raises `ConfigError` for the first setting of `config` that cannot run.
 
@@ -131,7 +154,12 @@ def check_config(config) -> None:
     if _get(config, 'kd.cache_topk') and not _get(config, 'kd.cache'):
       raise ConfigError(f'kd.cache_topk={_get(config, "kd.cache_topk")}: needs kd.cache '
                         "('float32' or 'float16'); a live teacher keeps every logit.")
+    _kd_shorthand_unused(config)
   _choice(config, 'finetune.method', (*transfer.METHODS, 'lp_ft'))
+  _int(config, 'finetune.lp_epochs', minimum=0)
+  _int(config, 'finetune.lp_steps', minimum=0)
+  _int(config, 'finetune.unfreeze_every', minimum=0, hint=' (0: no gradual unfreezing)')
+  _number(config, 'finetune.layer_decay', low=0.0, low_open=True, high=1.0, high_open=False)
   _number(config, 'ema.decay', low=0.0, high=1.0)  # the mean teacher uses 0.99-0.999
   _choice(config, 'ema.ramp_up', (False, True))
   _folders(config, 'teacher_dir')
