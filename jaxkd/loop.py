@@ -258,7 +258,8 @@ def fit(
 
 def check_numerics(record: dict, step: int) -> dict:
   """`record` without its `check_*` entries, or FloatingPointError naming what went wrong
-  first: labels out of range, the teacher, the loss, or the gradient (`steps.CHECKS`)."""
+  first: non-finite inputs, labels out of range, the teacher, the loss, or the gradient
+  (`steps.CHECKS`)."""
   checks = {k: record.pop(k) for k in [k for k in record if k.startswith('check_')]}
   for name, meaning in CHECKS.items():
     if checks.get(name, 0) > 0:

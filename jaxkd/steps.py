@@ -82,6 +82,7 @@ def build_update(
   forward = student_forward(model, objective.student_taps)
 
   def update(state: TrainState, batch: dict, *teacher_variables, axis_name=None):
+    check_images(batch['image'])
     batch, dropout_key = augmented_batch(state, batch, augment, axis_name)
     images = batch['image']
     teacher_outputs = None
@@ -121,7 +122,7 @@ def build_update(
         'accuracy': jnp.mean(predictions == batch['label']),
         'grad_norm': optax.tree.norm(grads),
     }
-    metrics.update(numerics_checks(batch['label'], logits.shape[-1], teachers))
+    metrics.update(numerics_checks(batch['label'], logits.shape[-1], teachers, images))
     if teachers is not None:
       metrics.update(_teacher_metrics(teachers, predictions, batch['label']))
     metrics = pmean(metrics, axis_name)
@@ -140,18 +141,34 @@ def build_update(
   return update
 
 
+def check_images(images: jax.Array) -> None:
+  """Raises ValueError for integer images `[B, H, W, C]` (raw pixels): the steps take them
+  normalized, as floats (`(x / 255 - mean) / std`; `jaxkd.data.InMemoryDataset` does it)."""
+  if images.ndim == 4 and jnp.issubdtype(images.dtype, jnp.integer):
+    raise ValueError(f'The step takes normalized float images; got {images.dtype} pixels '
+                     f'{tuple(images.shape)}. Normalize them first, e.g. (x / 255 - mean) / std '
+                     '(jaxkd.data.InMemoryDataset does it).')
+
+
 CHECKS = {  # metric -> what it means when > 0, in the order a diagnosis names them
+    'check_inputs': 'non-finite inputs (the batch holds NaN or infinite values: clean the data)',
     'check_labels': 'labels outside 0..num_classes-1 (the data or the class subset is wrong)',
     'check_teacher': 'non-finite teacher logits (the teacher is damaged or diverged)',
 }
 
 
-def numerics_checks(labels: jax.Array, num_classes: int, teachers) -> dict[str, jax.Array]:
-  """Fractions of the batch with an out-of-range label, and with a non-finite teacher logit:
-  zero in a sound run; the loop refuses to go on (`jaxkd.loop.check_numerics`) when not.
-  Both would otherwise pass silently: one-hot of a bad label is all zeros, and a NaN teacher
-  can give a zero loss."""
-  checks = {'check_labels': jnp.mean((labels < 0) | (labels >= num_classes))}
+def numerics_checks(labels: jax.Array, num_classes: int, teachers,
+                    inputs: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Fractions of the batch with a non-finite input, an out-of-range label, and a non-finite
+  teacher logit: zero in a sound run; the loop refuses to go on
+  (`jaxkd.loop.check_numerics`) when not, naming the first (a NaN pixel makes the teacher's
+  logits NaN too: the inputs are named, not the teacher). Each would otherwise pass
+  silently: one-hot of a bad label is all zeros, and a NaN teacher can give a zero loss."""
+  checks = {}
+  if inputs is not None and jnp.issubdtype(inputs.dtype, jnp.floating):
+    finite = jnp.isfinite(inputs).reshape(inputs.shape[0], -1)
+    checks['check_inputs'] = jnp.mean(~jnp.all(finite, axis=-1))
+  checks['check_labels'] = jnp.mean((labels < 0) | (labels >= num_classes))
   if teachers is not None:
     bad = jnp.zeros(labels.shape, bool)
     for teacher in teachers:

@@ -95,3 +95,18 @@ def test_tree_sha256_depends_on_values_and_paths_only():
   assert tree_sha256(a) == tree_sha256(b)
   c = {'w': np.ones((2, 2), np.float32), 'b': np.array([0, 0, 1e-7], np.float32)}
   assert tree_sha256(a) != tree_sha256(c)
+
+
+def test_raw_pixels_are_refused_and_nan_pixels_are_named():
+  model = models.build('mlp', num_classes=10, hidden=(16,))
+  tx = optax.sgd(0.1)
+  step = make_train_step(model=model, tx=tx)
+  state = create_train_state(model, tx, seed=0, input_shape=(1, 28, 28, 1))
+  raw = {**_batch(), 'image': np.zeros((32, 28, 28, 1), np.uint8)}
+  with pytest.raises(ValueError, match=r'normalized float images; got uint8 pixels'):
+    step(state, raw)
+  batch = _batch()
+  batch['image'][3, 5, 5, 0] = np.nan
+  _, metrics = step(create_train_state(model, tx, seed=0, input_shape=(1, 28, 28, 1)), batch)
+  assert float(metrics['check_inputs']) == 1 / 32
+  assert float(metrics['check_labels']) == 0.0
