@@ -44,7 +44,8 @@ def measure_pair(name: str, *, batch_size: int, repeats: int, examples: int) -> 
   labels = rng.integers(0, NUM_CLASSES, examples)
   parallel = Parallel()
   dataset = data.InMemoryDataset(images, labels, batch_size=batch_size, mean=0.5, std=0.25,
-                                 batch_sharding=parallel.batch_sharding())  # as recipes do
+                                 batch_sharding=parallel.batch_sharding(),  # as recipes do
+                                 num_classes=NUM_CLASSES)
   steps = dataset.steps_per_epoch
   model = models.build(pair.student, num_classes=NUM_CLASSES)
   tx = optax.sgd(LEARNING_RATE, momentum=0.9)

@@ -257,7 +257,8 @@ def _images(n=8, channels=1):
 
 
 def _dataset(**kwargs):
-  args = dict(images=_images(), labels=np.arange(8) % 4, batch_size=4, mean=0.5, std=0.25)
+  args = dict(images=_images(), labels=np.arange(8) % 4, batch_size=4, mean=0.5, std=0.25,
+              num_classes=4)
   args.update(kwargs)
   return pipeline.InMemoryDataset(args.pop('images'), args.pop('labels'), **args)
 
@@ -285,6 +286,10 @@ API = [
     ('labels-out-of-range', lambda tmp: _dataset(labels=np.arange(8), num_classes=4),
      ValueError, 'num_classes=4'),
     ('labels-negative', lambda tmp: _dataset(labels=np.arange(8) - 1), ValueError, '>= 0'),
+    ('batch-size-negative', lambda tmp: _dataset(batch_size=-16), ValueError,
+     'batch_size must be a whole number >= 1, got -16'),
+    ('num-classes-zero', lambda tmp: _dataset(num_classes=0), ValueError,
+     'num_classes must be a whole number >= 1, got 0'),
     ('labels-not-integers', lambda tmp: _dataset(labels=np.linspace(0, 1, 8)), ValueError,
      'integer class indices'),
     ('mean-channels', lambda tmp: _dataset(mean=(0.5, 0.5, 0.5)), ValueError, 'mean has 3'),

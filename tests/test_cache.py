@@ -43,7 +43,7 @@ def test_cached_and_live_teacher_give_the_same_steps(setup):
   tx = optax.sgd(0.1)
   objective = losses.make_objective(hard_weight=0.5, soft_weight=0.5, temperature=4.0)
   data = InMemoryDataset(images, labels, batch_size=16, mean=0.5, std=0.25, seed=1,
-                         columns=teacher_cache.rows())
+                         columns=teacher_cache.rows(), num_classes=10)
   runs = {}
   for name, cached in (('live', False), ('cached', True)):
     step = make_distill_step(student=student, teachers=None if cached else teacher, tx=tx,
@@ -151,7 +151,7 @@ def test_distill_from_topk_cache_runs(setup):
   step = make_distill_step(student=student, teachers=None, tx=tx, objective=objective,
                            cached=True)
   data = InMemoryDataset(images, labels, batch_size=32, mean=0.5, std=0.25,
-                         columns=teacher_cache.rows())
+                         columns=teacher_cache.rows(), num_classes=10)
   state = create_train_state(student, tx, seed=0, input_shape=SHAPE)
   batch = data.batch(0, 0)
   state, first = step(state, batch, ())

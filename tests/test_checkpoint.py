@@ -136,7 +136,8 @@ def _fit_run(workdir, *, num_steps, on_step=None):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (48, 28, 28, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, 48).astype(np.int32)
-  dataset = InMemoryDataset(images, labels, batch_size=8, mean=0.5, std=0.25, seed=0)
+  dataset = InMemoryDataset(images, labels, batch_size=8, mean=0.5, std=0.25, seed=0,
+                            num_classes=10)
   step_fn = make_train_step(model=model, tx=tx)
   evaluate = lambda s, epoch: {'val_accuracy': 0.1 * epoch}  # noqa: E731
   with Checkpointer(os.path.join(workdir, 'checkpoints'), metadata=META, keep_best=1,

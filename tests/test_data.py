@@ -309,7 +309,7 @@ def _ids(batch, mean=0.0, std=1.0):
 def _in_memory(n=50, **kwargs):
   images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
   kwargs = {"batch_size": 8, "mean": 0.0, "std": 1.0, "seed": 5, "shard_index": 0,
-            "shard_count": 1, **kwargs}
+            "shard_count": 1, "num_classes": 7, **kwargs}
   return pipeline.InMemoryDataset(images, np.arange(n) % 7, **kwargs)
 
 
@@ -335,7 +335,7 @@ def test_in_memory_normalization_and_labels():
   labels = rng.integers(0, 10, 20)
   mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
   ds = pipeline.InMemoryDataset(images, labels, batch_size=10, mean=mean, std=std,
-                                shuffle=False, shard_index=0, shard_count=1)
+                                shuffle=False, shard_index=0, shard_count=1, num_classes=10)
   batch = ds.batch(0, 1)
   np.testing.assert_allclose(batch["image"], (images[10:] / 255.0 - mean) / std,
                              rtol=1e-5, atol=1e-5)
@@ -343,7 +343,7 @@ def test_in_memory_normalization_and_labels():
   assert batch["label"].dtype == np.int32
   with pytest.raises(ValueError, match=r"mean has 2 values .* per channel of the images \(3\)"):
     pipeline.InMemoryDataset(images, labels, batch_size=10, mean=(0.5, 0.5), std=1.0,
-                             shard_index=0, shard_count=1)
+                             shard_index=0, shard_count=1, num_classes=10)
 
 
 def test_in_memory_shards_disjoint_and_cover():

@@ -124,7 +124,7 @@ def test_batches_placed_by_the_pipeline_are_not_moved_again(mode):
   parallel = Parallel(mode)
   images = np.arange(64 * 4, dtype=np.uint8).reshape(64, 2, 2, 1)
   dataset = InMemoryDataset(images, np.arange(64) % 10, batch_size=16, mean=0.0, std=1.0,
-                            batch_sharding=parallel.batch_sharding())
+                            batch_sharding=parallel.batch_sharding(), num_classes=10)
   batch = dataset.batch(0, 0)
   placed = parallel.shard_batch(batch)
   assert all(placed[k] is batch[k] for k in batch)  # already where the step wants it

@@ -84,7 +84,7 @@ class InMemoryDataset:
     shard_index, shard_count: this process's shard (default: JAX's process index/count).
     columns: more per-example arrays (e.g. cached teacher logits), gathered into each
       batch under their names alongside `image` and `label`.
-    num_classes: when given, labels must lie in 0..num_classes-1 (always: integers >= 0).
+    num_classes: labels must be integers in 0..num_classes-1.
   """
 
   def __init__(
@@ -102,13 +102,17 @@ class InMemoryDataset:
       shard_index: int | None = None,
       shard_count: int | None = None,
       columns: dict[str, np.ndarray] | None = None,
-      num_classes: int | None = None,
+      num_classes: int,
   ):
     if images.ndim != 4 or images.dtype != np.uint8:
       raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype}"
                        f"{list(images.shape)}.")
     if labels.shape != images.shape[:1]:
       raise ValueError(f"labels must be [{len(images)}], got {list(labels.shape)}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+      raise ValueError(f"num_classes must be a whole number >= 1, got {num_classes!r}.")
     check_labels(np.asarray(labels), num_classes)
     for name, rows in (columns or {}).items():
       if len(rows) != len(images) or name in ("image", "label"):
