@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any, Callable
 
 import flax
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.augment import Augment
+from jaxkd.optim import SettingWarning
 
 FORMAT_VERSION = 1
 DTYPES = ('float32', 'float16')
@@ -171,6 +173,10 @@ def _rmtree(path: str) -> None:
   shutil.rmtree(path, ignore_errors=True)
 
 
+# A top-k cache keeping less than this share of the teacher's softened mass is warned about.
+TOPK_KEPT_WARNING = 0.5
+
+
 def compute(
     apply_fn: Callable[[Any, jax.Array], jax.Array],
     teacher_variables: Any,
@@ -242,6 +248,13 @@ def compute(
   rest = scaled.copy()
   np.put_along_axis(rest, indices, -np.inf, -1)
   rest_log_mass = (_logsumexp(rest) - log_z).astype(np.float32)
+  kept = 1.0 - float(np.mean(np.exp(rest_log_mass)))
+  if kept < TOPK_KEPT_WARNING:
+    warnings.warn(
+        f'The top-{topk} cache keeps {kept:.0%} of the teacher\'s probability mass at '
+        f'temperature {temperature:g} (mean over {len(logits)} examples); the rest is one '
+        'bucket, so most of the soft targets\' signal is lost. Raise cache_topk, lower the '
+        'temperature, or cache every logit (cache_topk=0).', SettingWarning, stacklevel=2)
   return TeacherCache(values.astype(dtype), indices, rest_log_mass, provenance)
 
 

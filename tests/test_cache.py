@@ -1,4 +1,6 @@
 """Teacher-output cache: same loss as a live teacher, refusals, top-k bucket maths."""
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from jaxkd import cache, losses, models
 from jaxkd.augment import Augment
 from jaxkd.data import InMemoryDataset
 from jaxkd.distill import inference_apply, make_distill_step
+from jaxkd.optim import SettingWarning
 from jaxkd.state import create_train_state, init_variables, tree_sha256
 
 SHAPE = (1, 28, 28, 1)
@@ -160,3 +163,16 @@ def test_distill_from_topk_cache_runs(setup):
   assert float(metrics['kd_loss']) < float(first['kd_loss'])
   np.testing.assert_allclose(float(first['teacher_accuracy']), np.mean(
       np.asarray(batch['teacher_topk_indices'])[:, 0] == np.asarray(batch['label'])))
+
+
+def test_topk_cache_that_keeps_little_of_the_mass_warns():
+  apply = lambda variables, x: x  # noqa: E731 - the inputs are the logits
+  flat = np.zeros((6, 10), np.float32)
+  peaked = np.tile(np.array([20.0] + [0.0] * 9, np.float32), (6, 1))
+  kwargs = dict(dataset='d', split='s', transform={}, teacher_fingerprint='f', topk=2,
+                temperature=4.0)
+  with pytest.warns(SettingWarning, match=r'top-2 cache keeps 20% of the teacher'):
+    cache.compute(apply, 1.0, flat, **kwargs)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', SettingWarning)
+    cache.compute(apply, 1.0, peaked, **kwargs)  # T = 4 keeps 99% of a confident teacher
