@@ -126,9 +126,9 @@ def _check_description(exported: jax.export.Exported, description: dict, where: 
   """Raises ValueError where `model.json` contradicts the function: its input shape or its
   number of classes (an edited description is not believed)."""
   (images,), (logits,) = exported.in_avals, exported.out_avals
-  said = {'input_shape': list(description.get('input_shape', [])),
-          'num_classes': description.get('num_classes')}
   actual = {'input_shape': [int(d) for d in images.shape[1:]], 'num_classes': int(logits.shape[-1])}
+  said = {key: list(value) if isinstance(value, (list, tuple)) else value
+          for key, value in description.items() if key in actual}
   wrong = [f'{key} {said[key]} (the function: {actual[key]})' for key in said
            if said[key] != actual[key]]
   if wrong:
