@@ -29,6 +29,12 @@ def check_static_temperature(temperature) -> None:
   non-finite; traced values cannot be checked here."""
   if isinstance(temperature, jax.core.Tracer):
     return
+  # np.asarray('4', np.float64) is 4.0: a string would otherwise pass as a number.
+  if isinstance(temperature, (str, bytes, bool, np.bool_)) or not (
+      isinstance(temperature, numbers.Number) or jnp.issubdtype(
+          getattr(temperature, 'dtype', np.asarray(temperature).dtype), np.number)):
+    raise ValueError(f'temperature must be a number or an array of numbers, got '
+                     f'{temperature!r}; pass e.g. temperature=4.0.')
   try:
     values = np.asarray(temperature, np.float64)
   except (TypeError, ValueError, jax.errors.ConcretizationTypeError):

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxkd.losses.numerics import standardize_logits, upcast
 from jaxkd.losses.pooling import pool_onto
@@ -99,28 +100,49 @@ def value_at(value: Hyperparam, step) -> jax.Array:
   return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
 
 
-# Where a schedule is checked: steps 0, 1, 2, 5, 10, ... up to 10^7 (a schedule cannot be
-# checked at every step, and the run's length is not known when a term is built).
+# Where a schedule is checked: every step up to SCHEDULE_CHECK_EVERY_UNTIL, then steps 2e4,
+# 5e4, 1e5, ... up to 10^7 (a schedule cannot be checked at every step, and the run's length
+# is not known when a term is built). The steps are evaluated at once (`jax.vmap`); a schedule
+# with Python control flow on the step, which cannot be, is checked one step at a time at
+# every step up to SCHEDULE_CHECK_LOOP_UNTIL and at the sampled steps beyond.
+SCHEDULE_CHECK_EVERY_UNTIL = 10_000
+SCHEDULE_CHECK_LOOP_UNTIL = 100
 SCHEDULE_CHECK_STEPS = tuple(sorted({m * 10 ** e for e in range(8) for m in (1, 2, 5)} | {0}))
 
 
+def _schedule_values(schedule) -> tuple[np.ndarray, np.ndarray]:
+  """`(steps, values)`: a schedule at the steps it is checked at (see above)."""
+  sampled = [s for s in SCHEDULE_CHECK_STEPS if s > SCHEDULE_CHECK_EVERY_UNTIL]
+  steps = np.concatenate([np.arange(SCHEDULE_CHECK_EVERY_UNTIL + 1), sampled]).astype(np.int32)
+  try:
+    values = np.asarray(jax.vmap(schedule)(jnp.asarray(steps)), np.float64)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    values = None
+  if values is None or values.shape != steps.shape:
+    steps = np.asarray(sorted(set(range(SCHEDULE_CHECK_LOOP_UNTIL + 1)) |
+                              set(SCHEDULE_CHECK_STEPS)))
+    values = np.asarray([float(schedule(int(step))) for step in steps])
+  return steps, values
+
+
 def validated(name: str, value: Any, *, positive: bool) -> Hyperparam:
-  """Checks a weight (>= 0) or a temperature (> 0); a schedule at `SCHEDULE_CHECK_STEPS`."""
+  """Checks a weight (>= 0) or a temperature (> 0); a schedule at the steps above."""
   kind = 'positive' if positive else 'non-negative'
   if callable(value):
     at_zero = value(0)
     if jnp.ndim(at_zero) != 0:
       raise ValueError(f'{name} schedule must return a scalar, got shape {jnp.shape(at_zero)}.')
-    checked = [(float(value(step)), f' at step {step}') for step in SCHEDULE_CHECK_STEPS]
+    steps, values = _schedule_values(value)
   elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-    checked = [(float(value), '')]
+    steps, values = None, np.asarray([float(value)])
   else:
     raise ValueError(
         f'{name} must be a number or a schedule (callable of the step), got {value!r}.')
-  for number, where in checked:
-    if not math.isfinite(number) or (number <= 0 if positive else number < 0):
-      raise ValueError(f'{name} must be finite and {kind}, got {number}{where}; pass a {kind} '
-                       f'{name}.')
+  bad = np.flatnonzero(~np.isfinite(values) | (values <= 0 if positive else values < 0))
+  if bad.size:
+    where = '' if steps is None else f' at step {int(steps[bad[0]])}'
+    raise ValueError(f'{name} must be finite and {kind}, got {float(values[bad[0]])}{where}; '
+                     f'pass a {kind} {name}.')
   return value
 
 
