@@ -138,11 +138,25 @@ def split_log_probs(logits: jax.Array, is_target: jax.Array):
   distribution of ``softmax(logits)`` and ``q`` the softmax over the non-target
   classes only (its target entry is meaningless: read it only where ``~is_target``).
   """
-  log_all = jax.nn.logsumexp(logits, axis=-1)
-  log_rest = jax.nn.logsumexp(logits, axis=-1, where=~is_target)
-  log_target = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
-  log_q = logits - log_rest[..., None]
+  # Each log-softmax is formed from logits less their maximum (over all classes for ``b``,
+  # over the non-targets for ``q``), as `jax.nn.log_softmax` does: ``z - logsumexp(z)`` with
+  # logits of 1e4 loses ~4e-4 to float32 rounding of the two large terms (Hardening II).
+  shifted = logits - _finite_max(logits, None)
+  log_all = jax.nn.logsumexp(shifted, axis=-1)
+  log_rest = jax.nn.logsumexp(shifted, axis=-1, where=~is_target)
+  log_target = jnp.sum(jnp.where(is_target, shifted, 0.0), axis=-1)
+  rest = logits - _finite_max(logits, ~is_target)
+  log_q = rest - jax.nn.logsumexp(rest, axis=-1, where=~is_target, keepdims=True)
   return log_target - log_all, log_rest - log_all, log_q
+
+
+def _finite_max(logits: jax.Array, where) -> jax.Array:
+  """The maximum over the last axis (where `where`), kept as an axis and without gradient;
+  0 where it is infinite (all ``-inf``, or a ``+inf`` that must stay non-finite), NaN where a
+  logit is NaN (a NaN row stays NaN)."""
+  top = jnp.max(logits, axis=-1, keepdims=True, where=where, initial=-jnp.inf)
+  top = jnp.where(jnp.isinf(top), 0.0, top)
+  return jax.lax.stop_gradient(jnp.where(jnp.isnan(logits).any(-1, keepdims=True), jnp.nan, top))
 
 
 def non_target_probs(log_q: jax.Array, is_target: jax.Array) -> jax.Array:
