@@ -27,10 +27,11 @@ def ref_reverse_kl(student, teacher, temperature):
   return temperature**2 * kl64(softmax64(student, temperature), softmax64(teacher, temperature))
 
 
-def ref_jsd(student, teacher, temperature, w):
+def ref_jsd(student, teacher, temperature, w, scale=False):
+  """The GKD paper's eq. (1) (no T**2 unless `scale`)."""
   p_s, p_t = softmax64(student, temperature), softmax64(teacher, temperature)
   m = w * p_t + (1 - w) * p_s
-  return temperature**2 * (w * kl64(p_t, m) + (1 - w) * kl64(p_s, m))
+  return (temperature**2 if scale else 1.0) * (w * kl64(p_t, m) + (1 - w) * kl64(p_s, m))
 
 
 def _drop(row, label):
