@@ -45,6 +45,11 @@ def pkt_loss(
   log. RepDistiller weighs it by 30000 on the penultimate embeddings. 0 for identical
   inputs.
 
+  An all-zero feature row gives cosine 0 to every neighbour (``K = 1/2``) with a zero
+  gradient: the row gets no gradient, where the formula's ``x / (||x|| + 1e-7)`` has a
+  derivative of ``1 / 1e-7`` there (RepDistiller's code would take that step, in the
+  direction of the other rows' gradient). A dead row stays dead rather than jumping.
+
   Args:
     student_features: ``[B, ...]`` student features (flattened to ``[B, D_s]``; any float
       dtype, computed in >= float32), ``B >= 2``.
