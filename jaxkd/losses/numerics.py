@@ -89,8 +89,10 @@ def check_static_open_unit(value, name: str) -> None:
 # --- divergences and softmax splits --------------------------------------------------------------
 
 def kl(p_t: jax.Array, log_p_t: jax.Array, log_p_s: jax.Array) -> jax.Array:
-  """KL(p_t || p_s) over the last axis, with 0 * log 0 = 0 and NaN-free gradients."""
-  support = p_t > 0
+  """KL(p_t || p_s) over the last axis, with 0 * log 0 = 0 and NaN-free gradients; a NaN
+  anywhere in a row gives NaN for it."""
+  # `!= 0`, not `> 0`: a NaN probability must stay inside the support, so that it shows.
+  support = p_t != 0
   # optax.losses.kl_divergence{,_with_log_targets} give NaN values (0 * -inf) or NaN
   # gradients (the unselected log(0) branch) when the teacher puts zero mass on a class;
   # the inner `where`s keep both branches finite so the outer one is gradient-safe.
@@ -211,14 +213,14 @@ def safe_norm(x: jax.Array, axis: int, *, keepdims: bool = True) -> jax.Array:
   """Euclidean norm along ``axis`` (kept unless not `keepdims`) with a zero (not NaN)
   gradient at the zero vector."""
   squared = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-  positive = squared > 0
+  positive = squared != 0  # NaN stays NaN
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
 def normalize(x: jax.Array, axis: int = -1) -> jax.Array:
   """``F.normalize``: ``x / max(||x||, 1e-12)``; the zero vector maps to 0 with zero gradient."""
   norm = safe_norm(x, axis)
-  return jnp.where(norm > 0, x / jnp.maximum(norm, NORM_EPS), 0.0)
+  return jnp.where(norm != 0, x / jnp.maximum(norm, NORM_EPS), 0.0)
 
 
 def gram(x: jax.Array) -> jax.Array:

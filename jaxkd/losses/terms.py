@@ -181,6 +181,9 @@ class Term:
       'multiscale'), its paper (short citation) and the paper's address.
     student_taps, teacher_taps: module paths whose outputs it reads ('' = logits only).
     per_example: False for a term that relates the examples of a batch (one value per batch).
+    batch_statistics: True for a per-example term whose projector normalises with the batch's
+      statistics (train-mode BatchNorm): every example's value depends on the whole batch, so
+      a NaN in one example reaches them all.
     needs_teacher, needs_labels: which inputs it reads; needs_index: the examples' dataset
       indices (`batch['index']`, e.g. for a memory bank).
     owns_params, owns_state: whether `init` creates trainable parameters / state.
@@ -202,6 +205,7 @@ class Term:
   student_taps: tuple[str, ...] = ()
   teacher_taps: tuple[str, ...] = ()
   per_example = True
+  batch_statistics = False
   needs_teacher = True
   needs_labels = False
   needs_index = False

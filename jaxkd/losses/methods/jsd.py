@@ -63,7 +63,7 @@ def jsd_loss(
   w = jnp.asarray(mixing_weight, log_p_s.dtype)
   log_w, log_1mw = jnp.log(w), jnp.log1p(-w)
   p_s, p_t = jnp.exp(log_p_s), jnp.exp(log_p_t)
-  on_s, on_t = p_s > 0, p_t > 0
+  on_s, on_t = p_s != 0, p_t != 0  # a NaN row stays NaN
   # log(p_t / p_s) where both are positive; elsewhere the `where`s below pick the limit.
   both = on_s & on_t
   log_t_over_s = jnp.where(both, jnp.where(both, log_p_t, 0.0) - jnp.where(both, log_p_s, 0.0),

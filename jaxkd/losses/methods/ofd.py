@@ -138,7 +138,8 @@ def ofd_loss(
                             margin.dtype)
   student = student_features.astype(dtype)
   target = jnp.maximum(teacher_features.astype(dtype), margin.astype(dtype))
-  counted = (student > target) | (target > 0)
+  # Negated so that a NaN on either side is counted (and shows) rather than masked.
+  counted = ~((student <= target) & (target <= 0))
   squared = jnp.where(counted, jnp.square(student - target), 0.0)
   return jnp.sum(squared.reshape(squared.shape[0], -1), axis=-1)
 
@@ -168,6 +169,7 @@ class OFD(ProjectedMaps):
   # CIFAR: the batch sum / 1000 (OFD_CIFAR_WEIGHT), on pre-ReLU maps.
   paper_weight = 1e-3
   paper_ce_weight = 1.0
+  batch_statistics = True  # the connector's BatchNorm (and the margin without teacher_bns)
 
   def __post_init__(self):
     super().__post_init__()

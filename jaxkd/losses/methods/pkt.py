@@ -18,7 +18,7 @@ _PKT_EPS = 1e-7
 def _pkt_probabilities(features: jax.Array) -> jax.Array:
   """Cosine similarities mapped to ``[0, 1]`` and normalised over each row: ``[B, B]``."""
   norm = safe_norm(features, -1)
-  unit = jnp.where(norm > 0, features / (norm + _PKT_EPS), 0.0)
+  unit = jnp.where(norm != 0, features / (norm + _PKT_EPS), 0.0)
   similarity = (gram(unit) + 1.0) / 2.0
   return similarity / jnp.sum(similarity, axis=-1, keepdims=True)
 
