@@ -214,7 +214,7 @@ def test_term_settings_are_checked():
 
 CRD_SPEC = {'ce': {'weight': 1.0},
             'crd': {'weight': 0.8, 'embed_dim': 8, 'num_negatives': 32, 'num_data': 64,
-                    'student_tap': 'dense2', 'teacher_tap': 'dense2'}}
+                    'student_tap': 'dense2', 'teacher_tap': 'dense2', 'sampling': 'uniform'}}
 
 
 def _indexed(count, n=16):
@@ -294,7 +294,8 @@ def test_crd_refuses_missing_indices_and_a_bank_too_large(teacher_vars, crd_one_
   with pytest.raises(ValueError, match=r"batch\['index'\]"):
     step(jax.tree.map(jnp.array, state), _batches(1)[0], teacher_vars)
   objective = losses.build_objective(
-      {'crd': {'weight': 1.0, 'num_data': 10**12, 'embed_dim': 128}}, num_teachers=1)
+      {'crd': {'weight': 1.0, 'num_data': 10**12, 'embed_dim': 128, 'sampling': 'uniform'}},
+      num_teachers=1)
   with pytest.raises(ValueError, match='num_data'):
     create_distill_state(STUDENT, optax.sgd(0.1), objective, teachers=[TEACHER],
                          teacher_variables=[teacher_vars], seed=0, input_shape=SHAPE)

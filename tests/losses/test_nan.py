@@ -59,7 +59,8 @@ def _outputs(model_name, shape, taps, seed):
 def _case(name):
   """The objective of term `name` alone, and its student's and teacher's outputs."""
   objective = build_objective({name: {**_settings(name), 'weight': 1.0}}, num_teachers=1,
-                              run={'num_data': NUM_DATA, 'label_smoothing': 0.0})
+                              run={'num_data': NUM_DATA, 'label_smoothing': 0.0,
+                                   'train_labels': np.arange(NUM_DATA) % 10})
   pair = PAIRS['gap' if name in kd_methods.GAP_ONLY else 'lenet']
   student = _outputs(pair[0], pair[2], tuple(objective.student_taps), 0)
   teacher = _outputs(pair[1], pair[2], tuple(objective.teacher_taps), 1)
