@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.losses.numerics import standardize_logits, upcast
-from jaxkd.losses.pooling import pool_onto
 from jaxkd.losses.projectors import conv1x1, conv1x1_init
 
 PyTree = Any
@@ -382,7 +381,8 @@ class PairedMaps(Term):
 @dataclasses.dataclass(frozen=True)
 class ProjectedMaps(PairedMaps):
   """A map term whose student maps go through a trainable 1x1 convolution onto the teacher's
-  channels (after pooling onto the teacher's size); one projector per tap pair."""
+  channels; one projector per tap pair. Spatial sizes are the term's to match (or not: a
+  Gram or FSP matrix compares maps of any size)."""
 
   owns_params = True
 
@@ -399,6 +399,14 @@ class ProjectedMaps(PairedMaps):
   def init_pair(self, key, c_in: int, c_out: int) -> dict:
     return conv1x1_init(key, c_in, c_out)
 
-  def projected(self, student, teacher, params) -> list[jax.Array]:
-    return [conv1x1(pool_onto(s, t.shape, self.name, tap), params[f'pair{i}'])
-            for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps))]
+  def projected(self, student, params) -> list[jax.Array]:
+    """Each student map through its pair's 1x1 convolution (no pooling)."""
+    return [conv1x1(s, params[f'pair{i}']) for i, s in enumerate(student)]
+
+
+def conv_batch_norm_init(key, c_in: int, c_out: int) -> dict:
+  """A bias-free 1x1 convolution followed by a BatchNorm (scale 1, bias 0): the projector
+  of OFD's connector and ICKD's embedding (`projectors.conv1x1_batch_norm`)."""
+  return {'conv': conv1x1_init(key, c_in, c_out, bias=False),
+          'bn_scale': jnp.ones((c_out,), jnp.float32),
+          'bn_bias': jnp.zeros((c_out,), jnp.float32)}
