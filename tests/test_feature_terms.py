@@ -78,7 +78,9 @@ def test_every_new_term_trains_the_lenet_pair(all_new_terms):
   assert isinstance(state, DistillState)
   assert sorted(state.loss_params) == ['fsp', 'ickd', 'ofd', 'reviewkd', 'vid']
   assert state.loss_params['reviewkd']['stage0']['conv2'].shape == (3, 3, 8, 6)  # -> pool1
-  assert state.loss_params['ickd']['pair0']['kernel'].shape == (8, 16)  # pool2: 8 -> 16 ch.
+  # pool2: 8 -> 16 channels, then the authors' BatchNorm.
+  assert state.loss_params['ickd']['pair0']['conv']['kernel'].shape == (8, 16)
+  assert state.loss_params['ickd']['pair0']['bn_scale'].shape == (16,)
   assert state.loss_params['vid']['pair1']['log_scale'].shape == (16,)
   np.testing.assert_allclose(jax.nn.softplus(state.loss_params['vid']['pair0']['log_scale']),
                              5.0 - 1e-5, rtol=1e-3)  # initial variance 5 (after one update)
