@@ -141,3 +141,29 @@ def test_teacher_minus_inf_logits_stay_finite(name):
   value, grad = jax.value_and_grad(loss)(student.logits)
   assert np.isfinite(value), name
   assert np.all(np.isfinite(grad)), name
+
+
+def test_kd_loss_of_a_nan_teacher_row_is_nan():
+  """The issue's case: a NaN in a teacher row gave a finite value (0 for a NaN-only row)."""
+  from jaxkd.losses import kd_loss
+  student = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+  teacher = student[::-1].copy()
+  teacher[0, 2] = np.nan
+  teacher[1] = np.nan
+  value = np.asarray(jax.jit(lambda s, t: kd_loss(s, t, temperature=4.0))(student, teacher))
+  assert np.isnan(value[0]) and np.isnan(value[1]) and np.isfinite(value[2])
+
+
+def test_all_zero_rows_of_cc_and_pkt_get_a_zero_gradient():
+  """As documented: an all-zero feature row is normalised to 0 with a zero gradient (the
+  formula's derivative there is ~1/eps in no particular direction)."""
+  from jaxkd.losses import cc_loss, pkt_loss
+  rng = np.random.default_rng(1)
+  student, teacher = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+  student[1] = 0.0
+  for loss in (lambda s, t: cc_loss(s, t, gamma=0.4, order=2), pkt_loss):
+    value, grad = jax.value_and_grad(loss)(student.astype(np.float32),
+                                           teacher.astype(np.float32))
+    assert np.isfinite(value)
+    np.testing.assert_array_equal(np.asarray(grad)[1], 0.0)
+    assert np.any(np.asarray(grad)[[0, 2, 3]] != 0)
