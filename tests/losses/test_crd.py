@@ -380,7 +380,8 @@ def test_crd_term_refuses_more_negatives_than_rows_and_missing_labels():
                                        r'bank of num_data=64 rows'):
     make_term('crd', num_data=64, sampling='uniform')
   labels = np.arange(64) % 4  # 16 a class: 48 rows of other classes
-  with pytest.raises(ValueError, match=r'num_negatives=49 .* as few as 48 rows of other classes \(class 0 has 16 of the 64'):
+  with pytest.raises(ValueError, match=r'num_negatives=49 .* as few as 48 rows of other '
+                                       r'classes \(class 0 has 16 of the 64'):
     make_term('crd', num_data=64, num_negatives=49, train_labels=labels)
   make_term('crd', num_data=64, num_negatives=48, train_labels=labels)
   with pytest.raises(ValueError, match='4 labels for num_data=64'):

@@ -32,13 +32,14 @@ def ickd_loss(
   with ``F_b`` example ``b``'s ``[H * W, C]`` feature map, so ``G_b`` is ``[C, C]``: how
   strongly each pair of channels fires together over space. Each side's Gram matrix is
   taken over its own positions, so the two maps may differ in height and width (the
-  authors flatten each side with ``view(bsz, ch, -1)`` and pool neither). The authors' CIFAR-100 code
-  (``ICKDLoss.batch_loss``) reduces by ``sum / (C * B)``, whose value is the batch mean
-  of this loss; their ImageNet (torchdistill ``ChSimLoss``) code divides by ``C * B**2``,
-  i.e. the batch mean divided again by ``B``. The student's features must already be
-  projected to the teacher's channels: the authors' trainable 1x1 convolution plus batch
-  norm (``Embed``) belongs to the term that wraps this function (`ICKD`). The authors apply it to the last
-  convolutional feature maps, weighted 2.5 (CIFAR-100 README). 0 for identical features.
+  authors flatten each side with ``view(bsz, ch, -1)`` and pool neither). The authors'
+  CIFAR-100 code (``ICKDLoss.batch_loss``) reduces by ``sum / (C * B)``, whose value is the
+  batch mean of this loss; their ImageNet (torchdistill ``ChSimLoss``) code divides by
+  ``C * B**2``, i.e. the batch mean divided again by ``B``. The student's features must
+  already be projected to the teacher's channels: the authors' trainable 1x1 convolution
+  plus batch norm (``Embed``) belongs to the term that wraps this function (`ICKD`). The
+  authors apply it to the last convolutional feature maps, weighted 2.5 (CIFAR-100
+  README). 0 for identical features.
 
   Args:
     student_features: ``[B, H, W, C]`` projected student features (NHWC; any float dtype,

@@ -34,8 +34,9 @@ def jsd_loss(
   (``loss / (1 - w)`` tends to ``reverse_kl_loss``), as in the paper and TRL (which
   special-cases the two ends). EasyDeL's GKD loss names the ends the other way round
   (its ``beta -> 0`` is the reverse KL): to compare with it, pass ``mixing_weight = 1 -
-  beta``. ``w = 0.5`` is the symmetric Jensen-Shannon divergence, bounded by ``log 2``. The loss itself goes to 0 at both ends, so a ``w`` close to 0 or 1
-  wants a larger term weight. The log-ratios ``log(m / p)`` are formed directly (a
+  beta``. ``w = 0.5`` is the symmetric Jensen-Shannon divergence, bounded by ``log 2``.
+  The loss itself goes to 0 at both ends, so a ``w`` close to 0 or 1 wants a larger term
+  weight. The log-ratios ``log(m / p)`` are formed directly (a
   ``logaddexp`` of the log-ratio of the two distributions), which keeps the second-order
   term accurate for ``w`` near 0 or 1; classes where a distribution is exactly 0
   contribute 0 to its KL, with finite gradients.
