@@ -308,7 +308,7 @@ API = [
         jnp.zeros((2, 3)), jnp.zeros((2, 3)), temperature=np.array([1.0, -1.0])), ValueError,
      'temperature'),
     ('weight-schedule-negative', lambda tmp: _negative_schedule(), ValueError,
-     'at step 2000'),
+     'at step 1001'),  # the first negative step (1 - 1001/1000)
     ('unknown-loss', lambda tmp: losses.build_objective({'kdd': {'weight': 1.0}}), ValueError,
      "'kdd'"),
     ('checkpointer-keep-last', lambda tmp: checkpoint.Checkpointer(
@@ -407,3 +407,45 @@ def test_distill_refuses_before_reading_data(runs, tmp_path, monkeypatch, name, 
     recipes.distill(config('distill', **changes), str(tmp_path / 'kd'))
   assert words in str(raised.value), str(raised.value)
   assert not (tmp_path / 'kd').exists()
+
+
+# --- the loss API: inputs that used to be accepted silently ---------------------------------
+
+def _weight_negative_between_sampled_steps():
+  # Negative only at step 3, between the old sampled steps 2 and 5; jnp arithmetic (vmapped).
+  return losses.build_objective({'kd': {'weight': lambda step: 1.0 - 2.0 * (step == 3),
+                                        'temperature': 4.0}})
+
+
+def _weight_python_branch_negative_at(bad_step):
+  # Python control flow on the step cannot be vmapped: it is checked step by step.
+  return losses.build_objective({'kd': {'weight': lambda step: -1.0 if step == bad_step else 1.0,
+                                        'temperature': 4.0}})
+
+
+LOSS_API = [
+    ('temperature-string', lambda: losses.kd_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)),
+                                                  temperature='4'), ValueError,
+     "temperature must be a number or an array of numbers, got '4'"),
+    ('temperature-string-dkd', lambda: losses.dkd_loss(
+        jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), temperature='4',
+        target_weight=1.0, non_target_weight=1.0), ValueError, "temperature must be a number"),
+    ('weight-schedule-negative-at-step-3', _weight_negative_between_sampled_steps, ValueError,
+     'kd_weight must be finite and non-negative, got -1.0 at step 3'),
+    ('weight-schedule-negative-at-step-9999', lambda: losses.build_objective(
+        {'kd': {'weight': lambda step: 1.0 - 2.0 * (step == 9999), 'temperature': 4.0}}),
+     ValueError, 'at step 9999'),
+    ('weight-schedule-python-branch', lambda: _weight_python_branch_negative_at(3), ValueError,
+     'got -1.0 at step 3'),
+    ('temperature-schedule-zero-at-step-7', lambda: losses.build_objective(
+        {'kd': {'weight': 1.0, 'temperature': lambda step: 4.0 * (step != 7)}}), ValueError,
+     'temperature must be finite and positive, got 0.0 at step 7'),
+]
+
+
+@pytest.mark.parametrize('name, call, error, words', LOSS_API, ids=[a[0] for a in LOSS_API])
+def test_bad_loss_input_is_refused(name, call, error, words):
+  del name
+  with pytest.raises(error) as raised:
+    call()
+  assert words in str(raised.value), str(raised.value)

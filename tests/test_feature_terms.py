@@ -77,7 +77,9 @@ def test_every_new_term_trains_the_lenet_pair(all_new_terms):
   assert isinstance(state, DistillState)
   assert sorted(state.loss_params) == ['fsp', 'ickd', 'ofd', 'reviewkd', 'vid']
   assert state.loss_params['reviewkd']['stage0']['conv2'].shape == (3, 3, 8, 6)  # -> pool1
-  assert state.loss_params['ickd']['pair0']['kernel'].shape == (8, 16)  # pool2: 8 -> 16 ch.
+  # pool2: 8 -> 16 channels, then the authors' BatchNorm.
+  assert state.loss_params['ickd']['pair0']['conv']['kernel'].shape == (8, 16)
+  assert state.loss_params['ickd']['pair0']['bn_scale'].shape == (16,)
   assert state.loss_params['vid']['pair1']['log_scale'].shape == (16,)
   np.testing.assert_allclose(jax.nn.softplus(state.loss_params['vid']['pair0']['log_scale']),
                              5.0 - 1e-5, rtol=1e-3)  # initial variance 5 (after one update)
@@ -215,7 +217,7 @@ def test_term_settings_are_checked():
 
 CRD_SPEC = {'ce': {'weight': 1.0},
             'crd': {'weight': 0.8, 'embed_dim': 8, 'num_negatives': 32, 'num_data': 64,
-                    'student_tap': 'dense2', 'teacher_tap': 'dense2'}}
+                    'student_tap': 'dense2', 'teacher_tap': 'dense2', 'sampling': 'uniform'}}
 
 
 def _indexed(count, n=16):
@@ -295,7 +297,8 @@ def test_crd_refuses_missing_indices_and_a_bank_too_large(teacher_vars, crd_one_
   with pytest.raises(ValueError, match=r"batch\['index'\]"):
     step(jax.tree.map(jnp.array, state), _batches(1)[0], teacher_vars)
   objective = losses.build_objective(
-      {'crd': {'weight': 1.0, 'num_data': 10**12, 'embed_dim': 128}}, num_teachers=1)
+      {'crd': {'weight': 1.0, 'num_data': 10**12, 'embed_dim': 128, 'sampling': 'uniform'}},
+      num_teachers=1)
   with pytest.raises(ValueError, match='num_data'):
     create_distill_state(STUDENT, optax.sgd(0.1), objective, teachers=[TEACHER],
                          teacher_variables=[teacher_vars], seed=0, input_shape=SHAPE)

@@ -169,10 +169,14 @@ def test_chain_refuses_a_bad_model_list_before_any_run(fake_data):
 
 
 def test_distill_recipe_gives_crd_the_dataset_indices(fake_data):
-  """A memory-bank term gets `batch['index']` and the training split's size from the recipe."""
+  """A memory-bank term gets `batch['index']`, the training split's size and its labels from
+  the recipe."""
   teacher = str(fake_data / 'crd_teacher')
   recipes.train(_config(defaults.supervised('mlp')), teacher)
   config = _config(_terms(defaults.distillation('mlp'), CRD), teacher_dir=teacher)
   final = recipes.distill(config, str(fake_data / 'crd'))
   stored = checkpoint.read_metadata(os.path.join(fake_data, 'crd', 'final'))
   assert stored['objective']['crd']['num_data'] == 200 and final['steps'] == 2
+  # ...and the training labels, for the authors' other-class negatives (by count and hash).
+  assert stored['objective']['crd']['sampling'] == 'other_class'
+  assert stored['objective']['crd']['train_labels']['count'] == 200

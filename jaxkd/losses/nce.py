@@ -65,7 +65,7 @@ def check_indices(indices: jax.Array, name: str, ndim: int) -> None:
 def safe_l2_normalise(x: jax.Array) -> jax.Array:
   """``x / ||x||`` along the last axis; the zero vector maps to zero with zero gradient."""
   squared = jnp.sum(x * x, axis=-1, keepdims=True)
-  positive = squared > 0
+  positive = squared != 0  # NaN stays NaN
   norm = jnp.sqrt(jnp.where(positive, squared, 1.0))
   return jnp.where(positive, x / norm, 0.0)
 

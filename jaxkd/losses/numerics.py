@@ -29,6 +29,12 @@ def check_static_temperature(temperature) -> None:
   non-finite; traced values cannot be checked here."""
   if isinstance(temperature, jax.core.Tracer):
     return
+  # np.asarray('4', np.float64) is 4.0: a string would otherwise pass as a number.
+  if isinstance(temperature, (str, bytes, bool, np.bool_)) or not (
+      isinstance(temperature, numbers.Number) or jnp.issubdtype(
+          getattr(temperature, 'dtype', np.asarray(temperature).dtype), np.number)):
+    raise ValueError(f'temperature must be a number or an array of numbers, got '
+                     f'{temperature!r}; pass e.g. temperature=4.0.')
   try:
     values = np.asarray(temperature, np.float64)
   except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
@@ -83,8 +89,10 @@ def check_static_open_unit(value, name: str) -> None:
 # --- divergences and softmax splits --------------------------------------------------------------
 
 def kl(p_t: jax.Array, log_p_t: jax.Array, log_p_s: jax.Array) -> jax.Array:
-  """KL(p_t || p_s) over the last axis, with 0 * log 0 = 0 and NaN-free gradients."""
-  support = p_t > 0
+  """KL(p_t || p_s) over the last axis, with 0 * log 0 = 0 and NaN-free gradients; a NaN
+  anywhere in a row gives NaN for it."""
+  # `!= 0`, not `> 0`: a NaN probability must stay inside the support, so that it shows.
+  support = p_t != 0
   # optax.losses.kl_divergence{,_with_log_targets} give NaN values (0 * -inf) or NaN
   # gradients (the unselected log(0) branch) when the teacher puts zero mass on a class;
   # the inner `where`s keep both branches finite so the outer one is gradient-safe.
@@ -132,11 +140,25 @@ def split_log_probs(logits: jax.Array, is_target: jax.Array):
   distribution of ``softmax(logits)`` and ``q`` the softmax over the non-target
   classes only (its target entry is meaningless: read it only where ``~is_target``).
   """
-  log_all = jax.nn.logsumexp(logits, axis=-1)
-  log_rest = jax.nn.logsumexp(logits, axis=-1, where=~is_target)
-  log_target = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
-  log_q = logits - log_rest[..., None]
+  # Each log-softmax is formed from logits less their maximum (over all classes for ``b``,
+  # over the non-targets for ``q``), as `jax.nn.log_softmax` does: ``z - logsumexp(z)`` with
+  # logits of 1e4 loses ~4e-4 to float32 rounding of the two large terms (Hardening II).
+  shifted = logits - _finite_max(logits, None)
+  log_all = jax.nn.logsumexp(shifted, axis=-1)
+  log_rest = jax.nn.logsumexp(shifted, axis=-1, where=~is_target)
+  log_target = jnp.sum(jnp.where(is_target, shifted, 0.0), axis=-1)
+  rest = logits - _finite_max(logits, ~is_target)
+  log_q = rest - jax.nn.logsumexp(rest, axis=-1, where=~is_target, keepdims=True)
   return log_target - log_all, log_rest - log_all, log_q
+
+
+def _finite_max(logits: jax.Array, where) -> jax.Array:
+  """The maximum over the last axis (where `where`), kept as an axis and without gradient;
+  0 where it is infinite (all ``-inf``, or a ``+inf`` that must stay non-finite), NaN where a
+  logit is NaN (a NaN row stays NaN)."""
+  top = jnp.max(logits, axis=-1, keepdims=True, where=where, initial=-jnp.inf)
+  top = jnp.where(jnp.isinf(top), 0.0, top)
+  return jax.lax.stop_gradient(jnp.where(jnp.isnan(logits).any(-1, keepdims=True), jnp.nan, top))
 
 
 def non_target_probs(log_q: jax.Array, is_target: jax.Array) -> jax.Array:
@@ -191,14 +213,14 @@ def safe_norm(x: jax.Array, axis: int, *, keepdims: bool = True) -> jax.Array:
   """Euclidean norm along ``axis`` (kept unless not `keepdims`) with a zero (not NaN)
   gradient at the zero vector."""
   squared = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-  positive = squared > 0
+  positive = squared != 0  # NaN stays NaN
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
 def normalize(x: jax.Array, axis: int = -1) -> jax.Array:
   """``F.normalize``: ``x / max(||x||, 1e-12)``; the zero vector maps to 0 with zero gradient."""
   norm = safe_norm(x, axis)
-  return jnp.where(norm > 0, x / jnp.maximum(norm, NORM_EPS), 0.0)
+  return jnp.where(norm != 0, x / jnp.maximum(norm, NORM_EPS), 0.0)
 
 
 def gram(x: jax.Array) -> jax.Array:

@@ -143,11 +143,21 @@ def adaptive_avg_pool(features: jax.typing.ArrayLike, height: int, width: int) -
   return _adaptive_avg_pool(features, height, width)
 
 
-def pool_onto(student: jax.Array, teacher_shape, term: str, tap: str) -> jax.Array:
-  """The student's NHWC map average-pooled to the teacher's height and width."""
+def pool_student_down(student: jax.Array, teacher_shape, term: str, tap: str) -> jax.Array:
+  """The student's NHWC map average-pooled onto the teacher's height and width on each axis
+  where it is the larger (by a whole factor); kept where the teacher's is the larger, which
+  the term pools down with `pool_teacher_down`, as the authors of VID and OFD do."""
   (sh, sw), (th, tw) = student.shape[1:3], teacher_shape[1:3]
-  if sh % th or sw % tw:
+  if (sh > th and sh % th) or (sw > tw and sw % tw):
     raise ValueError(f'{term}: the student feature at {tap!r} is {sh}x{sw}, the teacher\'s '
-                     f'{th}x{tw}; the student must be an integer multiple of the teacher. '
-                     'Tap other paths.')
-  return pool_to(student, (th, tw))
+                     f'{th}x{tw}; where the student\'s is larger it must be an integer '
+                     'multiple of the teacher\'s. Tap other paths.')
+  return pool_to(student, (min(sh, th), min(sw, tw)))
+
+
+def pool_teacher_down(teacher: jax.Array, student_shape) -> jax.Array:
+  """The teacher's NHWC map adaptively average-pooled (`adaptive_avg_pool`, PyTorch's
+  ``F.adaptive_avg_pool2d``) onto the student's height and width where it is the larger:
+  RepDistiller's ``VIDLoss`` and mdistiller's ``OFD`` pool the teacher down so."""
+  (sh, sw), (th, tw) = student_shape[1:3], teacher.shape[1:3]
+  return _adaptive_avg_pool(teacher, min(sh, th), min(sw, tw))

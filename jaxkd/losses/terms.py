@@ -23,21 +23,19 @@ and gives every device the loss of the global batch.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 
+# Hyper-parameters (constants or schedules) and their checks; re-exported for the methods.
+from jaxkd.losses.hyperparams import (  # noqa: F401
+    Hyperparam, describe_value, is_constant_zero, pick, validated, value_at)
 from jaxkd.losses.numerics import standardize_logits, upcast
-from jaxkd.losses.pooling import pool_onto
 from jaxkd.losses.projectors import conv1x1, conv1x1_init
 
 PyTree = Any
-# A constant, or an optax-style schedule `step -> value` (evaluated inside the step).
-Hyperparam = float | Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
 MULTI_TEACHER = ('sum', 'ensemble')
 
 
@@ -87,60 +85,6 @@ class Context:
     return self.batch.get('index')
 
 
-# --- hyper-parameters ----------------------------------------------------------------------------
-
-def is_constant_zero(value: Hyperparam | None) -> bool:
-  """True for a constant 0 (a schedule is never treated as zero)."""
-  return not callable(value) and value == 0
-
-
-def value_at(value: Hyperparam, step) -> jax.Array:
-  """A constant or a schedule evaluated at `step`, as a float32 scalar."""
-  return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
-
-
-# Where a schedule is checked: steps 0, 1, 2, 5, 10, ... up to 10^7 (a schedule cannot be
-# checked at every step, and the run's length is not known when a term is built).
-SCHEDULE_CHECK_STEPS = tuple(sorted({m * 10 ** e for e in range(8) for m in (1, 2, 5)} | {0}))
-
-
-def validated(name: str, value: Any, *, positive: bool) -> Hyperparam:
-  """Checks a weight (>= 0) or a temperature (> 0); a schedule at `SCHEDULE_CHECK_STEPS`."""
-  kind = 'positive' if positive else 'non-negative'
-  if callable(value):
-    at_zero = value(0)
-    if jnp.ndim(at_zero) != 0:
-      raise ValueError(f'{name} schedule must return a scalar, got shape {jnp.shape(at_zero)}.')
-    checked = [(float(value(step)), f' at step {step}') for step in SCHEDULE_CHECK_STEPS]
-  elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-    checked = [(float(value), '')]
-  else:
-    raise ValueError(
-        f'{name} must be a number or a schedule (callable of the step), got {value!r}.')
-  for number, where in checked:
-    if not math.isfinite(number) or (number <= 0 if positive else number < 0):
-      raise ValueError(f'{name} must be finite and {kind}, got {number}{where}; pass a {kind} '
-                       f'{name}.')
-  return value
-
-
-def pick(kind: str, name: str, valid) -> str:
-  """Returns `name` if it is one of `valid`, else raises listing the valid names."""
-  if name not in valid:
-    raise ValueError(f'Unknown {kind} {name!r}; valid: {", ".join(map(repr, valid))}.')
-  return name
-
-
-def describe_value(value: Any) -> Any:
-  """A hyper-parameter as JSON: numbers and strings as they are, a schedule by its values at
-  a few steps (enough to tell two schedules apart when a run is resumed)."""
-  if callable(value):
-    return {'schedule': [float(value(s)) for s in (0, 1, 10, 100, 1000, 10000)]}
-  if isinstance(value, tuple):
-    return [describe_value(v) for v in value]
-  return value
-
-
 def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
   """The global batch of a per-device array under `pmap`/`shard_map` (as is under `jit`).
 
@@ -159,6 +103,9 @@ class Term:
       'multiscale'), its paper (short citation) and the paper's address.
     student_taps, teacher_taps: module paths whose outputs it reads ('' = logits only).
     per_example: False for a term that relates the examples of a batch (one value per batch).
+    batch_statistics: True for a per-example term whose projector normalises with the batch's
+      statistics (train-mode BatchNorm): every example's value depends on the whole batch, so
+      a NaN in one example reaches them all.
     needs_teacher, needs_labels: which inputs it reads; needs_index: the examples' dataset
       indices (`batch['index']`, e.g. for a memory bank).
     owns_params, owns_state: whether `init` creates trainable parameters / state.
@@ -180,6 +127,7 @@ class Term:
   student_taps: tuple[str, ...] = ()
   teacher_taps: tuple[str, ...] = ()
   per_example = True
+  batch_statistics = False
   needs_teacher = True
   needs_labels = False
   needs_index = False
@@ -356,7 +304,8 @@ class PairedMaps(Term):
 @dataclasses.dataclass(frozen=True)
 class ProjectedMaps(PairedMaps):
   """A map term whose student maps go through a trainable 1x1 convolution onto the teacher's
-  channels (after pooling onto the teacher's size); one projector per tap pair."""
+  channels; one projector per tap pair. Spatial sizes are the term's to match (or not: a
+  Gram or FSP matrix compares maps of any size)."""
 
   owns_params = True
 
@@ -373,6 +322,14 @@ class ProjectedMaps(PairedMaps):
   def init_pair(self, key, c_in: int, c_out: int) -> dict:
     return conv1x1_init(key, c_in, c_out)
 
-  def projected(self, student, teacher, params) -> list[jax.Array]:
-    return [conv1x1(pool_onto(s, t.shape, self.name, tap), params[f'pair{i}'])
-            for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps))]
+  def projected(self, student, params) -> list[jax.Array]:
+    """Each student map through its pair's 1x1 convolution (no pooling)."""
+    return [conv1x1(s, params[f'pair{i}']) for i, s in enumerate(student)]
+
+
+def conv_batch_norm_init(key, c_in: int, c_out: int) -> dict:
+  """A bias-free 1x1 convolution followed by a BatchNorm (scale 1, bias 0): the projector
+  of OFD's connector and ICKD's embedding (`projectors.conv1x1_batch_norm`)."""
+  return {'conv': conv1x1_init(key, c_in, c_out, bias=False),
+          'bn_scale': jnp.ones((c_out,), jnp.float32),
+          'bn_bias': jnp.zeros((c_out,), jnp.float32)}

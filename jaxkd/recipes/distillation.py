@@ -21,13 +21,13 @@ from jaxkd.state import tree_sha256
 
 
 def build_objective(config, *, num_teachers: int, steps_per_epoch: int,
-                    num_examples: int = 0) -> losses.Objective:
+                    num_examples: int = 0, train_labels=None) -> losses.Objective:
   """The run's objective: `config.terms` by name when given (`{name: {'loss': ..., 'weight':
   ..., **hyper-parameters}}`, see `jaxkd.losses.LOSSES`; a setting `<x>_epochs` becomes
   `<x>_steps`), else the classic `config.kd` shorthand (hard + soft).
   Terms take what they read from the run (`Term.from_run`) when the config leaves it out:
   `config.label_smoothing` as `label_smoothing`, `num_examples` (the training split's size)
-  as `num_data`."""
+  as `num_data`, `train_labels` (its labels, e.g. for CRD's other-class negatives)."""
   k = config.kd
   smoothing = setting(config, 'label_smoothing')
   terms = (config.get('terms') or {})
@@ -40,7 +40,7 @@ def build_objective(config, *, num_teachers: int, steps_per_epoch: int,
             settings.pop(key) * steps_per_epoch)
       spec[name] = settings
     return losses.build_objective(spec, num_teachers=num_teachers, run={
-        'label_smoothing': smoothing, 'num_data': num_examples})
+        'label_smoothing': smoothing, 'num_data': num_examples, 'train_labels': train_labels})
   return losses.make_objective(
       hard_weight=k.hard_weight, soft_weight=k.soft_weight, temperature=k.temperature,
       teacher_weights=tuple(k.teacher_weights) or None, multi_teacher=k.multi_teacher,
@@ -107,7 +107,8 @@ def distill(config, workdir: str) -> dict:
   k = config.kd
   objective = build_objective(config, num_teachers=len(teachers),
                               steps_per_epoch=len(task.train_labels) // config.batch_size,
-                              num_examples=len(task.train_labels))
+                              num_examples=len(task.train_labels),
+                              train_labels=task.train_labels)
   fingerprints = [tree_sha256(variables) for _, variables, _ in teachers]
   student = build_model(config, task.num_classes)
   init_vars, init_info = load_init(student, config, task,

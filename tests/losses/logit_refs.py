@@ -27,25 +27,36 @@ def ref_reverse_kl(student, teacher, temperature):
   return temperature**2 * kl64(softmax64(student, temperature), softmax64(teacher, temperature))
 
 
-def ref_jsd(student, teacher, temperature, w):
+def ref_jsd(student, teacher, temperature, w, scale=False):
+  """The GKD paper's eq. (1) (no T**2 unless `scale`)."""
   p_s, p_t = softmax64(student, temperature), softmax64(teacher, temperature)
   m = w * p_t + (1 - w) * p_s
-  return temperature**2 * (w * kl64(p_t, m) + (1 - w) * kl64(p_s, m))
+  return (temperature**2 if scale else 1.0) * (w * kl64(p_t, m) + (1 - w) * kl64(p_s, m))
 
 
 def _drop(row, label):
   return np.delete(np.asarray(row, np.float64), label)
 
 
+def kl_log64(log_p, log_q):
+  """sum_c p_c (log p_c - log q_c) from log-probabilities (0 log 0 = 0): exact where a
+  probability underflows float64 but its log does not (logits of 1e4)."""
+  p = np.exp(log_p)
+  with np.errstate(invalid='ignore'):  # -inf - -inf where p = 0, discarded by the `where`
+    return np.sum(np.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
 def ref_dkd_parts(student, teacher, labels, temperature):
-  """Loops over examples; the non-target softmax is taken over the deleted-label logits."""
+  """Loops over examples; the non-target softmax is taken over the deleted-label logits.
+  In log space: ``log b = (log p_y, logsumexp_{i != y} log p_i)``."""
   tckd, nckd = [], []
   for s, t, y in zip(student, teacher, labels):
-    ps, pt = softmax64(s, temperature), softmax64(t, temperature)
-    b_s, b_t = np.array([ps[y], ps.sum() - ps[y]]), np.array([pt[y], pt.sum() - pt[y]])
-    tckd.append(temperature**2 * kl64(b_t, b_s))
-    nckd.append(temperature**2 * kl64(softmax64(_drop(t, y), temperature),
-                                      softmax64(_drop(s, y), temperature)))
+    ls, lt = log_softmax64(s, temperature), log_softmax64(t, temperature)
+    log_b_s = np.array([ls[y], special.logsumexp(_drop(ls, y))])
+    log_b_t = np.array([lt[y], special.logsumexp(_drop(lt, y))])
+    tckd.append(temperature**2 * kl_log64(log_b_t, log_b_s))
+    nckd.append(temperature**2 * kl_log64(log_softmax64(_drop(t, y), temperature),
+                                          log_softmax64(_drop(s, y), temperature)))
   return np.array(tckd), np.array(nckd)
 
 

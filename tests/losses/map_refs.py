@@ -164,3 +164,25 @@ def _sdd_inputs(seed, b=16, n=5, k=3):
   teacher = (2.0 * rng.standard_normal((b, n, k))).astype(np.float32)
   labels = rng.integers(0, k, size=b).astype(np.int32)
   return student, teacher, labels
+
+
+def run_map_term(name, student_maps, teacher_maps, **settings):
+  """`(value [B], params)` of map term `name` on `{tap: map}` of each side (taps pair in
+  order), under jit, with its own freshly initialised projectors."""
+  import jax
+  from jaxkd.losses import Context, Outputs, make_term
+  term = make_term(name, student_taps=tuple(student_maps), teacher_taps=tuple(teacher_maps),
+                   **settings)
+  student, teacher = Outputs(np.zeros((1, 2)), student_maps), Outputs(np.zeros((1, 2)),
+                                                                      teacher_maps)
+  params, state = term.init(jax.random.key(0), student, [teacher])
+  value = jax.jit(lambda p: term(Context(student, [teacher], params=p, state=state))[0])(params)
+  return np.asarray(value), jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+
+
+def ref_conv_batch_norm(x, kernel, scale, bias, eps=1e-5):
+  """A bias-free 1x1 convolution, then BatchNorm2d in training mode (the batch's biased
+  variance, over batch and positions)."""
+  y = np.einsum('bhwc,cd->bhwd', np.asarray(x, np.float64), kernel)
+  mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+  return (y - mean) / np.sqrt(var + eps) * scale + bias

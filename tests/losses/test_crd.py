@@ -343,3 +343,50 @@ def test_fit_check_uses_device_memory_stats():
   check_memory_bank_fits(10, 64, device=FakeDevice())  # 5120 <= 6000
   with pytest.raises(ValueError, match=r'6000 bytes available.*fake:0'):
     check_memory_bank_fits(20, 64, device=FakeDevice())  # 10240 > 6000
+
+
+def _crd_term(**settings):
+  from jaxkd.losses import Outputs, make_term
+  term = make_term('crd', embed_dim=4, num_negatives=6, num_data=12, **settings)
+  outputs = Outputs(jnp.zeros((2, 3)), {'dense2': jax.ShapeDtypeStruct((2, 5), jnp.float32)})
+  _, state = term.init(jax.random.key(0), outputs, [outputs])
+  return term, state
+
+
+def test_crd_term_draws_negatives_from_other_classes_by_default():
+  """The authors' rule (RepDistiller `CIFAR100InstanceSample`, `is_sample=True`,
+  `mode='exact'`): the positive is the example's own row and no negative shares its label;
+  uniform sampling, the option, does draw same-class rows."""
+  dataset_labels = np.array([2, 0, 1, 2, 0, 2, 1, 1, 2, 0, 2, 2])
+  term, state = _crd_term(train_labels=dataset_labels)
+  assert term.sampling == 'other_class' and term.describe()['sampling'] == 'other_class'
+  assert term.describe()['train_labels']['count'] == 12
+  indices = jnp.arange(12, dtype=jnp.int32)
+  same_class = 0
+  for step in range(3):
+    contrast = np.asarray(jax.jit(term.contrast_indices)(state, indices, step))
+    np.testing.assert_array_equal(contrast[:, 0], indices)
+    assert np.all(dataset_labels[contrast[:, 1:]] != dataset_labels[:, None])
+    uniform, uniform_state = _crd_term(sampling='uniform')
+    drawn = np.asarray(uniform.contrast_indices(uniform_state, indices, step))
+    np.testing.assert_array_equal(drawn[:, 0], indices)
+    same_class += np.sum(dataset_labels[drawn[:, 1:]] == dataset_labels[:, None])
+  assert same_class > 0
+
+
+def test_crd_term_refuses_more_negatives_than_rows_and_missing_labels():
+  from jaxkd.losses import make_term
+  with pytest.raises(ValueError, match=r'num_negatives=16384 negatives per example from a '
+                                       r'bank of num_data=64 rows'):
+    make_term('crd', num_data=64, sampling='uniform')
+  labels = np.arange(64) % 4  # 16 a class: 48 rows of other classes
+  with pytest.raises(ValueError, match=r'num_negatives=49 .* as few as 48 rows of other '
+                                       r'classes \(class 0 has 16 of the 64'):
+    make_term('crd', num_data=64, num_negatives=49, train_labels=labels)
+  make_term('crd', num_data=64, num_negatives=48, train_labels=labels)
+  with pytest.raises(ValueError, match='4 labels for num_data=64'):
+    make_term('crd', num_data=64, num_negatives=8, train_labels=labels[:4])
+  with pytest.raises(ValueError, match="needs train_labels"):
+    _crd_term()
+  with pytest.raises(ValueError, match="Unknown crd sampling 'random'"):
+    make_term('crd', sampling='random')

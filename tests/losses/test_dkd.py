@@ -27,3 +27,16 @@ def test_dkd_loss_is_weighted_sum_of_parts():
   got = dkd_loss(student, teacher, labels, temperature=4.0, target_weight=0.5,
                  non_target_weight=8.0)
   np.testing.assert_allclose(got, 0.5 * tckd + 8.0 * nckd, rtol=1e-6)
+
+
+def test_dkd_non_target_part_is_exact_at_logits_of_1e4():
+  """Hardening II: NCKD was 9995.757 against 10000 exact at logits of 1e4 (the non-target
+  log-softmax formed without subtracting the maximum)."""
+  student = np.array([[1e4] * 5 + [-1e4] * 5, [1e3, -1e3] * 5], np.float32)
+  teacher = np.array([[1e4, -1e4] * 5, [1e3] * 5 + [-1e3] * 5], np.float32)
+  labels = np.array([0, 3])
+  tckd, nckd = jax.jit(functools.partial(dkd_parts, temperature=1.0))(student, teacher, labels)
+  want_tckd, want_nckd = ref_dkd_parts(student, teacher, labels, 1.0)
+  np.testing.assert_allclose(want_nckd[0], 10000.0, rtol=1e-7)
+  np.testing.assert_allclose(nckd, want_nckd, rtol=2e-7)
+  np.testing.assert_allclose(tckd, want_tckd, rtol=2e-7, atol=1e-3)

@@ -67,3 +67,16 @@ def test_bfloat16_inputs_give_float32_outputs():
                              rtol=1e-6)
   np.testing.assert_allclose(got, jit(all_losses)(*args), rtol=5e-2, atol=1e-3)
   assert jit(fsp_matrix)(args16[2], args16[3]).dtype == jnp.float32
+
+
+def test_fsp_term_accepts_teacher_maps_larger_than_the_students():
+  """Hardening II: FSP matrices are [C1, C2] within each side, so the term projects the
+  student's channels and pools nothing across sides (it refused a larger teacher map)."""
+  from map_refs import run_map_term
+  student = {'a': _features(70, (2, 4, 4, 3)), 'b': _features(71, (2, 2, 2, 5))}
+  teacher = {'a': _features(72, (2, 8, 8, 3)), 'b': _features(73, (2, 4, 4, 5))}
+  got, params = run_map_term('fsp', student, teacher)
+  projected = [np.asarray(student[k], np.float64) @ params[f'pair{i}']['kernel'] +
+               params[f'pair{i}']['bias'] for i, k in enumerate(student)]
+  want = ref_fsp_loss([tuple(projected)], [(teacher['a'], teacher['b'])])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

@@ -34,3 +34,17 @@ def test_ickd_gram_symmetry_and_zero_cases():
   np.testing.assert_allclose(ickd(student[..., perm], teacher[..., perm]),
                              ickd(student, teacher), rtol=1e-5)
   np.testing.assert_allclose(ickd(teacher, student), ickd(student, teacher), rtol=1e-6)
+
+
+def test_ickd_term_embeds_with_batch_norm_and_pools_neither_map():
+  """Hardening II: the authors' `Embed` is a 1x1 convolution then a BatchNorm (on the batch's
+  statistics in training); each side's Gram matrix is over its own positions, so a teacher
+  map larger (or smaller) than the student's is neither refused nor pooled."""
+  from map_refs import ref_conv_batch_norm, run_map_term
+  for student_shape, teacher_shape in [((4, 3, 3, 5), (4, 6, 6, 7)),
+                                       ((4, 6, 6, 5), (4, 3, 3, 7))]:
+    student, teacher = _features(64, student_shape), _features(65, teacher_shape)
+    got, params = run_map_term('ickd', {'s': student}, {'t': teacher})
+    p = params['pair0']
+    embedded = ref_conv_batch_norm(student, p['conv']['kernel'], p['bn_scale'], p['bn_bias'])
+    np.testing.assert_allclose(got, ref_ickd(embedded, teacher), rtol=2e-5, atol=1e-7)

@@ -72,3 +72,27 @@ def test_ofd_loss_rejects_bad_inputs():
     ofd_loss(student, _features(25, (2, 3, 3, 5)), margin=np.zeros(4))
   with pytest.raises(ValueError, match='margin'):
     ofd_loss(student, student, margin=np.zeros(3))
+
+
+def test_ofd_pools_a_larger_teacher_map_after_the_margin():
+  """Hardening II: mdistiller's OFD clips the teacher at the margin, then adaptively pools it
+  to the student's size; ofd_loss and the term refused a larger teacher map."""
+  from map_refs import ref_adaptive_pool, ref_conv_batch_norm, run_map_term
+  student, teacher = _features(30, (2, 3, 3, 4)), _features(31, (2, 7, 7, 4))  # 7 -> 3
+  margin = -np.abs(_features(32, (4,)))
+  got = jax.jit(lambda s, t: ofd_loss(s, t, margin=margin))(student, teacher)
+  clipped = np.maximum(np.asarray(teacher, np.float64), margin)
+  np.testing.assert_allclose(got, ref_ofd(student, ref_adaptive_pool(clipped, 3, 3), margin),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='pool the student'):
+    ofd_loss(teacher, student, margin=margin)
+  # The term: the connector on the student, the teacher pooled after its batch margin.
+  small_teacher = _features(33, (2, 6, 6, 5))
+  value, params = run_map_term('ofd', {'s': student}, {'t': small_teacher})
+  p = params['pair0']
+  connected = ref_conv_batch_norm(student, p['conv']['kernel'], p['bn_scale'], p['bn_bias'])
+  t64 = np.asarray(small_teacher, np.float64)
+  batch_margin = ref_ofd_margin(np.sqrt(t64.var(axis=(0, 1, 2)) + 1e-5), t64.mean(axis=(0, 1, 2)))
+  want = ref_ofd(connected, ref_adaptive_pool(np.maximum(t64, batch_margin), 3, 3),
+                 batch_margin)
+  np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-4)

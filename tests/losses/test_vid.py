@@ -80,3 +80,20 @@ def test_vid_rejects_bad_inputs():
     vid_loss(mean, mean, log_scale=np.zeros(3), min_variance=-1.0)
   with pytest.raises(ValueError, match='predicted_mean'):
     vid_loss(mean[:, 0, 0], mean[:, 0, 0], log_scale=np.zeros(3))
+
+
+def test_vid_term_pools_a_larger_teacher_map_down():
+  """Hardening II: RepDistiller's VIDLoss pools the larger map down before the regressor,
+  the teacher's too (adaptive average pooling); the term refused a larger teacher map."""
+  from map_refs import ref_adaptive_pool, run_map_term
+  student, teacher = _features(5, (3, 2, 2, 4)), _features(6, (3, 6, 6, 5))  # 6 -> 2
+  got, params = run_map_term('vid', {'s': student}, {'t': teacher})
+  p = params['pair0']
+  relu = lambda x: np.maximum(x, 0.0)  # noqa: E731
+  mean = relu(relu(np.asarray(student, np.float64) @ p['conv1']['kernel']) @
+              p['conv2']['kernel']) @ p['conv3']['kernel']
+  want = ref_vid(mean, ref_adaptive_pool(teacher, 2, 2), p['log_scale'])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # A student map larger than the teacher's is pooled onto it before the regressor.
+  got, params = run_map_term('vid', {'s': _features(7, (3, 4, 4, 4))}, {'t': teacher[:, :2, :2]})
+  assert got.shape == (3,) and np.all(np.isfinite(got))

@@ -31,7 +31,7 @@ def _attention_map(features: jax.Array, power) -> jax.Array:
   energy = jnp.mean(jnp.abs(features)**power, axis=-1)
   flat = energy.reshape(energy.shape[0], -1)
   squared = jnp.sum(flat * flat, axis=-1, keepdims=True)
-  positive = squared > 0
+  positive = squared != 0  # NaN stays NaN
   # Zero gradient (not NaN) through the norm of an all-zero map.
   norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
   return flat / jnp.maximum(norm, NORM_EPS)

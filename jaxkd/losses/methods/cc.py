@@ -63,6 +63,11 @@ def cc_loss(
   neighbouring examples in the batch). torchdistill's ImageNet config uses
   ``gamma = 0.4``, ``P = 2`` and weighs the term 0.003.
 
+  An all-zero embedding (e.g. a dead ReLU row) is normalised to 0 with a zero gradient: it
+  takes no part in the kernel and gets no gradient, where the formula (and
+  ``F.normalize``, ``x / max(||x||, 1e-12)``) has a derivative of ``1 / 1e-12`` there, in
+  an arbitrary direction. Such a row stays where it is rather than receiving a 1e12 step.
+
   Args:
     student_embeddings: ``[B, ...]`` student embeddings (flattened to ``[B, D_s]``; in the
       paper and torchdistill, a linear projection of the pooled features), ``B >= 2``; any

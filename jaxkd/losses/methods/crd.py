@@ -3,19 +3,27 @@ against two memory banks by NCE."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxkd.losses.memory_bank import (check_memory_bank_fits, init_memory_bank,
-                                      sample_contrast_indices, update_memory_bank)
+from jaxkd.losses.memory_bank import (build_class_index_table, check_memory_bank_fits,
+                                      init_memory_bank, sample_contrast_indices,
+                                      sample_other_class_contrast_indices, update_memory_bank)
+from jaxkd.losses.memory_bank import ClassIndexTable
 from jaxkd.losses.nce import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES, CRD_TEMPERATURE,
                               UNSET_NORMALISER, contrast_scores, nce_loss, normalise_scores,
                               resolve, safe_l2_normalise)
 from jaxkd.losses.numerics import PRECISION, upcast
 from jaxkd.losses.projectors import conv1x1_init
-from jaxkd.losses.terms import OneTap, Term, gather, validated
+from jaxkd.losses.terms import OneTap, Term, gather, pick, validated
+
+# How negatives are drawn: from examples of other classes (the authors' CIFAR-100 and
+# ImageNet scripts, `is_sample=True`, `mode='exact'`), or uniformly from the whole bank.
+CRD_SAMPLING = ('other_class', 'uniform')
 
 
 def crd_embed(
@@ -194,8 +202,17 @@ class CRD(OneTap, Term):
   take 2 x `num_data` x `embed_dim` float32 (56 MB for Fashion-MNIST's 55,000 training
   images at 128 dimensions); one that would not fit on the device is refused when the state
   is built. `num_data` = 0 means "the training split's size", filled in by the recipes.
-  Negatives are uniform over the dataset, the authors' sampler without class labels (their
-  CIFAR script draws them from other classes only).
+  `sampling` names how the `num_negatives` negatives are drawn. 'other_class' (the default,
+  the authors' CIFAR-100 and ImageNet scripts: `CIFAR100InstanceSample(is_sample=True,
+  mode='exact')`) draws them from the examples whose label differs from the anchor's, which
+  needs every training example's label (`train_labels`, filled in by the recipes like
+  `num_data`); 'uniform' draws them from the whole bank (the authors' `ContrastMemory`
+  without `contrast_idx`), so a negative may share the anchor's class, or be the anchor.
+  Draws are with replacement; the authors' CIFAR data set draws without replacement when
+  there are enough other-class examples (16384 of 49500), so a few of its draws repeat here.
+  More negatives than there are rows to draw them from (the whole bank, or the fewest
+  other-class rows of any class) are refused. 'other_class' became the default in Hardening
+  II: runs that leave `sampling` out draw other negatives than before.
   """
 
   student_tap: str = 'dense2'
@@ -205,6 +222,8 @@ class CRD(OneTap, Term):
   temperature: float = CRD_TEMPERATURE
   momentum: float = CRD_MOMENTUM
   num_data: int = 0
+  sampling: str = 'other_class'
+  train_labels: tuple[int, ...] | None = None
 
   name = 'crd'
   family = 'contrastive'
@@ -214,7 +233,7 @@ class CRD(OneTap, Term):
   # T 0.07, momentum 0.5, the penultimate layer.
   paper_weight = 0.8
   paper_ce_weight = 1.0
-  from_run = ('num_data',)
+  from_run = ('num_data', 'train_labels')
   per_example = False
   owns_params = True
   owns_state = True
@@ -232,6 +251,38 @@ class CRD(OneTap, Term):
     if not 0.0 <= self.momentum <= 1.0:
       raise ValueError(f'crd momentum must be in [0, 1], got {self.momentum!r}; the authors '
                        'use 0.5.')
+    pick('crd sampling', self.sampling, CRD_SAMPLING)
+    if self.train_labels is not None:  # an array from the recipe; held as a (hashable) tuple
+      object.__setattr__(self, 'train_labels', tuple(np.asarray(self.train_labels).tolist()))
+      if self.num_data and len(self.train_labels) != self.num_data:
+        raise ValueError(f'crd train_labels has {len(self.train_labels)} labels for '
+                         f'num_data={self.num_data} bank rows; pass one label per example.')
+    self._check_negatives()
+
+  def _check_negatives(self) -> None:
+    """Refuses more negatives per example than there are rows to draw them from."""
+    if self.sampling == 'other_class' and self.train_labels is not None:
+      counts = np.bincount(np.asarray(self.train_labels, np.int64))
+      rows = len(self.train_labels) - int(counts.max())
+      where = (f'as few as {rows} rows of other classes (class {int(counts.argmax())} has '
+               f'{int(counts.max())} of the {len(self.train_labels)} rows)')
+    elif self.num_data:
+      rows, where = self.num_data, f'a bank of num_data={self.num_data} rows'
+    else:
+      return
+    if self.num_negatives > rows:
+      raise ValueError(f'crd draws num_negatives={self.num_negatives} negatives per example '
+                       f'from {where} (sampling={self.sampling!r}); pass num_negatives <= '
+                       f'{rows}.')
+
+  def describe(self) -> dict:
+    """As `Term.describe`, with the training labels by count and SHA-256, not one by one."""
+    description = super().describe()
+    if self.train_labels is not None:
+      labels = np.asarray(self.train_labels, np.int64)
+      description['train_labels'] = {'count': int(labels.size),
+                                     'sha256': hashlib.sha256(labels.tobytes()).hexdigest()}
+    return description
 
   def init(self, key, student, teachers):
     if not self.num_data:
@@ -242,6 +293,13 @@ class CRD(OneTap, Term):
     check_memory_bank_fits(self.num_data, self.embed_dim)
     keys = jax.random.split(key, 5)
     params, state = {}, {}
+    if self.sampling == 'other_class':
+      if self.train_labels is None:
+        raise ValueError("crd sampling='other_class' (the authors') draws negatives from other "
+                         'classes and needs train_labels, the label of every training example '
+                         "(the recipes set it); pass them, or sampling='uniform'.")
+      state['classes'] = build_class_index_table(np.asarray(self.train_labels))._asdict()
+      state['labels'] = jnp.asarray(self.train_labels, jnp.int32)
     for i, (side, outputs, tap) in enumerate((('student', student, self.student_tap),
                                               ('teacher', teachers[0], self.teacher_tap))):
       fan_in = math.prod(outputs.features[tap].shape[1:])
@@ -250,6 +308,17 @@ class CRD(OneTap, Term):
       state[f'{side}_normaliser'] = jnp.asarray(UNSET_NORMALISER, jnp.float32)
     state['key'] = jax.random.key_data(keys[4])
     return params, state
+
+  def contrast_indices(self, state, indices: jax.Array, step) -> jax.Array:
+    """``[B, 1 + num_negatives]`` bank rows: each example's own, then its negatives, drawn
+    as `sampling` says from the state's key at `step`."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(state['key']), step)
+    if self.sampling == 'other_class':  # the anchor's class: its training label, by index
+      return sample_other_class_contrast_indices(
+          key, indices, state['labels'][indices], ClassIndexTable(**state['classes']),
+          num_negatives=self.num_negatives)
+    return sample_contrast_indices(key, indices, num_data=self.num_data,
+                                   num_negatives=self.num_negatives)
 
   def __call__(self, ctx):
     # Negatives come from the state's key, not `ctx.key`: the same draw on every device.
@@ -266,9 +335,7 @@ class CRD(OneTap, Term):
     s = embed(ctx.student, self.student_tap, params['student_head'])
     t = embed(teacher, self.teacher_tap, params['teacher_head'])
     indices = gather(ctx.indices.astype(jnp.int32), axis_name)
-    sample_key = jax.random.fold_in(jax.random.wrap_key_data(state['key']), ctx.step)
-    contrast = sample_contrast_indices(sample_key, indices, num_data=self.num_data,
-                                       num_negatives=self.num_negatives)
+    contrast = self.contrast_indices(state, indices, ctx.step)
     loss, z_s, z_t = crd_loss_with_normalisers(
         s, t, state['student_bank'], state['teacher_bank'], contrast,
         state['student_normaliser'], state['teacher_normaliser'], temperature=self.temperature)

@@ -19,10 +19,22 @@ from jaxkd.losses.terms import Hyperparam, LogitTerm
 _PEARSON_EPS = 1e-8
 
 
+def _centred(x: jax.Array, axis: int) -> jax.Array:
+  """``x - mean(x)`` along ``axis``, exactly 0 where ``x`` is constant along it.
+
+  Shifting by the first entry before taking the mean changes nothing mathematically (the
+  derivative is the same centring matrix) but makes a constant row exactly 0: in float32 the
+  mean of ten 0.1f is not 0.1f, and the ~1e-9 left over from a uniform distribution (a
+  zero-initialised head) meets the 1e-8 eps of the correlation, which then gets its ~1e6
+  gradient 44-78 % wrong."""
+  x = x - jax.lax.index_in_dim(x, 0, axis)
+  return x - jnp.mean(x, axis=axis, keepdims=True)
+
+
 def _pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
   """Pearson correlation along ``axis``, ``cov / (std_a std_b + eps)`` as the authors do."""
-  a = a - jnp.mean(a, axis=axis, keepdims=True)
-  b = b - jnp.mean(b, axis=axis, keepdims=True)
+  a = _centred(a, axis)
+  b = _centred(b, axis)
   return jnp.sum(a * b, axis=axis) / (
       safe_norm(a, axis, keepdims=False) * safe_norm(b, axis, keepdims=False) + _PEARSON_EPS)
 
@@ -65,6 +77,13 @@ def dist_inter_loss(
   teacher agree (up to the ``1e-8``), ``2 T**2`` at most. The ``1e-8`` is the authors';
   it also makes the correlation 0 (loss ``T**2``) for a uniform distribution.
 
+  A uniform student (a zero-initialised head) sits where the correlation's denominator is
+  the ``1e-8`` alone: the gradient is the formula's, ``-T b / (C 1e-8)`` per logit (``b``
+  the teacher's centred probabilities), about 1e6 in size. A uniform row is centred to
+  exactly 0 (see ``_centred``) so that float32 gives that gradient, not one 44-78 % off;
+  the zero vector's norm counts as having zero gradient, as the formula's derivative
+  there is undefined.
+
   Args:
     student_logits: ``[..., C]`` student logits, correlated with the teacher's over the
       class axis, one example at a time (any float dtype; computed in >= float32).
@@ -98,7 +117,11 @@ def dist_intra_loss(
   the batch: for each class, how the student's probabilities of that class vary across
   the examples compared with the teacher's. It relates examples to each other, so it
   has no per-example value; every example in the array takes part (mask padding out by
-  slicing before the call, not afterwards).
+  slicing before the call, not afterwards). At batch size 2 the centred columns are
+  ``+-(x_1 - x_2) / 2``, so each correlation is ``+-1`` (or 0) and the term is constant
+  (zero gradient) almost everywhere: use batches of more than 2. A class whose probability
+  is the same for every example (a uniform student) has the large gradient described in
+  :func:`dist_inter_loss`.
 
   Args:
     student_logits: ``[B, C]`` student logits, ``B >= 2`` (any float dtype; computed in

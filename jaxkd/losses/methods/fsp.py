@@ -125,7 +125,9 @@ class FSP(ProjectedMaps):
   """Flow of solution procedure (Yim et al. 2017, `fsp_loss`): the FSP matrices between
   consecutive taps (`taps[i]`, `taps[i+1]`) of each side, matched by mean squared error and
   summed over the pairs. FSP needs equal channel counts on both sides; where they differ the
-  student's maps are first projected by 1x1 convolutions (trained with it)."""
+  student's maps are first projected by 1x1 convolutions (trained with it). The two sides'
+  maps may differ in size (an FSP matrix is within one side; a larger teacher map was refused
+  before Hardening II)."""
 
   name = 'fsp'
   family = 'feature'
@@ -143,5 +145,7 @@ class FSP(ProjectedMaps):
                        f'{list(self.student_taps)}.')
 
   def pair_loss(self, student, teacher, params, teacher_outputs, axis_name):
-    student = self.projected(student, teacher, params)
+    # FSP matrices are [C1, C2] within each side: no spatial match across sides is needed
+    # (RepDistiller pools only within a pair of one network's maps).
+    student = self.projected(student, params)
     return fsp_loss(list(zip(student, student[1:])), list(zip(teacher, teacher[1:])))

@@ -16,19 +16,27 @@ def jsd_loss(
     *,
     temperature: jax.typing.ArrayLike,
     mixing_weight: jax.typing.ArrayLike,
-    scale_by_temperature_squared: bool = True,
+    scale_by_temperature_squared: bool = False,
 ) -> jax.Array:
   r"""Generalised Jensen-Shannon divergence between teacher and student, per example.
 
   .. math::
-    \ell = T^2 \left[ w\, \mathrm{KL}(p^t \,\|\, m) + (1 - w)\, \mathrm{KL}(p^s \,\|\, m)
-    \right],\quad m = w\, p^t + (1 - w)\, p^s,\quad p = \mathrm{softmax}(z / T)
+    \ell = w\, \mathrm{KL}(p^t \,\|\, m) + (1 - w)\, \mathrm{KL}(p^s \,\|\, m),\quad
+    m = w\, p^t + (1 - w)\, p^s,\quad p = \mathrm{softmax}(z / T)
 
-  ``w`` (``mixing_weight``) is the teacher's weight in the mixture. ``loss / w`` tends to
-  the forward KL ``kd_loss`` as ``w -> 0`` and ``loss / (1 - w)`` to ``reverse_kl_loss``
-  as ``w -> 1``; ``w = 0.5`` is the symmetric Jensen-Shannon divergence, bounded by
-  ``T**2 * log 2``. The loss itself goes to 0 at both ends, so a ``w`` close to 0 or 1
-  wants a larger term weight. The log-ratios ``log(m / p)`` are formed directly (a
+  as in the GKD paper (eq. 1) and TRL's ``GKDTrainer``: no ``T**2`` factor by default
+  (``scale_by_temperature_squared=True`` multiplies by it, as ``kd_loss`` does; until
+  Hardening II that was the default, so runs with ``T != 1`` give other numbers now).
+
+  ``w`` (``mixing_weight``, the paper's and TRL's ``beta``) is the teacher's weight in the
+  mixture. ``beta -> 0`` is the forward KL ``KL(p^t || p^s)`` (``loss / w`` tends to
+  ``kd_loss`` without ``T**2``) and ``beta -> 1`` the reverse KL ``KL(p^s || p^t)``
+  (``loss / (1 - w)`` tends to ``reverse_kl_loss``), as in the paper and TRL (which
+  special-cases the two ends). EasyDeL's GKD loss names the ends the other way round
+  (its ``beta -> 0`` is the reverse KL): to compare with it, pass ``mixing_weight = 1 -
+  beta``. ``w = 0.5`` is the symmetric Jensen-Shannon divergence, bounded by ``log 2``.
+  The loss itself goes to 0 at both ends, so a ``w`` close to 0 or 1 wants a larger term
+  weight. The log-ratios ``log(m / p)`` are formed directly (a
   ``logaddexp`` of the log-ratio of the two distributions), which keeps the second-order
   term accurate for ``w`` near 0 or 1; classes where a distribution is exactly 0
   contribute 0 to its KL, with finite gradients.
@@ -41,8 +49,8 @@ def jsd_loss(
     mixing_weight: ``w`` in the open interval ``(0, 1)``, the teacher's share of the
       mixture ``m`` (``beta`` in the paper and in TRL's ``GKDTrainer``); a Python float
       or a scalar array.
-    scale_by_temperature_squared: multiply by ``T**2`` (default), as in ``kd_loss``; the
-      GKD paper and TRL use ``T = 1`` and no such factor.
+    scale_by_temperature_squared: multiply by ``T**2``, as ``kd_loss`` does; off by
+      default, as in the GKD paper and TRL.
 
   Returns:
     ``[...]`` float32 (float64 for float64 inputs) loss per example.
@@ -56,7 +64,7 @@ def jsd_loss(
   w = jnp.asarray(mixing_weight, log_p_s.dtype)
   log_w, log_1mw = jnp.log(w), jnp.log1p(-w)
   p_s, p_t = jnp.exp(log_p_s), jnp.exp(log_p_t)
-  on_s, on_t = p_s > 0, p_t > 0
+  on_s, on_t = p_s != 0, p_t != 0  # a NaN row stays NaN
   # log(p_t / p_s) where both are positive; elsewhere the `where`s below pick the limit.
   both = on_s & on_t
   log_t_over_s = jnp.where(both, jnp.where(both, log_p_t, 0.0) - jnp.where(both, log_p_s, 0.0),
@@ -73,13 +81,16 @@ def jsd_loss(
 @dataclasses.dataclass(frozen=True)
 class JSD(LogitTerm):
   """Generalised Jensen-Shannon divergence (Agarwal et al. 2024, `jsd_loss`): the teacher
-  has weight `mixing_weight` in the mixture; near 0 it is `kd` times that weight, near 1
-  `reverse_kl` times one minus it."""
+  has weight `mixing_weight` (the paper's beta) in the mixture; near 0 it is the forward KL
+  times that weight, near 1 the reverse KL times one minus it. No `T**2` factor unless
+  `scale_by_temperature_squared` (the paper's and TRL's definition; it was on by default
+  before Hardening II, which changes the numbers of runs with `T != 1`)."""
 
   temperature: Hyperparam = 1.0
   mixing_weight: float = 0.5
   teacher_weights: tuple[float, ...] | None = None
   standardize: bool = False
+  scale_by_temperature_squared: bool = False
 
   name = 'jsd'
   family = 'logit'
@@ -96,4 +107,5 @@ class JSD(LogitTerm):
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return jsd_loss(student_logits, teacher_logits, temperature=temperature,
-                    mixing_weight=self.mixing_weight)
+                    mixing_weight=self.mixing_weight,
+                    scale_by_temperature_squared=self.scale_by_temperature_squared)

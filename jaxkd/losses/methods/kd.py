@@ -99,7 +99,7 @@ def kd_loss_from_probs(
   t = jnp.asarray(temperature, dtype)
   log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / t, axis=-1)
   teacher_probs = teacher_probs.astype(dtype)
-  positive = teacher_probs > 0
+  positive = teacher_probs != 0  # NaN stays NaN
   log_p_t = jnp.log(jnp.where(positive, teacher_probs, 1.0))  # only read where positive
   return temperature_scale(t, scale_by_temperature_squared) * kl(
       teacher_probs, log_p_t, log_p_s)

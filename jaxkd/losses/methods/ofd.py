@@ -11,9 +11,9 @@ from jax.scipy.stats import norm
 
 from jaxkd import paths
 from jaxkd.losses.numerics import upcast
-from jaxkd.losses.pooling import pool_onto
-from jaxkd.losses.projectors import BN_EPS, computed_once, conv1x1_batch_norm, conv1x1_init
-from jaxkd.losses.terms import ProjectedMaps
+from jaxkd.losses.pooling import pool_student_down, pool_teacher_down
+from jaxkd.losses.projectors import BN_EPS, computed_once, conv1x1_batch_norm
+from jaxkd.losses.terms import ProjectedMaps, conv_batch_norm_init
 
 
 # The authors' training scripts add ``loss.sum() / batch_size / 1000`` (CIFAR-100) and
@@ -100,14 +100,15 @@ def ofd_loss(
   (0-based, shallowest first) is weighed ``1 / 2**(n - 1 - i)``, so the deepest weighs 1.
   mdistiller's OFD writes the same mask as three cases, reduces with
   ``.mean(dim=0).sum()`` (the same per-example sum, batch-averaged) and uses
-  ``FEAT_WEIGHT = 0.001``; it also average-pools the teacher to the student's size when
-  they differ (do that before calling, e.g. with
-  :func:`jaxkd.losses.pooling.adaptive_avg_pool`).
+  ``FEAT_WEIGHT = 0.001``; where the teacher's map is larger than the student's it
+  adaptively average-pools the clipped teacher, ``max(t, m)``, to the student's size, and
+  so does this function (before Hardening II a larger teacher map was refused).
 
   Args:
     student_features: ``[B, H, W, C]`` connector output (NHWC; any float dtype, computed in
       >= float32).
-    teacher_features: ``[B, H, W, C]`` teacher pre-ReLU features, same shape. Gradients
+    teacher_features: ``[B, H', W', C]`` teacher pre-ReLU features, ``H' >= H`` and
+      ``W' >= W`` (pooled to ``H x W`` after clipping at the margin). Gradients
       flow into them too; wrap them in ``jax.lax.stop_gradient`` (as the authors do) if
       the teacher must not be trained.
     margin: ``[C]`` (or scalar) per-channel margin, usually :func:`ofd_margin`.
@@ -122,11 +123,15 @@ def ofd_loss(
   student_features = upcast(student_features)
   teacher_features = upcast(teacher_features)
   margin = upcast(margin)
-  if student_features.shape != teacher_features.shape:
+  if student_features.shape != teacher_features.shape and (
+      student_features.ndim != 4 or teacher_features.ndim != 4 or
+      student_features.shape[::3] != teacher_features.shape[::3] or
+      any(s > t for s, t in zip(student_features.shape[1:3], teacher_features.shape[1:3]))):
     raise ValueError(
         f'student_features shape {student_features.shape} and teacher_features shape '
         f'{teacher_features.shape} differ; map the student features to the teacher\'s '
-        'channels (the connector) and pool the teacher to the student\'s size first.')
+        'channels (the connector) and pool the student to the teacher\'s size where it is '
+        'larger (a larger teacher map is pooled here).')
   if student_features.ndim < 2:
     raise ValueError(f'student_features must be [batch, ..., channels], got shape '
                      f'{student_features.shape}.')
@@ -138,7 +143,10 @@ def ofd_loss(
                             margin.dtype)
   student = student_features.astype(dtype)
   target = jnp.maximum(teacher_features.astype(dtype), margin.astype(dtype))
-  counted = (student > target) | (target > 0)
+  if target.shape != student.shape:  # mdistiller: clip at the margin, then pool down
+    target = pool_teacher_down(target, student.shape)
+  # Negated so that a NaN on either side is counted (and shows) rather than masked.
+  counted = ~((student <= target) & (target <= 0))
   squared = jnp.where(counted, jnp.square(student - target), 0.0)
   return jnp.sum(squared.reshape(squared.shape[0], -1), axis=-1)
 
@@ -154,7 +162,10 @@ class OFD(ProjectedMaps):
   BatchNorm's scale and bias (`ofd_margin`) at the modules `teacher_bns` (one per tap, e.g.
   the last block's `bn2` of a ResNet stage); with `teacher_bns=()` (a teacher without
   BatchNorm, like LeNet-5) the same formula reads the per-channel mean and standard
-  deviation of the teacher's maps in the (global) batch.
+  deviation of the teacher's maps in the (global) batch. A student map larger than the
+  teacher's is average-pooled onto it before the connector; a teacher map larger than the
+  student's is clipped at the margin and then pooled down (`ofd_loss`, as mdistiller does; it
+  was refused before Hardening II).
   """
 
   student_taps: tuple[str, ...] = ('conv1', 'conv2')
@@ -168,6 +179,7 @@ class OFD(ProjectedMaps):
   # CIFAR: the batch sum / 1000 (OFD_CIFAR_WEIGHT), on pre-ReLU maps.
   paper_weight = 1e-3
   paper_ce_weight = 1.0
+  batch_statistics = True  # the connector's BatchNorm (and the margin without teacher_bns)
 
   def __post_init__(self):
     super().__post_init__()
@@ -176,9 +188,7 @@ class OFD(ProjectedMaps):
                        f'{list(self.teacher_bns)} for {list(self.teacher_taps)}.')
 
   def init_pair(self, key, c_in, c_out):
-    return {'conv': conv1x1_init(key, c_in, c_out, bias=False),
-            'bn_scale': jnp.ones((c_out,), jnp.float32),
-            'bn_bias': jnp.zeros((c_out,), jnp.float32)}
+    return conv_batch_norm_init(key, c_in, c_out)
 
   def _margin(self, i: int, teacher: jax.Array, teacher_outputs, axis_name) -> jax.Array:
     if self.teacher_bns:
@@ -199,7 +209,7 @@ class OFD(ProjectedMaps):
     n, total = len(student), 0.0
     for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps)):
       p = params[f'pair{i}']
-      connected = conv1x1_batch_norm(pool_onto(s, t.shape, self.name, tap),
+      connected = conv1x1_batch_norm(pool_student_down(s, t.shape, self.name, tap),
                                      p['conv']['kernel'], p['bn_scale'], p['bn_bias'],
                                      axis_name)
       margin = jax.lax.stop_gradient(self._margin(i, t, teacher_outputs, axis_name))

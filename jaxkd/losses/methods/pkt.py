@@ -18,7 +18,7 @@ _PKT_EPS = 1e-7
 def _pkt_probabilities(features: jax.Array) -> jax.Array:
   """Cosine similarities mapped to ``[0, 1]`` and normalised over each row: ``[B, B]``."""
   norm = safe_norm(features, -1)
-  unit = jnp.where(norm > 0, features / (norm + _PKT_EPS), 0.0)
+  unit = jnp.where(norm != 0, features / (norm + _PKT_EPS), 0.0)
   similarity = (gram(unit) + 1.0) / 2.0
   return similarity / jnp.sum(similarity, axis=-1, keepdims=True)
 
@@ -44,6 +44,11 @@ def pkt_loss(
   (``k != j``); the code keeps the diagonal (``K_ii ~ 1``) and adds ``epsilon`` inside the
   log. RepDistiller weighs it by 30000 on the penultimate embeddings. 0 for identical
   inputs.
+
+  An all-zero feature row gives cosine 0 to every neighbour (``K = 1/2``) with a zero
+  gradient: the row gets no gradient, where the formula's ``x / (||x|| + 1e-7)`` has a
+  derivative of ``1 / 1e-7`` there (RepDistiller's code would take that step, in the
+  direction of the other rows' gradient). A dead row stays dead rather than jumping.
 
   Args:
     student_features: ``[B, ...]`` student features (flattened to ``[B, D_s]``; any float

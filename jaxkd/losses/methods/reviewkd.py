@@ -238,6 +238,7 @@ class ReviewKD(Term):
   paper_weight = 1.0
   paper_ce_weight = 1.0
   owns_params = True
+  batch_statistics = True  # the fusion's BatchNorms
 
   def __post_init__(self):
     if len(self.student_taps) != len(self.teacher_taps) or not self.student_taps:

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import upcast
-from jaxkd.losses.pooling import common_spatial_shape, pool_onto, pool_to
+from jaxkd.losses.pooling import (common_spatial_shape, pool_student_down, pool_teacher_down,
+                                  pool_to)
 from jaxkd.losses.projectors import computed_once, conv1x1, conv1x1_init
 from jaxkd.losses.terms import ProjectedMaps
 
@@ -140,7 +141,9 @@ class VID(ProjectedMaps):
   """Variational information distillation (Ahn et al. 2019, `vid_loss`): a regressor (three 1x1
   convolutions, ReLUs between, no bias) predicts the mean of a Gaussian over each teacher
   map, with a trainable per-channel variance (`initial_variance` at the start); the negative
-  log-likelihood is summed over the tap pairs."""
+  log-likelihood is summed over the tap pairs. The larger of the two maps is average-pooled
+  to the other's size first, the teacher's adaptively, as RepDistiller's ``VIDLoss`` does (a
+  larger teacher map was refused before Hardening II)."""
 
   initial_variance: float = 5.0
   min_variance: float = 1e-5
@@ -165,7 +168,10 @@ class VID(ProjectedMaps):
     total = 0.0
     for i, (s, t, tap) in enumerate(zip(student, teacher, self.student_taps)):
       p = params[f'pair{i}']
-      x = pool_onto(s, t.shape, self.name, tap)
+      # RepDistiller's VIDLoss pools the larger map down before the regressor, the
+      # teacher's adaptively (a larger teacher map was refused before Hardening II).
+      x = pool_student_down(s, t.shape, self.name, tap)
+      t = pool_teacher_down(t, x.shape)
       hidden = computed_once(jax.nn.relu(conv1x1(x, p['conv1'])))
       hidden = computed_once(jax.nn.relu(conv1x1(hidden, p['conv2'])))
       mean = conv1x1(hidden, p['conv3'])
