@@ -72,11 +72,35 @@ def run_table(table: Any, specs: Sequence[RunSpec], *, config, profile: str, roo
 # --- Markdown ----------------------------------------------------------------------------------
 
 def header(title: str, payload: dict) -> list[str]:
-  """A table file's first lines: title, command, commit, date and machine."""
+  """A table file's first lines: title, command, commit, date and machine of the collection,
+  and the commits the runs themselves were made at (`commits_line`)."""
   machine = payload['machine']
   return [f'# {title}', '', f"Command: `{payload['command']}`  ",
-          f"Commit {payload['git_commit'][:10]}, {payload['date']}, {machine['cpu_model']} "
-          f"({machine['cores']} cores, {machine['device_kind']}).", '']
+          f"Collected at commit {payload['git_commit'][:10]}, {payload['date']}, "
+          f"{machine['cpu_model']} ({machine['cores']} cores, {machine['device_kind']}).  ",
+          commits_line(payload.get('runs', ())), '']
+
+
+def commits_line(runs: Sequence[dict]) -> str:
+  """Which commits made `runs` (their `provenance`): one, several (then said so, with the
+  runs of each), or none recorded (runs from before provenance was recorded)."""
+  counts: dict[str, int] = {}
+  dirty = 0
+  for run in runs:
+    made = run.get('provenance') or {}
+    commit = made['git_commit'][:10] if made.get('git_commit') else 'not recorded'
+    counts[commit] = counts.get(commit, 0) + 1
+    dirty += made.get('git_clean') is False
+  changes = f'; {dirty} with uncommitted changes' if dirty else ''
+  if not counts:
+    return 'No runs yet.'
+  if list(counts) == ['not recorded']:
+    return ('The runs record no commit of their own (made before runs recorded their '
+            'provenance): the commit above is the collection\'s, not necessarily theirs.')
+  if len(counts) == 1:
+    return f'Every run made at commit {next(iter(counts))}{changes}.'
+  listed = ', '.join(f'{commit} ({n} run{"s" * (n > 1)})' for commit, n in counts.items())
+  return f'Runs made at SEVERAL commits: {listed}{changes}.'
 
 
 def versus(rows: dict, baseline: str, *, skip: Sequence[str] = ()) -> Callable[[dict], str]:
@@ -199,6 +223,10 @@ def command_line(doc: str, table: Any, *, default_root: str, full_results: str) 
                            'runs to do; the others are left as they are')
   parser.add_argument('--collect-only', action='store_true',
                       help='tabulate the finished runs under --root; run nothing')
+  parser.add_argument('--verify', default='', metavar='ROW',
+                      help='rerun the runs of ROW (a pattern; --seeds S picks seeds) in a new '
+                           'folder and print their recorded (results JSON) and new accuracy '
+                           'and params_sha256; exit status 1 if any differs')
   args = parser.parse_args()
   recipes.enable_compilation_cache()
   config = table.get_config(args.profile)
@@ -206,6 +234,13 @@ def command_line(doc: str, table: Any, *, default_root: str, full_results: str) 
   results = args.results or (full_results if args.profile == 'full'
                              else os.path.join(root, 'results'))
   specs = table.run_specs(config, root)
+  if args.verify:
+    from jaxkd.tables import verify
+    name = table.NAME if args.profile == 'full' else f'{table.NAME}_{args.profile}'
+    seeds = {int(seed) for seed in args.seeds.split(',')} if args.seeds else None
+    differing = verify.verify_rows(specs, row=args.verify, seeds=seeds, root=root,
+                                   recorded=os.path.join(results, f'{name}.json'))
+    raise SystemExit(1 if differing else 0)
   if args.seeds:
     seeds = {int(seed) for seed in args.seeds.split(',')}
     specs = [spec for spec in specs if spec.seed in seeds]
