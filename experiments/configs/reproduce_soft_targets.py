@@ -178,9 +178,8 @@ def render(payload: dict) -> str:
               f"{100 * test['mean_difference']:+.2f} points, p = {test['p_value']:.3g} "
               f"(t-test), {test['p_value_sign_flip']:.3g} (sign-flip)."]
   tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
-  if tests:
-    lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '']
-    lines += reproduce.markdown_table(reproduce.paired_test_columns(metric=True), tests)
+  lines += reproduce.tests_lines(
+      tests, caption='Paired tests across seeds (one-sided, treatment > control):', metric=True)
   lines += reproduce.grid_lines(
       payload['summary'], f'{NAME}_select', f'Selection (draw seed {SELECT_SEED}, validation '
       'accuracy of the best epoch chooses T and the hard-label weight):')
