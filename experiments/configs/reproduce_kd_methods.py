@@ -62,11 +62,17 @@ def run_specs(config, root: str) -> list:
     for method in [m for m in kd_methods.METHODS if m not in kd_methods.GAP_ONLY]:
       run = common(kd_methods.get_config(method), config.student_epochs, seed)
       run.teacher_dir = teacher.workdir(root)
-      for term in run.terms.values():
-        for key in [k for k in term if k.endswith('_epochs')]:
-          term[key] = term[key] * config.student_epochs / PAPER_EPOCHS
+      scale_epochs(run, config.student_epochs)
       specs.append(RunSpec(NAME, method, seed, 'distill', run))
   return specs
+
+
+def scale_epochs(run, epochs: float) -> None:
+  """Epoch-based settings of `run`'s terms (DKD's warm-up, CTKD's curriculum) at their share
+  of the paper's `PAPER_EPOCHS` in a run of `epochs`."""
+  for term in run.terms.values():
+    for key in [k for k in term if k.endswith('_epochs')]:
+      term[key] = term[key] * epochs / PAPER_EPOCHS
 
 
 def tabulate(records, config) -> dict:
