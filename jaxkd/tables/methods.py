@@ -141,13 +141,14 @@ def tests(records: Sequence[dict], *, table: str) -> list[dict]:
 
 
 def tabulate(records: Sequence[dict], *, table: str, select_table: str, costs: dict,
-             kd: dict, top_rows: Sequence[str]) -> dict:
+             kd: dict, top_rows: Sequence[str], epochs: int) -> dict:
   select = [r for r in sweep.summarize(records) if r['table'] == select_table]
   ranking = sorted((r for r in select if r['row'] not in NOT_TESTED
                     and 'best_val_accuracy_mean' in r),
                    key=lambda r: -r['best_val_accuracy_mean'])
   return dict(runs=list(records), summary=sweep.summarize(records),
               tests=tests(records, table=table), costs=costs, kd=kd, top_rows=list(top_rows),
+              epochs=epochs,
               select_ranking=[r['row'] for r in ranking], step_times=step_times())
 
 
@@ -174,7 +175,7 @@ def render(payload: dict, *, table: str, title: str, rows: dict, select_seed: in
   kd = payload['kd']
   lines += [f"Plain KD: T = {kd['temperature']:g}, hard-label weight {kd['hard_weight']:g} "
             "(the headroom table's validated settings); every other method at its paper's "
-            'defaults; 15 epochs for every model.', '']
+            f"defaults; {payload['epochs']} epochs for every model.", '']
   lines += reproduce.markdown_table([
       ('row', lambda r: r['row']), ('what', lambda r: rows.get(r['row'], r['row'])),
       ('seeds', lambda r: str(r['n'])),
@@ -187,11 +188,12 @@ def render(payload: dict, *, table: str, title: str, rows: dict, select_seed: in
       ('state (memory bank) elements', lambda r: count(r['row'], 'state_elements')),
   ], summary)
   families = {(t['control'], t['metric']): t['family_size'] for t in payload['tests']}
-  lines += ['', 'Tests: paired across seeds, one-sided (row > control), on the last epoch; '
-            '"p" the t-test, "Holm" that p adjusted across the rows tested against the same '
-            'control (' + ', '.join(f'{n} against {c}' for (c, m), n in families.items()
-                                    if m == 'test_accuracy') + '). The best-validation-epoch '
-            'tests are in the JSON (`tests`, metric `best_val_test_accuracy`).']
+  if families:
+    lines += ['', 'Tests: paired across seeds, one-sided (row > control), on the last epoch; '
+              '"p" the t-test, "Holm" that p adjusted across the rows tested against the same '
+              'control (' + ', '.join(f'{n} against {c}' for (c, m), n in families.items()
+                                      if m == 'test_accuracy') + '). The best-validation-epoch '
+              'tests are in the JSON (`tests`, metric `best_val_test_accuracy`).']
   times = payload['step_times']
   if times:
     lines += ['', f"Step time: over plain online KD's ({times['kd_step_ms']:.1f} ms), batch 256, "
