@@ -219,7 +219,6 @@ def tabulate(records, config) -> dict:
 
 
 def render(payload: dict) -> str:
-  cell = reproduce.cell
   lines = reproduce.header(f"Soft targets as a regularizer, Fashion-MNIST ({payload['profile']} "
                            "profile)", payload)
   kd, labels = payload['kd'], {**ROWS, **CONVNET_ROWS}
@@ -229,11 +228,7 @@ def render(payload: dict) -> str:
     strong = payload['kd_convnet']
     lines[-1:] = [f"soft_3pct_convnet: T = {strong['temperature']:g}, hard-label weight "
                   f"{strong['hard_weight']:g} (chosen on validation in the same way).", '']
-  lines += reproduce.markdown_table([
-      ('row', lambda r: r['row']), ('what', lambda r: labels.get(r['row'], r['row'])),
-      ('seeds', lambda r: str(r['n'])),
-      ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
-      ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
+  lines += reproduce.markdown_table(reproduce.summary_columns(labels) + [
       ('published (speech frames)', lambda r: reproduce.reference(payload['references'],
                                                                   r['row'])),
   ], [row for row in payload['summary'] if row['table'] == NAME])

@@ -159,8 +159,8 @@ def _test_cell(tests: dict, row: str, control: str) -> str:
   return f"{100 * t['mean_difference']:+.2f} (p {t['p_value']:.2g}, Holm {t['p_holm']:.2g})"
 
 
-def render(payload: dict, *, table: str, title: str, rows: dict, select_seed: int) -> str:
-  cell = reproduce.cell
+def render(payload: dict, *, table: str, title: str, rows: dict, select_seed: int,
+           published: dict) -> str:
   lines = reproduce.header(title, payload)
   summary = [r for r in payload['summary'] if r['table'] == table]
   last = {(t['treatment'], t['control']): t for t in payload['tests']
@@ -176,16 +176,14 @@ def render(payload: dict, *, table: str, title: str, rows: dict, select_seed: in
   lines += [f"Plain KD: T = {kd['temperature']:g}, hard-label weight {kd['hard_weight']:g} "
             "(the headroom table's validated settings); every other method at its paper's "
             f"defaults; {payload['epochs']} epochs for every model.", '']
-  lines += reproduce.markdown_table([
-      ('row', lambda r: r['row']), ('what', lambda r: rows.get(r['row'], r['row'])),
-      ('seeds', lambda r: str(r['n'])),
-      ('test acc % (last)', lambda r: cell(r, 'test_accuracy')),
-      ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
+  lines += reproduce.markdown_table(reproduce.summary_columns(rows) + [
       ('vs student: points (p, Holm)', lambda r: _test_cell(last, r['row'], 'student')),
       ('vs KD: points (p, Holm)', lambda r: _test_cell(last, r['row'], 'kd')),
       ('step time / KD', lambda r: f"{ratios[r['row']]:.2f}x" if r['row'] in ratios else ''),
       ('extra params', lambda r: count(r['row'], 'extra_params')),
       ('state (memory bank) elements', lambda r: count(r['row'], 'state_elements')),
+      ('CIFAR-100 r32x4 -> r8x4 (published)',
+       lambda r: f"{published[r['row']]:.2f}" if r['row'] in published else ''),
   ], summary)
   families = {(t['control'], t['metric']): t['family_size'] for t in payload['tests']}
   if families:

@@ -145,6 +145,15 @@ def markdown_table(columns: Sequence[tuple[str, Callable[[Any], str]]],
   return lines
 
 
+def summary_columns(labels: dict, *, what: str = 'what') -> list[tuple[str, Callable]]:
+  """A summary table's first columns: row, what it is (`labels`), seeds, and the mean ± std
+  test accuracy at the last epoch and at the epoch of best validation accuracy."""
+  return [('row', lambda r: r['row']), (what, lambda r: labels.get(r['row'], r['row'])),
+          ('seeds', lambda r: str(r['n'])),
+          ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
+          ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy'))]
+
+
 def paired_test_columns(*, first: Sequence[tuple[str, Callable]] = (), metric: bool = False,
                         t_statistic: bool = False) -> list[tuple[str, Callable]]:
   """The columns of a table of paired tests (rows of `jaxkd.tables.sweep.compare`): `first`, then
