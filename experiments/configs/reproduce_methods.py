@@ -152,7 +152,8 @@ def run_specs(config, root: str) -> list:
   return specs
 
 
-def _scheme(name: str, seed: int, teacher_dir: str, common) -> tuple[str, ml_collections.ConfigDict]:
+def _scheme(name: str, seed: int, teacher_dir: str,
+            common) -> tuple[str, ml_collections.ConfigDict]:
   """(recipe, config) of a teacher scheme on the pair's student recipe, as committed in its
   config module (the papers' losses)."""
   if name == 'dml':
@@ -183,8 +184,9 @@ def tabulate(records, config) -> dict:
 
 def render(payload: dict) -> str:
   from jaxkd.tables import methods
-  return methods.render(payload, table=NAME, published=PUBLISHED, title=f"Distillation methods, ConvNet-BN -> LeNet-5-Half "
-                        f"({payload['profile']} profile)", rows=ROWS, select_seed=SELECT_SEED)
+  return methods.render(payload, table=NAME, published=PUBLISHED, rows=ROWS,
+                        select_seed=SELECT_SEED, title=f"Distillation methods, ConvNet-BN -> "
+                        f"LeNet-5-Half ({payload['profile']} profile)")
 
 
 def plot_files(name: str) -> dict:

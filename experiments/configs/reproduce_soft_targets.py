@@ -179,7 +179,8 @@ def _convnet_specs(config, root: str, teacher_dir: str, common, soft, hard) -> l
     if seed != TEACHER_SEED:
       specs.append(hard(seed, small=False))
     specs += [hard(seed, small=True),
-              soft(seed, teacher_dir, config.kd.temperature, config.kd.hard_weight, NAME, 'soft_3pct'),
+              soft(seed, teacher_dir, config.kd.temperature, config.kd.hard_weight, NAME,
+                   'soft_3pct'),
               soft(seed, strong.workdir(root), config.kd_convnet.temperature,
                    config.kd_convnet.hard_weight, NAME, 'soft_3pct_convnet')]
   return specs
