@@ -11,25 +11,25 @@ from fakedata import fashion_mnist_env
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_tiny(tmp_path, script: str, name: str):
-  """Runs experiments/`script` in its tiny profile on generated data; returns the results
-  JSON `name`_tiny.json."""
+def _run_tiny(tmp_path, script: str, name: str, profile: str = 'tiny'):
+  """Runs experiments/`script` in its tiny profile (or `profile`) on generated data; returns
+  the results JSON `name`_`profile`.json."""
   env = fashion_mnist_env(tmp_path, n_train=320, n_test=64)
-  command = [sys.executable, os.path.join(ROOT, 'experiments', script), '--profile', 'tiny',
+  command = [sys.executable, os.path.join(ROOT, 'experiments', script), '--profile', profile,
              '--root', str(tmp_path / 'runs'), '--results', str(tmp_path / 'results')]
   result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / 'results' / f'{name}_tiny.json') as f:
+  with open(tmp_path / 'results' / f'{name}_{profile}.json') as f:
     return json.load(f)
 
 
-def _rerun_skips_everything(tmp_path, module: str, payload, capsys) -> None:
+def _rerun_skips_everything(tmp_path, module: str, payload, capsys, profile='tiny') -> None:
   """Running the table's specs again (the code path of the script's rerun, in this process:
   no second interpreter start) reads every finished run and trains nothing."""
   from jaxkd.tables import reproduce, sweep
   table = reproduce.load_table(os.path.join(ROOT, 'experiments', 'configs', f'{module}.py'))
-  specs = table.run_specs(table.get_config('tiny'), str(tmp_path / 'runs'))
+  specs = table.run_specs(table.get_config(profile), str(tmp_path / 'runs'))
   capsys.readouterr()
   records = sweep.execute(specs, root=str(tmp_path / 'runs'))
   assert capsys.readouterr().out.count('done before') == len(payload['runs']) == len(records)
@@ -113,3 +113,33 @@ def test_cifar100_tiny_profile(tmp_path):
   assert config['terms']['dkd']['warmup_epochs'] == 20.0
   table = (tmp_path / 'results' / 'cifar100_tiny.md').read_text()
   assert '| resnet56_resnet20 | dkd | 1 |' in table and '| 71.97 |' in table
+
+
+@pytest.mark.slow
+def test_methods_smoke_profile(tmp_path, capsys):
+  """The method table's machinery: its teacher, the student, plain KD, a feature method, a
+  memory bank and a scheme, 2 steps each; costs, step times and provenance in the JSON."""
+  payload = _run_tiny(tmp_path, 'reproduce_methods.py', 'methods', 'smoke')
+  assert [r['row'] for r in payload['runs']] == ['teacher', 'student', 'kd', 'fitnet', 'crd',
+                                                 'dml']
+  assert all(r['provenance']['git_commit'] for r in payload['runs'])
+  assert payload['costs']['crd']['state_elements'] > 0
+  table = (tmp_path / 'results' / 'methods_smoke.md').read_text()
+  assert '| crd | crd (paper defaults) | 1 |' in table and 'Every run made at commit' in table
+  _rerun_skips_everything(tmp_path, 'reproduce_methods', payload, capsys, 'smoke')
+
+
+@pytest.mark.slow
+def test_mlp_fair_and_strong_teacher_smoke_profiles(tmp_path):
+  """The fair MLP control (2 seeds, 2 steps: the primary test computed) and the ConvNet-BN
+  source of soft targets (its teacher and one point of its selection grid)."""
+  fair = _run_tiny(tmp_path / 'fair', 'reproduce_fashion_mnist_kd.py', 'fashion_mnist_kd',
+                   'mlp_fair_smoke')
+  assert {(r['row'], r['seed']) for r in fair['runs']} == {
+      (row, seed) for row in ('mlp_teacher', 'mlp_student_30ep', 'mlp_kd') for seed in (5, 6)}
+  assert [t['primary'] for t in fair['mlp_fair']] == [True, False]
+  strong = _run_tiny(tmp_path / 'strong', 'reproduce_soft_targets.py', 'soft_targets',
+                     'convnet_smoke')
+  assert [(r['table'], r['row']) for r in strong['runs']] == [
+      ('soft_targets', 'hard_full'), ('soft_targets', 'convnet_full'),
+      ('soft_targets_select_convnet', 'hard'), ('soft_targets_select_convnet', 'T=1,hard=0')]

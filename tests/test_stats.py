@@ -60,3 +60,23 @@ def test_paired_test_edge_cases():
   assert (worse['t'], worse['p_value'], worse['p_value_sign_flip']) == (-np.inf, 1.0, 1.0)
   same = stats.paired_test([0.9, 0.8, 0.7], [0.9, 0.8, 0.7])  # identical: nothing shown
   assert np.isnan(same['t']) and (same['p_value'], same['p_value_sign_flip']) == (1.0, 1.0)
+
+
+def test_holm_matches_hand_computed_values():
+  # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> max 0.06
+  np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+  # capped at 1, and monotone: 0.5 x 2 = 1.0, then 0.6 x 1 = 0.6 -> 1.0
+  assert stats.holm([0.6, 0.5]) == [1.0, 1.0]
+  # a test that could not run (nan) stays nan and is not counted: m = 2
+  adjusted = stats.holm([0.02, float('nan'), 0.01])
+  assert np.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02)
+  assert adjusted[2] == pytest.approx(0.02)
+  assert stats.holm([0.03]) == [0.03] and stats.holm([]) == []
+
+
+def test_holm_is_not_benjamini_hochberg():
+  """SciPy's false_discovery_control is BH, which adjusts less: not a substitute."""
+  import scipy.stats
+  p = [0.01, 0.02, 0.03]
+  assert stats.holm(p) == pytest.approx([0.03, 0.04, 0.04])
+  assert scipy.stats.false_discovery_control(p) == pytest.approx([0.03, 0.03, 0.03])

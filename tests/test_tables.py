@@ -227,3 +227,28 @@ def test_rows_matching_nothing_is_refused_before_anything_runs(tables, monkeypat
   assert exit_info.value.code == 2
   assert "--rows='nope*' matches no run of profile 'tiny'" in capsys.readouterr().err
   assert not list(tmp_path.iterdir())
+
+
+def test_tests_lines_adjust_the_secondary_tests_with_holm():
+  tests = [{'treatment': f'r{i}', 'control': 'c', 'seeds': [0, 1, 2], 'mean_difference': 0.01,
+            'p_value': p, 'p_value_sign_flip': 0.125, 'primary': i == 0}
+           for i, p in enumerate([0.001, 0.01, 0.04, 0.03, 0.005])]
+  lines = reproduce.tests_lines(tests, caption='Tests:')
+  assert '4 secondary tests, so the last column is the t-test p Holm-adjusted over all 4' in (
+      lines[1])
+  rows = [line for line in lines if line.startswith('| r')]
+  # secondary p 0.01, 0.04, 0.03, 0.005 -> Holm 0.03, 0.06, 0.06, 0.02; the primary alone
+  assert [row.split(' | ')[-1] for row in rows] == ['primary |', '0.03 |', '0.06 |', '0.06 |',
+                                                   '0.02 |']
+  single = reproduce.tests_lines(tests[1:2], caption='Tests:')
+  assert single[1] == 'Tests:' and 'Holm' not in ''.join(single)
+
+
+def test_selection_grids_show_validation_accuracy_only():
+  summary = [{'table': 't_select', 'row': 'T=1', 'n': 1, 'best_val_accuracy_mean': 0.9,
+              'test_accuracy_mean': 0.8, 'best_val_test_accuracy_mean': 0.8}]
+  lines = reproduce.grid_lines(summary, 't_select', 'Grid:')
+  assert lines[-2:] == ['|---|---|', '| T=1 | 90.00 |'] and 'test' not in ''.join(lines)
+  for name in ('headroom_kd_select', 'soft_targets_select', 'fashion_mnist_kd_mlp_select'):
+    with open(os.path.join(ROOT, 'experiments', 'results', f'{name}.md')) as f:
+      assert 'test acc' not in f.read().split('selection', 1)[1].lower()

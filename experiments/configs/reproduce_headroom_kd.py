@@ -151,9 +151,8 @@ def render(payload: dict) -> str:
       ('vs student (points)', reproduce.versus(summary, 'student', skip=('teacher',))),
   ], list(summary.values()))
   tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
-  if tests:
-    lines += ['', 'Paired tests across seeds (one-sided, treatment > control):', '']
-    lines += reproduce.markdown_table(reproduce.paired_test_columns(metric=True), tests)
+  lines += reproduce.tests_lines(
+      tests, caption='Paired tests across seeds (one-sided, treatment > control):', metric=True)
   lines += reproduce.grid_lines(
       payload['summary'], f'{NAME}_select', f'Selection (student seed {SELECT_SEED}, seed-0 '
       'teacher; the validation accuracy of the best epoch chooses T and the hard-label weight):')

@@ -62,11 +62,17 @@ def run_specs(config, root: str) -> list:
     for method in [m for m in kd_methods.METHODS if m not in kd_methods.GAP_ONLY]:
       run = common(kd_methods.get_config(method), config.student_epochs, seed)
       run.teacher_dir = teacher.workdir(root)
-      for term in run.terms.values():
-        for key in [k for k in term if k.endswith('_epochs')]:
-          term[key] = term[key] * config.student_epochs / PAPER_EPOCHS
+      scale_epochs(run, config.student_epochs)
       specs.append(RunSpec(NAME, method, seed, 'distill', run))
   return specs
+
+
+def scale_epochs(run, epochs: float) -> None:
+  """Epoch-based settings of `run`'s terms (DKD's warm-up, CTKD's curriculum) at their share
+  of the paper's `PAPER_EPOCHS` in a run of `epochs`."""
+  for term in run.terms.values():
+    for key in [k for k in term if k.endswith('_epochs')]:
+      term[key] = term[key] * epochs / PAPER_EPOCHS
 
 
 def tabulate(records, config) -> dict:
@@ -89,6 +95,10 @@ def render(payload: dict) -> str:
       ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'student'))),
       ('wall s', lambda r: f"{runs[r['row']]['wall_seconds']:.0f}"),
   ], list(rows.values()))
+  lines += ['', 'Multiplicity: one seed, so no test; the "vs" columns compare '
+            f'{len(rows) - 2} methods at once, and among that many differences of single runs '
+            'some of several tenths of a point are expected by chance alone (the 5-seed tables '
+            'have a std of 0.2-0.3 points per row). Not a ranking.']
   lines += reproduce.selection_lines(
       payload, 'none: every row is its last epoch (the best-val-epoch column reads the '
       'validation split); each method runs its named config as committed.')

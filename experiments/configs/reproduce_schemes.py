@@ -81,6 +81,10 @@ def render(payload: dict) -> str:
       ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'kd'))),
       ('wall s', lambda r: f"{runs[r['row']]['wall_seconds']:.0f}"),
   ], list(rows.values()))
+  lines += ['', 'Multiplicity: one seed, so no test; the "vs" columns compare '
+            f'{len(rows) - 2} schemes at once, and among that many differences of single runs '
+            'some of several tenths of a point are expected by chance alone (the 5-seed tables '
+            'have a std of 0.2-0.3 points per row). Not a ranking.']
   lines += reproduce.selection_lines(
       payload, 'none: every model is its last epoch; each scheme runs its config as committed '
       '(the dml row is the mean of its two members; chains report their last student).')

@@ -7,6 +7,7 @@ from jaxkd.data._local import LocalFileBuilder as LocalFileBuilder
 from jaxkd.data._local import RemoteFile as RemoteFile
 from jaxkd.data.registry import DATASETS as DATASETS
 from jaxkd.data.registry import builder as builder
+from jaxkd.data.registry import dataset_sha256 as dataset_sha256
 from jaxkd.data.registry import info as info
 from jaxkd.data.registry import load_arrays as load_arrays
 from jaxkd.data.registry import prepare as prepare

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import pathlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -11,7 +14,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxkd.data._local import DatasetInfo, LocalFileBuilder, default_data_dir
+from jaxkd.data._local import (RAW_SOURCE_FILE, DatasetInfo, LocalFileBuilder, default_data_dir,
+                               sha256_of)
 from jaxkd.data.cifar import JaxkdCifar10, JaxkdCifar100
 from jaxkd.data.digits import JaxkdDigits
 from jaxkd.data.fashion_mnist import JaxkdFashionMnist
@@ -103,6 +107,32 @@ def source(
   """
   b = prepare(name, data_dir=data_dir, raw_dir=raw_dir, allow_download=allow_download)
   return b.as_data_source(split=split)
+
+
+def dataset_sha256(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    raw_dir: str | os.PathLike | None = None,
+) -> str:
+  """The SHA-256 of dataset `name`: of its raw files' names and SHA-256s (sorted), those the
+  built dataset under `data_dir` was made from (recorded at build), else those found now.
+
+  Two runs with one value read the same bytes; a run's final metrics record it.
+
+  Raises:
+    DataNotFoundError: the dataset is neither built nor found.
+  """
+  b = builder(name, data_dir=data_dir, raw_dir=raw_dir, allow_download=False)
+  record = pathlib.Path(b.data_dir) / RAW_SOURCE_FILE
+  if record.exists():
+    files = json.loads(record.read_text())["sha256"]
+  else:
+    found = b.find_raw_files()
+    if found is None:
+      raise b._not_found_error("it is not built either")
+    files = {file: sha256_of(path) for file, path in found.items()}
+  return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def load_arrays(

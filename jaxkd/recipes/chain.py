@@ -19,6 +19,7 @@ import os
 
 from jaxkd import paths
 from jaxkd.recipes.distillation import build_objective, distill
+from jaxkd.recipes.environment import run_provenance, utc_now
 from jaxkd.recipes.provenance import write_json
 from jaxkd.recipes.run import selection_policy
 from jaxkd.recipes.train import train
@@ -134,6 +135,7 @@ def chain(config, workdir: str) -> dict:
                        'has one, give chain.models at least 2.')
     links.append(('distill', names[-1], len(names), generations))
   write_json(os.path.join(workdir, CHAIN_CONFIG), settings)
+  started = utc_now()
   records, final = [], None
   for kind, name, k, teacher_dirs in links:
     link_dir = os.path.join(workdir, f'{k}-{name}' if k < len(names) else f'ensemble-{name}')
@@ -144,6 +146,8 @@ def chain(config, workdir: str) -> dict:
     records.append({'generation': k, 'model': name, 'workdir': link_dir, 'kind': kind,
                     'teachers': teacher_dirs, 'test_accuracy': final['test_accuracy'],
                     'params_sha256': final['params_sha256']})
-  summary = {**final, 'generations': records, 'chain': names, 'ensemble': with_ensemble}
+  summary = {**final, 'generations': records, 'chain': names, 'ensemble': with_ensemble,
+             # the chain's own sitting (each link's final metrics hold the link's)
+             'provenance': run_provenance(config, started=started)}
   write_json(os.path.join(workdir, 'final_metrics.json'), summary)
   return summary

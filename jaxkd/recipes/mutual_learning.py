@@ -10,6 +10,7 @@ from jaxkd.recipes.components import (build_augment, build_model, build_optimize
                                       build_parallel, load_task, make_batches, make_evaluator,
                                       num_train_steps)
 from jaxkd.recipes.distillation import build_objective
+from jaxkd.recipes.environment import run_provenance, started_before
 from jaxkd.recipes.provenance import run_metadata, write_json
 from jaxkd.recipes.run import checkpointing, finish, fit_config, selection_policy
 from jaxkd.recipes.validate import check_config
@@ -91,7 +92,8 @@ def mutual(config, workdir: str) -> dict:
                                for r in results]),
              'members': results, 'params_sha256': tree_sha256(state.params), 'steps': num_steps,
              'wall_seconds': wall, 'model': metadata['model'], 'dataset': config.dataset,
-             'selection': selection}
+             'selection': selection,
+             'provenance': run_provenance(config, started=started_before(wall))}
     write_json(os.path.join(workdir, 'final_metrics.json'), final)
     return final
 

@@ -14,6 +14,7 @@ import jax
 from jaxkd import distributed
 from jaxkd.loop import fit
 from jaxkd.recipes.defaults import default, setting
+from jaxkd.recipes.environment import run_provenance, started_before
 from jaxkd.recipes.provenance import best_epoch, machine, write_json
 from jaxkd.state import TrainState, tree_sha256
 
@@ -185,6 +186,8 @@ def finish(workdir: str, state: TrainState, evaluate, config, num_steps: int,
       'dataset': config.dataset,
       'machine': machine(),
       'selection': metadata['selection'],
+      # what made it: commit, versions, dataset, CPU (the start of the sitting that ended it)
+      'provenance': run_provenance(config, started=started_before(wall_seconds)),
       **(extra or {}),
   }
   metadata = {**metadata, 'params_sha256': final['params_sha256'],

@@ -20,15 +20,17 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib
+import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from jaxkd import recipes
-from jaxkd.tables import sweep
+from jaxkd.tables import stats, sweep
 from jaxkd.tables.sweep import RunSpec, pct
+from jaxkd.tables.plots import (plot_against_labels, plot_curves, row_curves,  # noqa: F401
+                                workdirs_by_row)  # re-exported: the configs call reproduce.*
 
 
 def load_table(path: str) -> Any:
@@ -72,11 +74,35 @@ def run_table(table: Any, specs: Sequence[RunSpec], *, config, profile: str, roo
 # --- Markdown ----------------------------------------------------------------------------------
 
 def header(title: str, payload: dict) -> list[str]:
-  """A table file's first lines: title, command, commit, date and machine."""
+  """A table file's first lines: title, command, commit, date and machine of the collection,
+  and the commits the runs themselves were made at (`commits_line`)."""
   machine = payload['machine']
   return [f'# {title}', '', f"Command: `{payload['command']}`  ",
-          f"Commit {payload['git_commit'][:10]}, {payload['date']}, {machine['cpu_model']} "
-          f"({machine['cores']} cores, {machine['device_kind']}).", '']
+          f"Collected at commit {payload['git_commit'][:10]}, {payload['date']}, "
+          f"{machine['cpu_model']} ({machine['cores']} cores, {machine['device_kind']}).  ",
+          commits_line(payload.get('runs', ())), '']
+
+
+def commits_line(runs: Sequence[dict]) -> str:
+  """Which commits made `runs` (their `provenance`): one, several (then said so, with the
+  runs of each), or none recorded (runs from before provenance was recorded)."""
+  counts: dict[str, int] = {}
+  dirty = 0
+  for run in runs:
+    made = run.get('provenance') or {}
+    commit = made['git_commit'][:10] if made.get('git_commit') else 'not recorded'
+    counts[commit] = counts.get(commit, 0) + 1
+    dirty += made.get('git_clean') is False
+  changes = f'; {dirty} with uncommitted changes' if dirty else ''
+  if not counts:
+    return 'No runs yet.'
+  if list(counts) == ['not recorded']:
+    return ('The runs record no commit of their own (made before runs recorded their '
+            'provenance): the commit above is the collection\'s, not necessarily theirs.')
+  if len(counts) == 1:
+    return f'Every run made at commit {next(iter(counts))}{changes}.'
+  listed = ', '.join(f'{commit} ({n} run{"s" * (n > 1)})' for commit, n in counts.items())
+  return f'Runs made at SEVERAL commits: {listed}{changes}.'
 
 
 def versus(rows: dict, baseline: str, *, skip: Sequence[str] = ()) -> Callable[[dict], str]:
@@ -119,6 +145,15 @@ def markdown_table(columns: Sequence[tuple[str, Callable[[Any], str]]],
   return lines
 
 
+def summary_columns(labels: dict, *, what: str = 'what') -> list[tuple[str, Callable]]:
+  """A summary table's first columns: row, what it is (`labels`), seeds, and the mean ± std
+  test accuracy at the last epoch and at the epoch of best validation accuracy."""
+  return [('row', lambda r: r['row']), (what, lambda r: labels.get(r['row'], r['row'])),
+          ('seeds', lambda r: str(r['n'])),
+          ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
+          ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy'))]
+
+
 def paired_test_columns(*, first: Sequence[tuple[str, Callable]] = (), metric: bool = False,
                         t_statistic: bool = False) -> list[tuple[str, Callable]]:
   """The columns of a table of paired tests (rows of `jaxkd.tables.sweep.compare`): `first`, then
@@ -132,6 +167,25 @@ def paired_test_columns(*, first: Sequence[tuple[str, Callable]] = (), metric: b
     columns.append(('t', lambda t: f"{t['t']:.2f}"))
   return columns + [('p (t-test)', lambda t: f"{t['p_value']:.3g}"),
                     ('p (sign-flip, exact)', lambda t: f"{t['p_value_sign_flip']:.3g}")]
+
+
+def tests_lines(tests: Sequence[dict], *, caption: str, **columns) -> list[str]:
+  """A table of paired tests (`paired_test_columns(**columns)`) under `caption`; with
+  several tests, a column of the t-test p-values Holm-adjusted over all of them but the
+  primary test (`stats.holm`; a test flagged `primary` was fixed alone in advance), and a
+  sentence that says so."""
+  if not tests:
+    return []
+  family = [t for t in tests if not t.get('primary')]
+  if len(family) < 2:
+    return ['', caption, ''] + markdown_table(paired_test_columns(**columns), tests)
+  adjusted = iter(stats.holm([t['p_value'] for t in family]))
+  tests = [{**t, 'p_holm': None if t.get('primary') else next(adjusted)} for t in tests]
+  table = paired_test_columns(**columns) + [
+      ('p (t-test, Holm)', lambda t: 'primary' if t['p_holm'] is None else f"{t['p_holm']:.3g}")]
+  return ['', f'{caption[:-1]}; {len(family)} {"secondary " * (len(family) < len(tests))}tests, '
+          f'so the last column is the t-test p Holm-adjusted over all {len(family)} '
+          '(family-wise error); the others are per test:', ''] + markdown_table(table, tests)
 
 
 def selection_lines(payload: dict, how: str) -> list[str]:
@@ -152,38 +206,12 @@ def plots_line(payload: dict) -> list[str]:
   return ['', 'Plots: ' + ', '.join(f'`{p}`' for p in payload['plots']), '']
 
 
-# --- plots -------------------------------------------------------------------------------------
-
-def workdirs_by_row(specs: Sequence[RunSpec], root: str, table: str) -> dict[str, list[str]]:
-  """The run folders of each row of one table, in spec order."""
-  by_row = {}
-  for spec in specs:
-    if spec.table == table:
-      by_row.setdefault(spec.row, []).append(spec.workdir(root))
-  return by_row
-
-
-def plot_curves(path: str, by_row: dict[str, list[str]], labels: dict[str, str],
-                rows: Sequence[str], title: str) -> None:
-  """Test accuracy per epoch, the mean over each row's runs (those that logged any)."""
-  series = {}
-  for row in rows:
-    curves = [c for c in (sweep.epoch_curves(workdir) for workdir in by_row.get(row, [])) if c]
-    if not curves:
-      continue
-    length = min(len(c) for c in curves)
-    epochs = [e for e, _ in curves[0][:length]]
-    mean = np.mean([[v for _, v in c[:length]] for c in curves], 0)
-    series[f'{labels.get(row, row)} (n={len(curves)})'] = list(zip(epochs, 100 * mean))
-  if series:
-    sweep.plot_lines(path, series, xlabel='epoch', ylabel='test accuracy %', title=title)
-
-
 # --- command line ------------------------------------------------------------------------------
 
 def command_line(doc: str, table: Any, *, default_root: str, full_results: str) -> None:
-  """The reproduce scripts' shared command line: --profile, --root, --results, --seeds, --rows
-  and --collect-only; builds `table`'s specs (its config module, see above) and runs them."""
+  """The reproduce scripts' shared command line: --profile, --root, --results, --seeds, --rows,
+  --collect-only, --verify and --render-only; builds `table`'s specs (its config module, see
+  above) and runs them."""
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument('--profile', default='full', choices=sorted(table.PROFILES))
   parser.add_argument('--root', default=None,
@@ -199,15 +227,33 @@ def command_line(doc: str, table: Any, *, default_root: str, full_results: str) 
                            'runs to do; the others are left as they are')
   parser.add_argument('--collect-only', action='store_true',
                       help='tabulate the finished runs under --root; run nothing')
+  parser.add_argument('--verify', default='', metavar='ROW',
+                      help='rerun the runs of ROW (a pattern; --seeds S picks seeds) in a new '
+                           'folder and print their recorded (results JSON) and new accuracy '
+                           'and params_sha256; exit status 1 if any differs')
+  parser.add_argument('--render-only', action='store_true',
+                      help='rewrite the Markdown from the results JSON (after a renderer '
+                           'changed); run and read no run')
   args = parser.parse_args()
-  recipes.enable_compilation_cache()
-  config = table.get_config(args.profile)
+  name = table.NAME if args.profile == 'full' else f'{table.NAME}_{args.profile}'
   root = args.root or f'{default_root}_{args.profile}'
   results = args.results or (full_results if args.profile == 'full'
                              else os.path.join(root, 'results'))
+  if args.render_only:
+    with open(os.path.join(results, f'{name}.json')) as f:
+      payload = json.load(f)
+    sweep.write_results(results, name, payload, table.render(payload))
+    return
+  recipes.enable_compilation_cache()
+  config = table.get_config(args.profile)
   specs = table.run_specs(config, root)
-  if args.seeds:
-    seeds = {int(seed) for seed in args.seeds.split(',')}
+  seeds = {int(seed) for seed in args.seeds.split(',')} if args.seeds else None
+  if args.verify:
+    from jaxkd.tables import verify
+    differing = verify.verify_rows(specs, row=args.verify, seeds=seeds, root=root,
+                                   recorded=os.path.join(results, f'{name}.json'))
+    raise SystemExit(1 if differing else 0)
+  if seeds:
     specs = [spec for spec in specs if spec.seed in seeds]
   if args.rows:
     patterns = args.rows.split(',')
@@ -289,16 +335,16 @@ def primary_lines(tests: Sequence[dict], primary: Sequence[Any], where: str) -> 
 
 
 def grid_lines(summary: Sequence[dict], table: str, caption: str) -> list[str]:
-  """A selection grid's runs (validation accuracy of the best epoch, and test accuracy); in
+  """A selection grid's runs (validation accuracy of the best epoch, not test accuracy); in
   a profile without them, where they are (the select profile's `<table>.md`)."""
   rows = [r for r in summary if r['table'] == table]
   if not rows:
     return ['', f'The selection grid that chose these settings: `{table}.md` '
             '(`--profile select`).']
+  # Validation alone: a grid that chooses shows what it chose on, not the test set.
   return ['', caption, ''] + markdown_table([
       ('run', lambda r: r['row']),
-      ('val acc % (best epoch)', lambda r: cell(r, 'best_val_accuracy')),
-      ('test acc % (last)', lambda r: cell(r, 'test_accuracy'))], rows)
+      ('val acc % (best epoch)', lambda r: cell(r, 'best_val_accuracy'))], rows)
 
 
 def rows_by_table_lines(summary: Sequence[dict], rows: dict[str, str],
@@ -323,36 +369,6 @@ def rows_by_table_lines(summary: Sequence[dict], rows: dict[str, str],
 def against_lines(tests: Sequence[dict], control: str, key_label: str,
                   key: Callable[[dict], str]) -> list[str]:
   """The tests of `tests_against` as a Markdown table, headed as the secondary tests."""
-  return ['', f'Every row against {control} (paired, one-sided, treatment > control; '
-          'secondary tests, not corrected for multiplicity):', ''] + markdown_table(
-              paired_test_columns(first=[(key_label, key)], metric=True), tests)
-
-
-def row_curves(table: str, rows: dict[str, str], title: str) -> tuple[Callable, Callable]:
-  """`(plot_files, plot)` for a table whose one plot is its rows' mean test accuracy per
-  epoch (`<name>_curves.png`); a profile without seeds (a select grid) draws nothing."""
-
-  def plot_files(name: str) -> dict:
-    return {'curves': f'{name}_curves.png'}
-
-  def plot(records, specs, *, config, root: str, paths: dict) -> None:
-    del records
-    if config.seeds:
-      plot_curves(paths['curves'], workdirs_by_row(specs, root, table), rows, tuple(rows),
-                  title)
-
-  return plot_files, plot
-
-
-def plot_against_labels(path: str, records: Sequence[dict], rows: dict[str, str], *,
-                        all_labels: float = 0, **labels) -> None:
-  """Mean test accuracy of each of `rows` against its table's labelled images per class
-  (`labels_per_class`; 0 = all of them, drawn at `all_labels`), one line per row;
-  `labels` are `sweep.plot_lines`' xlabel, ylabel and title."""
-  series = {}
-  for row in sweep.summarize(records, group=('table', 'row', 'labels_per_class')):
-    if row['labels_per_class'] is not None and row['row'] in rows:
-      series.setdefault(rows[row['row']], []).append(
-          (row['labels_per_class'] or all_labels, 100 * row['test_accuracy_mean']))
-  if any(len(points) > 1 for points in series.values()):
-    sweep.plot_lines(path, {k: sorted(v) for k, v in series.items()}, logx=True, **labels)
+  return tests_lines(tests, caption=f'Every row against {control} (paired, one-sided, '
+                     'treatment > control; the primary test above, the rest secondary):',
+                     first=[(key_label, key)], metric=True)

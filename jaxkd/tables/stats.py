@@ -43,3 +43,23 @@ def paired_test(treatment, control) -> dict:
            for signs in itertools.product((1.0, -1.0), repeat=n)]
   p_flip = float(np.mean([f >= observed - 1e-12 for f in flips]))
   return {**result, 't': t, 'p_value': p, 'p_value_sign_flip': p_flip}
+
+
+def holm(p_values) -> list[float]:
+  """Holm's step-down adjustment of `p_values` for their number (family-wise error rate).
+
+  With the m p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted
+  p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)); reject where the adjusted p <= alpha.
+  Holm 1979, "A simple sequentially rejective multiple test procedure". NaNs (tests that
+  could not run) stay NaN and do not count in m. (SciPy's `false_discovery_control` is
+  Benjamini-Hochberg, which controls another error rate.)
+  """
+  p = np.asarray(p_values, np.float64)
+  adjusted = np.full(p.shape, np.nan)
+  present = np.flatnonzero(~np.isnan(p))
+  m = len(present)
+  running = 0.0
+  for rank, index in enumerate(present[np.argsort(p[present], kind='stable')]):
+    running = max(running, min(1.0, (m - rank) * p[index]))
+    adjusted[index] = running
+  return adjusted.tolist()

@@ -6,13 +6,13 @@ import dataclasses
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
 
 from jaxkd import recipes
 from jaxkd.tables import stats
+from jaxkd.recipes.environment import git_commit
 from jaxkd.recipes.provenance import cpu_model
 
 
@@ -29,14 +29,6 @@ class RunSpec:
 
   def workdir(self, root: str) -> str:
     return os.path.join(root, self.table, self.row, f'seed{self.seed}')
-
-
-def _git_commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                          cwd=os.path.dirname(__file__), check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
 
 
 def machine() -> dict:
@@ -94,6 +86,8 @@ def run_record(spec: RunSpec, final: dict) -> dict:
       'params_sha256': final.get('params_sha256'),
       # checkpoints ranked on test data (refused unless a config allowed it; then shown)
       'test_selection': bool((final.get('selection') or {}).get('test_selection')),
+      # what made this run (commit, versions, dataset, CPU); absent in runs from before
+      **({'provenance': final['provenance']} if final.get('provenance') else {}),
   }
 
 
@@ -169,7 +163,7 @@ def header(name: str, profile: str) -> dict:
   # `python path/relative/to/cwd ...`, runnable again from where it was run
   argv = [os.path.relpath(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else sys.argv
   return {'name': name, 'profile': profile, 'command': ' '.join(['python'] + argv),
-          'git_commit': _git_commit(), 'machine': machine(),
+          'git_commit': git_commit(), 'machine': machine(),
           'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
 
 
