@@ -122,7 +122,7 @@ def test_born_again_chain_hands_each_generation_to_the_next(fake_data):
   ensemble = _final(gens[2]['workdir'])
   assert ensemble['teacher_fingerprints'] == [_fingerprint(g['workdir']) for g in gens[:2]]
   assert checkpoint.read_metadata(os.path.join(gens[2]['workdir'], 'final'))[
-      'kd']['multi_teacher'] == 'ensemble'
+      'objective']['kd']['multi_teacher'] == 'ensemble'
   assert final['params_sha256'] == gens[2]['params_sha256']
   assert recipes.chain(config, workdir)['generations'] == gens  # finished links are reused
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
@@ -132,7 +132,7 @@ def test_born_again_chain_hands_each_generation_to_the_next(fake_data):
     if key == 'models':
       other.chain.models = value
     elif key == 'temperature':
-      other.kd.temperature = value
+      other.terms.kd.temperature = value
     else:
       other.seed = value
     with pytest.raises(FileExistsError, match=r'holds a chain of other settings \(.*' + key):

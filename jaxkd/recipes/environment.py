@@ -58,7 +58,7 @@ def run_provenance(config, *, started: str, ended: str | None = None) -> dict:
   end time (UTC), package versions, the dataset's SHA-256 (`jaxkd.data.dataset_sha256`),
   the CPU and its vector instruction set, and the convolution and pooling paths."""
   from jaxkd import data  # local imports: TFDS is slow to import
-  from jaxkd.models import layers
+  from jaxkd import ops
   from jaxkd.recipes.provenance import cpu_isa, cpu_model
   import jax
   dataset = config.get('dataset') or 'fashion_mnist'
@@ -73,7 +73,7 @@ def run_provenance(config, *, started: str, ended: str | None = None) -> dict:
       'dataset': dataset, 'dataset_sha256': dataset_sha,
       'cpu_model': cpu_model(), 'cpu_isa': cpu_isa()['isa'],
       'backend': jax.default_backend(),
-      'conv_impl': layers.conv_impl(), 'pool_impl': layers.pool_impl(),
+      'conv_impl': ops.current().conv_impl, 'pool_impl': ops.current().pool_impl,
   }
 
 
