@@ -13,7 +13,7 @@ from jaxkd.augment import Augment
 from jaxkd.models.features import features
 from jaxkd.parallel import Parallel
 from jaxkd.state import (DistillState, TrainState, create_train_state, fresh_variables,
-                         seed_keys)
+                         input_dtype, seed_keys)
 from jaxkd.steps import build_update
 
 # apply(variables, images) -> logits, in inference mode (no dropout, running BN statistics).
@@ -183,7 +183,7 @@ def create_distill_state(
                               variables=variables)
   if variables is None:
     variables = fresh_variables(student, seed=seed, input_shape=input_shape)
-  images = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  images = jax.ShapeDtypeStruct(tuple(input_shape), input_dtype(student))
   student_shapes = jax.eval_shape(
       lambda v, x: losses.Outputs(*features(student, v, x, objective.student_taps))
       if objective.student_taps else losses.Outputs(student.apply(v, x, train=False)),

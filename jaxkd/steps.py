@@ -34,7 +34,31 @@ def augmented_batch(state: TrainState, batch: dict, augment: Augment,
   if axis_name is not None:
     offset = jax.lax.axis_index(axis_name) * batch['label'].shape[0]
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+  if 'image' not in batch:  # token batches: nothing to augment
+    return batch, dropout_key
   return {**batch, 'image': augment(augment_key, batch['image'], index_offset=offset)}, dropout_key
+
+
+def model_inputs(batch: dict) -> jax.Array:
+  """What the model reads: `batch['image']`, or a language model's `batch['tokens']`."""
+  return batch['image'] if 'image' in batch else batch['tokens']
+
+
+def batch_mean(values: jax.Array, mask: jax.Array | None, axis_name: str | None) -> jax.Array:
+  """This device's share of the global batch's mean of `values`; its `pmean` over
+  `axis_name` (and that of its gradient) is the global mean.
+
+  Without a mask, the plain mean. With `mask` (a sequence batch's `[B, L]` weights: 0 at
+  padding), the token-weighted mean `sum(values * mask) / sum(mask)` over the global batch:
+  the count is summed over the devices (never a mean of per-device means, which would weigh
+  a device's tokens by how few it holds), in float32."""
+  if mask is None:
+    return jnp.mean(values)
+  mask = jnp.asarray(mask, jnp.float32)
+  count, devices = jax.lax.stop_gradient(jnp.sum(mask)), 1
+  if axis_name is not None:
+    count, devices = jax.lax.psum(count, axis_name), jax.lax.axis_size(axis_name)
+  return jnp.sum(values.astype(jnp.float32) * mask) * devices / jnp.maximum(count, 1.0)
 
 
 def student_forward(model: nn.Module, taps: Sequence[str]) -> Callable:
@@ -77,13 +101,17 @@ def build_update(
   `teacher_fn` returned into full teacher outputs inside the loss (top-k caches).
   `grad_filter(grads, step) -> grads`, when given, runs before the cross-device mean and the
   optimizer (frozen parameters: zeros, so XLA drops their backward pass).
-  Metrics are batch means (reduced over `axis_name` when given).
+  Metrics are batch means (reduced over `axis_name` when given). A batch with a `mask`
+  (language models: `tokens`, `label` and `mask`, each `[B, L]`) is reduced per token,
+  `sum(value * mask) / sum(mask)` over the global batch (`batch_mean`), the loss as the
+  metrics.
   """
   forward = student_forward(model, objective.student_taps)
 
   def update(state: TrainState, batch: dict, *teacher_variables, axis_name=None):
     batch, dropout_key = augmented_batch(state, batch, augment, axis_name)
-    images = batch['image']
+    images, mask = model_inputs(batch), batch.get('mask')
+    mean = lambda values: batch_mean(values, mask, axis_name)  # noqa: E731
     teacher_outputs = None
     if teacher_fn is not None:
       teacher_outputs = jax.lax.stop_gradient(teacher_fn(teacher_variables, images, batch))
@@ -103,7 +131,7 @@ def build_update(
           params=loss_params or {}, state=state.loss_state if distilling else {},
           axis_name=axis_name))
       aux = (student.logits, teachers, components, batch_stats, loss_state)
-      return jnp.mean(per_example), aux
+      return mean(per_example), aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, teachers, components, batch_stats, loss_state)), grads = grad_fn(trainable)
@@ -117,13 +145,13 @@ def build_update(
     predictions = jnp.argmax(logits, -1)
     metrics = {
         'loss': loss,
-        **{f'{name}_loss': jnp.mean(value) for name, value in components.items()},
-        'accuracy': jnp.mean(predictions == batch['label']),
+        **{f'{name}_loss': mean(value) for name, value in components.items()},
+        'accuracy': mean(predictions == batch['label']),
         'grad_norm': optax.tree.norm(grads),
     }
     metrics.update(numerics_checks(batch['label'], logits.shape[-1], teachers))
     if teachers is not None:
-      metrics.update(_teacher_metrics(teachers, predictions, batch['label']))
+      metrics.update(_teacher_metrics(teachers, predictions, batch['label'], mean))
     metrics = pmean(metrics, axis_name)
     if learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
@@ -160,15 +188,16 @@ def numerics_checks(labels: jax.Array, num_classes: int, teachers) -> dict[str, 
   return checks
 
 
-def _teacher_metrics(teachers, predictions, labels) -> dict:
-  """Teacher accuracy and student/teacher top-1 agreement (per teacher if several)."""
+def _teacher_metrics(teachers, predictions, labels, mean=jnp.mean) -> dict:
+  """Teacher accuracy and student/teacher top-1 agreement (per teacher if several), as
+  `mean` reduces them."""
   metrics = {}
   for i, teacher in enumerate(teachers):
     suffix = '' if len(teachers) == 1 else str(i)
     teacher_predictions = (jnp.argmax(teacher.logits, -1) if teacher.top1 is None
                            else teacher.top1)
-    metrics[f'teacher{suffix}_accuracy'] = jnp.mean(teacher_predictions == labels)
-    metrics[f'agreement{suffix}'] = jnp.mean(teacher_predictions == predictions)
+    metrics[f'teacher{suffix}_accuracy'] = mean(teacher_predictions == labels)
+    metrics[f'agreement{suffix}'] = mean(teacher_predictions == predictions)
   return metrics
 
 
