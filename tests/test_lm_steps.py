@@ -99,3 +99,25 @@ def test_batch_mean_without_mask_is_the_plain_mean():
   assert float(batch_mean(values, None, None)) == 2.5
   mask = np.array([[1, 0, 0], [1, 1, 0]], np.float32)
   np.testing.assert_allclose(batch_mean(values, mask, None), (0 + 3 + 4) / 3)
+
+
+@pytest.mark.parametrize('mode', ['jit', 'shard_map'])
+def test_vocab_chunked_distill_step_equals_the_direct_one(setup, mode):
+  teacher, student, teacher_vars, tx, _ = setup
+  objective = losses.build_objective({'ce': {'weight': 0.5},
+                                      'kd': {'weight': 0.5, 'temperature': 2.0},
+                                      'skew_kl': {'weight': 0.2}})
+  runs = []
+  for chunk in (None, 3):
+    make = lambda p, chunk=chunk: make_distill_step(  # noqa: E731
+        student=student, teachers=teacher, tx=tx, objective=objective, parallel=p,
+        vocab_chunk=chunk)
+    parallel = Parallel('jit', num_devices=1) if chunk is None else Parallel(mode)
+    runs.append(_run(parallel, (teacher, student, teacher_vars, tx, make)))
+  (ref_metrics, ref_params), (got_metrics, got_params) = runs
+  for ref, got in zip(ref_metrics, got_metrics):
+    assert set(ref) == set(got)
+    for name in ref:
+      np.testing.assert_allclose(got[name], ref[name], rtol=2e-5, atol=1e-6, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               got_params, ref_params)

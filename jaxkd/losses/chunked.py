@@ -55,7 +55,8 @@ def _unchunk(x: jax.Array, length: int) -> jax.Array:
   return x.reshape((x.shape[0], -1) + x.shape[3:])[:, :length]
 
 
-def _check(objective: Objective, chunk: int) -> None:
+def check_objective(objective: Objective, chunk: int) -> None:
+  """Refuses what cannot run on vocabulary chunks (taps, state) and a chunk < 1."""
   if objective.student_taps or objective.teacher_taps or any(
       term.owns_state for _, _, term in objective.terms):
     raise ValueError('Chunked logit terms read the last hidden states only: terms that tap '
@@ -70,11 +71,19 @@ def _chunk_terms(objective, student_logits, teacher_logits, entries, step, key, 
   total, components, _ = objective.apply(Context(
       Outputs(student_logits), [Outputs(z) for z in teacher_logits], entries, step=step,
       key=key, params=params or {}))
+  return total, components, logit_stats(student_logits, [Outputs(z) for z in teacher_logits])
+
+
+def logit_stats(student_logits: jax.Array, teachers: Sequence[Outputs]) -> dict[str, jax.Array]:
+  """Per example (position): the student's top-1 `'prediction'`, each teacher's top-1
+  `'teacher<i>_top1'` (its own stored one when its logits are rebuilt from a top-k cache)
+  and `'teacher<i>_finite'` (all its logits finite)."""
   stats = {'prediction': jnp.argmax(student_logits, -1)}
-  for i, z in enumerate(teacher_logits):
-    stats[f'teacher{i}_top1'] = jnp.argmax(z, -1)
-    stats[f'teacher{i}_finite'] = jnp.all(jnp.isfinite(z), -1)
-  return total, components, stats
+  for i, teacher in enumerate(teachers):
+    stats[f'teacher{i}_top1'] = (jnp.argmax(teacher.logits, -1) if teacher.top1 is None
+                                 else teacher.top1)
+    stats[f'teacher{i}_finite'] = jnp.all(jnp.isfinite(teacher.logits), -1)
+  return stats
 
 
 def apply_in_chunks(
@@ -101,11 +110,9 @@ def apply_in_chunks(
 
   Returns:
     ``(total [B, L], components {name: [B, L]}, stats)``, total and components as
-    `Objective.apply` gives them; `stats` holds the student's top-1 `'prediction'` `[B, L]`
-    and per teacher `'teacher<i>_top1'` `[B, L]` and `'teacher<i>_finite'` (whether its
-    logits are all finite there).
+    `Objective.apply` gives them; `stats` as `logit_stats` gives them, per position.
   """
-  _check(objective, chunk)
+  check_objective(objective, chunk)
   length = student.states.shape[1]
   per_position = {k: _chunks(v, chunk) for k, v in batch.items()
                   if k == 'label' and v is not None}
@@ -155,7 +162,7 @@ def weighted_sum_in_chunks(
     ``(loss, (components, stats))``: the scalar loss; the components and stats as
     `apply_in_chunks` gives them (values only, no gradient).
   """
-  _check(objective, chunk)
+  check_objective(objective, chunk)
   length = student.states.shape[1]
   params = params or {}
 
