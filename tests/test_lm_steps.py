@@ -121,3 +121,31 @@ def test_vocab_chunked_distill_step_equals_the_direct_one(setup, mode):
       np.testing.assert_allclose(got[name], ref[name], rtol=2e-5, atol=1e-6, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                got_params, ref_params)
+
+
+@pytest.mark.parametrize('mode,chunk', [('jit', None), ('pmap', 3), ('shard_map', None)])
+def test_lm_eval_metrics_match_numpy(setup, mode, chunk):
+  from jaxkd.language import evaluate_lm, make_lm_eval_step, summarize_lm
+  teacher, student, teacher_vars, tx, _ = setup
+  variables = {'params': create_train_state(student, tx, seed=0, input_shape=SHAPE).params}
+  rows = {'tokens': np.concatenate([_batch(0)['tokens'], _batch(0)['label'][:, -1:]], 1),
+          'mask': np.concatenate([_batch(0)['mask'], np.zeros((B, 1), np.float32)], 1)}
+  rows = {k: v[:13] for k, v in rows.items()}  # a padded last batch
+  parallel = Parallel(mode)
+  step = make_lm_eval_step(model=student, teacher=teacher, parallel=parallel, vocab_chunk=chunk)
+  sums = evaluate_lm(step, parallel.replicate(variables), rows, batch_size=8,
+                     parallel=parallel, teacher_variables=parallel.replicate(teacher_vars))
+  got = summarize_lm(sums, bytes_per_token=3.0)
+  batch = {k: v[:13] for k, v in _batch(0).items()}
+  s = np.asarray(student.apply(variables, batch['tokens']), np.float64)
+  t = np.asarray(teacher.apply(teacher_vars, batch['tokens']), np.float64)
+  mask = batch['mask']
+  ce = -np.take_along_axis(_log_softmax(s), batch['label'][..., None], -1)[..., 0]
+  loss = (ce * mask).sum() / mask.sum()
+  assert got['tokens'] == int(mask.sum())
+  np.testing.assert_allclose(got['loss'], loss, rtol=1e-5)
+  np.testing.assert_allclose(got['perplexity'], np.exp(loss), rtol=1e-5)
+  np.testing.assert_allclose(got['bits_per_byte'], loss / np.log(2) / 3.0, rtol=1e-5)
+  top1 = s.argmax(-1)
+  np.testing.assert_allclose(got['accuracy'], ((top1 == batch['label']) * mask).sum() / mask.sum())
+  np.testing.assert_allclose(got['agreement'], ((top1 == t.argmax(-1)) * mask).sum() / mask.sum())
