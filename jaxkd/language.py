@@ -37,21 +37,30 @@ def lm_batch(rows: dict, index=slice(None)) -> dict:
           'mask': np.asarray(mask[:, :-1], np.float32)}
 
 
-def train_batches(rows: dict, *, batch_size: int, seed: int) -> tuple[Callable, int]:
-  """`(batches(epoch, start) -> iterator, steps_per_epoch)` for `jaxkd.loop.fit`: each epoch
-  a permutation of the rows drawn from `(seed, epoch)`, so a resumed run (at any step) sees
-  the batches the uninterrupted one would; the last partial batch is dropped."""
+def train_batches(rows: dict, *, batch_size: int, seed: int,
+                  steps_per_epoch: int = 0) -> tuple[Callable, int]:
+  """`(batches(epoch, start) -> iterator, steps_per_epoch)` for `jaxkd.loop.fit`.
+
+  Step `g`'s batch is a function of `g` alone: pass `g // passes` over the rows in the
+  permutation drawn from `(seed, pass)` (the last partial batch of a pass dropped), so a
+  resumed run (at any step) sees the batches the uninterrupted one would. The loop's
+  "epoch" is `steps_per_epoch` steps (default one pass): it evaluates at each epoch's end."""
   count = len(rows['tokens'])
-  steps = count // batch_size
-  if steps == 0:
+  per_pass = count // batch_size
+  if per_pass == 0:
     raise ValueError(f'{count} rows cannot fill one batch of {batch_size}; lower batch_size.')
+  steps_per_epoch = steps_per_epoch or per_pass
+
+  def batch_at(step: int) -> dict:
+    pass_, offset = divmod(step, per_pass)
+    order = np.random.default_rng([seed, pass_]).permutation(count)
+    return lm_batch(rows, np.sort(order[offset * batch_size:(offset + 1) * batch_size]))
 
   def batches(epoch: int, start: int) -> Iterator[dict]:
-    order = np.random.default_rng([seed, epoch]).permutation(count)
-    for step in range(start, steps):
-      yield lm_batch(rows, np.sort(order[step * batch_size:(step + 1) * batch_size]))
+    for step in range(epoch * steps_per_epoch + start, (epoch + 1) * steps_per_epoch):
+      yield batch_at(step)
 
-  return batches, steps
+  return batches, steps_per_epoch
 
 
 def eval_batches(rows: dict, *, batch_size: int) -> Iterator[dict]:
