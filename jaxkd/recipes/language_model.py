@@ -100,6 +100,8 @@ def run(config, workdir: str) -> dict:
                                        tokenizer=config.tokenizer)['bytes_per_token']
                      for split in evals}
   vocab = info['vocab_size']
+  tokenizer_sha256 = text.load_tokenizer(config.corpus, vocab_size=config.vocab_size,
+                                         tokenizer=config.tokenizer).fingerprint
   overrides = _plain(config.model_overrides) or {}
   student = _model(config.model, vocab, config.seq_len, overrides, config.dtype)
   terms = _plain(config.terms) or {'ce': {'weight': 1.0}}
@@ -107,11 +109,12 @@ def run(config, workdir: str) -> dict:
   teacher, teacher_vars, fingerprints = None, (), []
   if config.teacher_dir:
     teacher, teacher_vars, teacher_meta = load_lm(config.teacher_dir, config.dtype)
-    if (teacher_meta['corpus'], teacher_meta['tokenizer'], teacher_meta['num_classes']) != (
-        config.corpus, config.tokenizer, vocab):
+    if teacher_meta['tokenizer_sha256'] != tokenizer_sha256:
       raise ValueError(f"Teacher {config.teacher_dir!r} reads {teacher_meta['corpus']} with "
-                       f"the {teacher_meta['tokenizer']} tokenizer ({teacher_meta['num_classes']}"
-                       f' ids); this run reads {config.corpus}, {config.tokenizer} ({vocab}).')
+                       f"the {teacher_meta['tokenizer']} tokenizer "
+                       f"{teacher_meta['tokenizer_sha256']}; this run reads {config.corpus} "
+                       f"with {config.tokenizer} {tokenizer_sha256}: distil with the teacher's "
+                       'tokenizer.')
     fingerprints = [tree_sha256(teacher_vars)]
   elif objective.needs_teacher:
     raise ValueError(f'The terms {sorted(terms)} read a teacher; set config.teacher_dir.')
@@ -149,7 +152,7 @@ def run(config, workdir: str) -> dict:
   metadata.update(recipe='language_model', teacher_fingerprints=fingerprints,
                   teacher_dirs=[config.teacher_dir] if config.teacher_dir else [],
                   objective=objective.describe(), num_classes=vocab,
-                  tokenizer_sha256=info.get('tokenizer_sha256', ''))
+                  tokenizer_sha256=tokenizer_sha256)
   from jaxkd import checkpoint  # orbax is slow to import
   checkpointer = (checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                           metadata=metadata)
