@@ -77,6 +77,9 @@ def load_lm(directory: str, dtype: str = 'float32'):
 
 
 def _optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  if not 0 <= config.warmup_steps < config.num_steps:
+    raise ValueError(f'warmup_steps={config.warmup_steps} must be in [0, num_steps='
+                     f'{config.num_steps}).')
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.num_steps, 2))
   tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
