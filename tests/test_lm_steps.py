@@ -149,3 +149,19 @@ def test_lm_eval_metrics_match_numpy(setup, mode, chunk):
   top1 = s.argmax(-1)
   np.testing.assert_allclose(got['accuracy'], ((top1 == batch['label']) * mask).sum() / mask.sum())
   np.testing.assert_allclose(got['agreement'], ((top1 == t.argmax(-1)) * mask).sum() / mask.sum())
+
+
+def test_cached_teacher_logits_equal_the_live_teacher(setup):
+  teacher, student, teacher_vars, tx, make = setup
+  objective = losses.make_objective(hard_weight=0.5, soft_weight=0.5, temperature=2.0)
+  cached = make_distill_step(student=student, teachers=None, tx=tx, objective=objective,
+                             parallel=Parallel('jit', num_devices=1), cached=True)
+  live = make(Parallel('jit', num_devices=1))
+  batch = _batch(0)
+  state = create_train_state(student, tx, seed=0, input_shape=SHAPE)
+  logits = np.asarray(teacher.apply(teacher_vars, batch['tokens']))
+  _, want = live(state, batch, teacher_vars)
+  state = create_train_state(student, tx, seed=0, input_shape=SHAPE)
+  _, got = cached(state, {**batch, 'teacher_logits': logits}, ())
+  for name in ('loss', 'kd_loss', 'agreement'):
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, err_msg=name)

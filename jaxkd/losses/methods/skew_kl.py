@@ -26,6 +26,15 @@ def skewed_kl(log_p: jax.Array, log_q: jax.Array, skew) -> jax.Array:
   return kl(jnp.exp(log_p), log_p, log_mixture)
 
 
+def skew_divergence(student_logits, teacher_logits, *, skew, temperature,
+                    scale_by_temperature_squared: bool, reverse: bool) -> jax.Array:
+  """`skew_kl_loss`, or with `reverse` `skew_reverse_kl_loss` (the roles swapped)."""
+  check_skew(skew)
+  log_p_s, log_p_t, t = log_probs(student_logits, teacher_logits, temperature)
+  first, second = (log_p_s, log_p_t) if reverse else (log_p_t, log_p_s)
+  return temperature_scale(t, scale_by_temperature_squared) * skewed_kl(first, second, skew)
+
+
 def skew_kl_loss(
     student_logits: jax.typing.ArrayLike,
     teacher_logits: jax.typing.ArrayLike,
@@ -60,9 +69,9 @@ def skew_kl_loss(
     Ko, Kim, Chen, Yun, `DistiLLM: Towards Streamlined Distillation for Large Language
     Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024, eq. (4).
   """
-  check_skew(skew)
-  log_p_s, log_p_t, t = log_probs(student_logits, teacher_logits, temperature)
-  return temperature_scale(t, scale_by_temperature_squared) * skewed_kl(log_p_t, log_p_s, skew)
+  return skew_divergence(student_logits, teacher_logits, skew=skew, temperature=temperature,
+                         scale_by_temperature_squared=scale_by_temperature_squared,
+                         reverse=False)
 
 
 @dataclasses.dataclass(frozen=True)

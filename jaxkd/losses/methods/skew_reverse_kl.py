@@ -5,9 +5,7 @@ import dataclasses
 
 import jax
 
-from jaxkd.losses.methods.skew_kl import check_skew, skewed_kl
-from jaxkd.losses.numerics import log_probs, temperature_scale
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.methods.skew_kl import SkewKL, skew_divergence
 
 
 def skew_reverse_kl_loss(
@@ -28,11 +26,9 @@ def skew_reverse_kl_loss(
   ``-log a``) where the teacher gives a class no mass.
 
   Args:
-    student_logits: ``[..., V]`` student logits (any float dtype; computed in >= float32).
-    teacher_logits: ``[..., V]`` teacher logits, same shape.
+    student_logits, teacher_logits, temperature, scale_by_temperature_squared: as in
+      `skew_kl_loss`.
     skew: ``a`` in ``[0, 1)``, the student's share of the mixture (0.1 in the authors' code).
-    temperature: softmax temperature ``T > 0`` for both.
-    scale_by_temperature_squared: multiply by ``T**2`` (default; 1 at the default ``T``).
 
   Returns:
     ``[...]`` float32 (float64 for float64 inputs) loss per position.
@@ -41,32 +37,17 @@ def skew_reverse_kl_loss(
     Ko, Kim, Chen, Yun, `DistiLLM: Towards Streamlined Distillation for Large Language
     Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024, eq. (5).
   """
-  check_skew(skew)
-  log_p_s, log_p_t, t = log_probs(student_logits, teacher_logits, temperature)
-  return temperature_scale(t, scale_by_temperature_squared) * skewed_kl(log_p_s, log_p_t, skew)
+  return skew_divergence(student_logits, teacher_logits, skew=skew, temperature=temperature,
+                         scale_by_temperature_squared=scale_by_temperature_squared,
+                         reverse=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class SkewReverseKL(LogitTerm):
+class SkewReverseKL(SkewKL):
   """DistiLLM's skew reverse KL ``T^2 KL(p_s || a p_s + (1 - a) p_t)``
-  (`skew_reverse_kl_loss`)."""
-
-  skew: float = 0.1
-  temperature: Hyperparam = 1.0
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
+  (`skew_reverse_kl_loss`); the paper's settings are skew KL's."""
 
   name = 'skew_reverse_kl'
-  family = 'logit'
-  paper = 'Ko et al. 2024, DistiLLM'
-  url = 'https://arxiv.org/abs/2402.03898'
-  # DistiLLM trains on the skew divergence alone (a = 0.1, T = 1 in the authors' code).
-  paper_weight = 1.0
-  paper_ce_weight = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    check_skew(self.skew)
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return skew_reverse_kl_loss(student_logits, teacher_logits, skew=self.skew,
