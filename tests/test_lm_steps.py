@@ -165,3 +165,20 @@ def test_cached_teacher_logits_equal_the_live_teacher(setup):
   _, got = cached(state, {**batch, 'teacher_logits': logits}, ())
   for name in ('loss', 'kd_loss', 'agreement'):
     np.testing.assert_allclose(got[name], want[name], rtol=1e-5, err_msg=name)
+
+
+def test_vocab_chunked_train_step_equals_the_direct_one(setup):
+  from jaxkd.steps import make_train_step
+  _, student, _, tx, _ = setup
+  results = []
+  for chunk in (None, 5):
+    parallel = Parallel('jit', num_devices=1)
+    step = make_train_step(model=student, tx=tx, parallel=parallel, vocab_chunk=chunk)
+    state = create_train_state(student, tx, seed=0, input_shape=SHAPE)
+    state, metrics = step(state, _batch(0))
+    results.append((jax.device_get(metrics), jax.device_get(state.params)))
+  (want, want_params), (got, got_params) = results
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=1e-7, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               got_params, want_params)

@@ -26,9 +26,11 @@ def skew_reverse_kl_loss(
   ``-log a``) where the teacher gives a class no mass.
 
   Args:
-    student_logits, teacher_logits, temperature, scale_by_temperature_squared: as in
-      `skew_kl_loss`.
+    student_logits: ``[..., V]`` student logits (any float dtype; computed in >= float32).
+    teacher_logits: ``[..., V]`` teacher logits, same shape.
     skew: ``a`` in ``[0, 1)``, the student's share of the mixture (0.1 in the authors' code).
+    temperature: softmax temperature ``T > 0`` for both.
+    scale_by_temperature_squared: multiply by ``T**2`` (default; 1 at the default ``T``).
 
   Returns:
     ``[...]`` float32 (float64 for float64 inputs) loss per position.
