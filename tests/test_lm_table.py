@@ -46,3 +46,15 @@ def test_full_profile_waits_for_the_selection_and_the_gate_refuses(tmp_path):
       table.run_specs(table.get_config('full'), str(tmp_path))
   records = [{'row': 'teacher', 'valid_loss': 3.0}, {'row': 'student', 'valid_loss': 3.2}]
   assert lm.headroom(records, 'student') == pytest.approx(0.2)
+
+
+def test_select_profile_runs_the_grid_with_a_seed_no_row_uses(tmp_path):
+  table = reproduce.load_table(str(EXPERIMENTS / 'configs' / 'reproduce_lm_kd.py'))
+  specs = table.run_specs(table.get_config('select'), str(tmp_path))
+  grid = [s for s in specs if s.row.startswith('kd_')]
+  assert len(grid) == len(table.SELECT_GRID)
+  assert {s.seed for s in specs if s.row != 'teacher'} == {table.SELECT_SEED}
+  smoke = table.run_specs(table.get_config('smoke'), str(tmp_path))
+  assert table.SELECT_SEED not in {s.seed for s in smoke}
+  records = [{'row': 'kd_t1_w0.5', 'seed': 10, 'test_bits_per_byte': 2.0}]
+  assert [r['row'] for r in lm.summarize(records, list(table.ROWS))] == ['kd_t1_w0.5']

@@ -78,9 +78,10 @@ def execute(table: Any, specs: Sequence[RunSpec], *, config, root: str,
 
 
 def summarize(records: Sequence[dict], rows: Sequence[str]) -> list[dict]:
-  """Mean +- std of `METRICS` per row, in `rows` order."""
+  """Mean +- std of `METRICS` per row, in `rows` order, then any other row (a selection
+  grid's) in the order first seen."""
   out = []
-  for row in rows:
+  for row in dict.fromkeys([*rows, *(r['row'] for r in records)]):
     runs = [r for r in records if r['row'] == row]
     if not runs:
       continue
