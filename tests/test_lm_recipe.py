@@ -53,3 +53,42 @@ def test_teacher_then_student_then_exact_resume(corpus, tmp_path):
   distil('resumed', stop_at=3)
   resumed = distil('resumed')
   assert resumed['params_sha256'] == student['params_sha256']
+
+
+KILLED_RUN = '''
+import json, os, signal, sys
+import jax
+jax.config.update('jax_num_cpu_devices', 8)  # as the tests' own process (conftest.py)
+from jaxkd.recipes import language_model
+fit = language_model.fit
+
+def killed_fit(**kwargs):
+  kill = lambda state, step: step == 5 and os.kill(os.getpid(), signal.SIGKILL)
+  return fit(**kwargs, on_step=kill)
+
+language_model.fit = killed_fit
+config = language_model.default_config()
+config.update(json.loads(sys.argv[1]))
+language_model.run(config, sys.argv[2])
+'''
+
+
+# The kill may land in an asynchronous save: its half-written folder is set aside (warned).
+@pytest.mark.filterwarnings('ignore::jaxkd.checkpoint.IncompleteCheckpointWarning')
+def test_kill_9_then_resume_gives_the_uninterrupted_parameters(corpus, tmp_path):
+  import os
+  import subprocess
+  settings = dict(tokenizer='byte', seq_len=32, batch_size=8, num_steps=8, warmup_steps=2,
+                  learning_rate=1e-2, log_every=2, checkpoint_every=2, eval_every=4,
+                  eval_batch_size=8, model='transformer',
+                  model_overrides={'width': 16, 'depth': 1, 'heads': 2})
+  config = language_model.default_config()
+  config.update(settings)
+  whole = language_model.run(config, str(tmp_path / 'whole'))
+  env = {**os.environ, 'PYTHONPATH': str(pathlib.Path(__file__).parents[1])}
+  killed = subprocess.run([sys.executable, '-c', KILLED_RUN, json.dumps(settings),
+                           str(tmp_path / 'killed')], env=env, capture_output=True, text=True)
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert not (tmp_path / 'killed' / 'final_metrics.json').exists()
+  resumed = language_model.run(config, str(tmp_path / 'killed'))
+  assert resumed['params_sha256'] == whole['params_sha256']
