@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkd import losses
+from jaxkd import distributed, losses
 from jaxkd.data import text
 from jaxkd.losses import chunked
 from jaxkd.parallel import Parallel
@@ -43,7 +43,8 @@ def train_batches(rows: dict, *, batch_size: int, seed: int,
 
   Step `g`'s batch is a function of `g` alone: pass `g // passes` over the rows in the
   permutation drawn from `(seed, pass)` (the last partial batch of a pass dropped), so a
-  resumed run (at any step) sees the batches the uninterrupted one would. The loop's
+  resumed run (at any step) sees the batches the uninterrupted one would; with several
+  processes each gets its share of every batch (`distributed.process_rows`). The loop's
   "epoch" is `steps_per_epoch` steps (default one pass): it evaluates at each epoch's end."""
   count = len(rows['tokens'])
   per_pass = count // batch_size
@@ -58,13 +59,14 @@ def train_batches(rows: dict, *, batch_size: int, seed: int,
 
   def batches(epoch: int, start: int) -> Iterator[dict]:
     for step in range(epoch * steps_per_epoch + start, (epoch + 1) * steps_per_epoch):
-      yield batch_at(step)
+      yield distributed.process_rows(batch_at(step))
 
   return batches, steps_per_epoch
 
 
 def eval_batches(rows: dict, *, batch_size: int) -> Iterator[dict]:
-  """Every row once, in order; the last batch padded with rows of mask 0."""
+  """Every row once, in order; the last batch padded with rows of mask 0. With several
+  processes, each gets its share of every batch (as `train_batches`)."""
   count = len(rows['tokens'])
   for start in range(0, count, batch_size):
     batch = lm_batch(rows, slice(start, start + batch_size))
@@ -72,7 +74,7 @@ def eval_batches(rows: dict, *, batch_size: int) -> Iterator[dict]:
     if pad:
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
-    yield batch
+    yield distributed.process_rows(batch)
 
 
 def make_lm_eval_step(*, model: nn.Module, teacher: nn.Module | None = None,

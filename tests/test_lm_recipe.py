@@ -92,3 +92,49 @@ def test_kill_9_then_resume_gives_the_uninterrupted_parameters(corpus, tmp_path)
   assert not (tmp_path / 'killed' / 'final_metrics.json').exists()
   resumed = language_model.run(config, str(tmp_path / 'killed'))
   assert resumed['params_sha256'] == whole['params_sha256']
+
+
+PROCESS_RUN = '''
+import json, sys
+from jaxkd import distributed
+address, count, index = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+if count > 1:
+  distributed.initialize(address, count, index)
+from jaxkd.recipes import language_model
+config = language_model.default_config()
+config.update(json.loads(sys.argv[1]))
+language_model.run(config, sys.argv[2])
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(corpus, tmp_path):
+  import os
+  import socket
+  import subprocess
+  settings = dict(tokenizer='byte', seq_len=32, batch_size=8, num_steps=6, warmup_steps=2,
+                  learning_rate=1e-2, log_every=3, checkpoint_every=3, eval_every=3,
+                  eval_batch_size=8, model='transformer',
+                  model_overrides={'width': 16, 'depth': 1, 'heads': 2})
+  text.prepare('pydoc', tokenizer='byte')  # once, before the processes read it
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+
+  def launch(workdir, processes, devices):
+    env = {**os.environ, 'PYTHONPATH': str(pathlib.Path(__file__).parents[1]),
+           'JAX_NUM_CPU_DEVICES': str(devices)}
+    procs = [subprocess.Popen([sys.executable, '-c', PROCESS_RUN, json.dumps(settings),
+                               str(tmp_path / workdir), f'127.0.0.1:{port}', str(processes),
+                               str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(processes)]
+    for p in procs:
+      _, err = p.communicate(timeout=300)
+      assert p.returncode == 0, err[-3000:]
+    with open(tmp_path / workdir / 'final_metrics.json') as f:
+      return json.load(f)
+
+  one, two = launch('one', 1, 4), launch('two', 2, 2)
+  for split in ('valid', 'test'):
+    for key in ('loss', 'accuracy', 'tokens'):
+      assert two[split][key] == pytest.approx(one[split][key], rel=1e-4), (split, key)

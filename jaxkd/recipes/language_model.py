@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxkd import losses, models
+from jaxkd import distributed, losses, models
 from jaxkd.data import text
 from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.language import evaluate_lm, make_lm_eval_step, summarize_lm, train_batches
@@ -177,6 +177,7 @@ def run(config, workdir: str) -> dict:
   result = {**final, 'steps': config.num_steps, 'seconds': time.perf_counter() - start,
             'params_sha256': tree_sha256(variables),
             'parameters': int(sum(np.size(x) for x in jax.tree.leaves(variables)))}
-  with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-    json.dump(result, f, indent=1)
+  if distributed.is_main():
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(result, f, indent=1)
   return result
