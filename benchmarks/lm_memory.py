@@ -12,15 +12,18 @@ allocator is measured)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-from jaxkd.losses import Context, Outputs, build_objective
-from jaxkd.losses.chunked import Hidden, apply_in_chunks, weighted_sum_in_chunks
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import results_path, write_json  # noqa: E402
+
+from jaxkd.losses import Context, Outputs, build_objective  # noqa: E402
+from jaxkd.losses.chunked import Hidden, apply_in_chunks, weighted_sum_in_chunks  # noqa: E402
 
 
 def programs(objective, chunk):
@@ -92,13 +95,7 @@ def main(argv=None):
     if args.time:
       result[f'{form}_time_ratio'] = row['step_s'] / direct['step_s']
   print({k: round(v, 3) for k, v in result.items() if k.endswith('ratio')})
-  if args.json:
-    path = args.json
-    if path == 'auto':
-      from jaxkd.recipes.provenance import machine_slug
-      path = os.path.join('benchmarks', 'results', f'lm-memory-{machine_slug()}.json')
-    with open(path, 'w') as f:
-      json.dump(result, f, indent=1)
+  write_json(results_path('lm-memory') if args.json == 'auto' else args.json, result)
 
 
 if __name__ == '__main__':

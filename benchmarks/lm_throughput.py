@@ -16,7 +16,6 @@ tied output layer's matmul.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import load_average, measure_peak  # noqa: E402
+from harness import (load_average, measure_peak, results_path,  # noqa: E402
+                     write_json)
 
 from jaxkd import losses, models  # noqa: E402
 from jaxkd.distill import make_distill_step  # noqa: E402
@@ -125,13 +125,7 @@ def main(argv=None):
           f"MFU {100 * rows[-1]['mfu']:.1f} %", flush=True)
   result = {'device': jax.devices()[0].device_kind, 'settings': vars(args),
             'matmul_peak_flops': peak, 'load_average': load_average(), 'rows': rows}
-  if args.json:
-    path = args.json
-    if path == 'auto':
-      from jaxkd.recipes.provenance import machine_slug
-      path = os.path.join('benchmarks', 'results', f'lm-throughput-{machine_slug()}.json')
-    with open(path, 'w') as f:
-      json.dump(result, f, indent=1)
+  write_json(results_path('lm-throughput') if args.json == 'auto' else args.json, result)
   return result
 
 

@@ -24,8 +24,8 @@ def corpus(tmp_path, monkeypatch):
 def _config(**changes):
   config = language_model.default_config()
   config.update(tokenizer='byte', seq_len=32, batch_size=8, num_steps=6, warmup_steps=2,
-                learning_rate=1e-2, log_every=3, checkpoint_every=3, eval_every=3, eval_batch_size=8,
-                model='transformer', model_overrides={'width': 16, 'depth': 1, 'heads': 2})
+                learning_rate=1e-2, log_every=3, checkpoint_every=3, eval_every=3,
+                eval_batch_size=8, model='transformer', model_overrides={'width': 16, 'depth': 1, 'heads': 2})
   config.update(**changes)
   return config
 
