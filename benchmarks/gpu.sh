@@ -8,6 +8,9 @@
 #   benchmarks/gpu.sh --tiny               # a seconds-long smoke run (works on CPU too)
 #   benchmarks/gpu.sh --pairs resnet       # extra arguments go to throughput.py
 #
+# The full run also writes the language-model pair (lm_throughput.py, lm_memory.py) as
+# lm-throughput-<device>.json and lm-memory-<device>.json.
+#
 # Environment: PYTHON (default .venv/bin/python, else python3), JAXKD_BENCH_OUT (the output
 # folder, default benchmarks/results). Adds the PyTorch peer when torch sees a CUDA device.
 # On a GPU, JAXKD_CONV_IMPL/JAXKD_POOL_IMPL 'auto' pick XLA's native convolution and pooling.
@@ -19,8 +22,10 @@ PYTHON=${PYTHON:-.venv/bin/python}
 OUT_DIR=${JAXKD_BENCH_OUT:-benchmarks/results}
 
 args=(--dtype bfloat16 --batch-size 1024)
+tiny=
 if [[ "${1:-}" == "--tiny" ]]; then
   shift
+  tiny=1
   args=(--quick --dtype bfloat16 --pairs mlp --modes student,cached_kd,eval --batch-size 64 --windows 1
         --steps 2 --warmup 1)
 fi
@@ -40,5 +45,9 @@ print(machine_slug())')
 fi
 
 mkdir -p "$OUT_DIR"
+if [[ -z "$tiny" ]]; then  # the language-model pair: steps, and the vocabulary in chunks
+  "$PYTHON" benchmarks/lm_throughput.py --vocab-chunk 128 --json "${OUT_DIR}/lm-throughput-${name}.json"
+  "$PYTHON" benchmarks/lm_memory.py --time 5 --json "${OUT_DIR}/lm-memory-${name}.json"
+fi
 echo "gpu.sh: ${device} -> ${OUT_DIR}/${name}.json" >&2
 exec "$PYTHON" benchmarks/throughput.py "${args[@]}" "$@" --json "${OUT_DIR}/${name}.json"

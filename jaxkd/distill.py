@@ -10,10 +10,11 @@ import optax
 
 from jaxkd import cache, losses
 from jaxkd.augment import Augment
+from jaxkd.losses import chunked
 from jaxkd.models.features import features
 from jaxkd.parallel import Parallel
 from jaxkd.state import (DistillState, TrainState, create_train_state, fresh_variables,
-                         seed_keys)
+                         input_dtype, seed_keys)
 from jaxkd.steps import build_update
 
 # apply(variables, images) -> logits, in inference mode (no dropout, running BN statistics).
@@ -43,6 +44,7 @@ def make_distill_step(
     learning_rate_fn: Callable | None = None,
     parallel: Parallel = Parallel(),
     cached: bool = False,
+    vocab_chunk: int | None = None,
 ) -> Callable:
   """Builds the distillation step `(state, batch, teacher_variables) -> (state, metrics)`.
 
@@ -68,11 +70,17 @@ def make_distill_step(
     learning_rate_fn: schedule, logged as `learning_rate`.
     parallel: the data-parallel mode (jit over a mesh, pmap, shard_map).
     cached: train from cached teacher logits carried in the batch.
+    vocab_chunk: language models: compute the logit terms from both models' last hidden
+      states this many positions at a time (`jaxkd.losses.chunked`), never holding their
+      `[B, L, V]` logits; live teachers only, terms without taps.
 
   Returns:
     The compiled step. Metrics: loss, each component's mean, accuracy, teacher accuracy,
     agreement (student/teacher top-1), grad_norm, learning_rate and the objective's weights.
   """
+  if cached and vocab_chunk:
+    raise ValueError('vocab_chunk forms teacher logits from its hidden states; a cache holds '
+                     'logits: distil from a live teacher, or leave vocab_chunk unset.')
   if cached:
     if teachers is not None:
       raise ValueError('cached=True trains from batch["teacher_logits"]; pass teachers=None.')
@@ -92,11 +100,11 @@ def make_distill_step(
                              top1=outputs.top1())]
   else:
     complete_teacher = None
-    teacher_fn = live_teacher_fn(teachers, objective.teacher_taps)
+    teacher_fn = live_teacher_fn(teachers, objective.teacher_taps, hidden=bool(vocab_chunk))
 
   update = build_update(model=student, tx=tx, objective=objective, augment=augment,
                         teacher_fn=teacher_fn, learning_rate_fn=learning_rate_fn,
-                        complete_teacher=complete_teacher)
+                        complete_teacher=complete_teacher, vocab_chunk=vocab_chunk)
   return parallel.compile(update, num_step_args=1)
 
 
@@ -109,14 +117,15 @@ def check_cacheable(objective: losses.Objective) -> None:
 
 
 def live_teacher_fn(teachers: nn.Module | ApplyFn | Sequence[nn.Module | ApplyFn] | None,
-                    taps: Sequence[str]) -> Callable:
+                    taps: Sequence[str], *, hidden: bool = False) -> Callable:
   """`teacher_fn(teacher_variables, images, batch) -> [Outputs]` running live teachers in
   inference mode; `teacher_variables[0]` is one tree, or a tuple of one per teacher when
-  `teachers` is a sequence."""
+  `teachers` is a sequence. `hidden`: language models' `chunked.Hidden` instead."""
   if teachers is None:
     raise ValueError('No teachers given; pass teachers=... or cached=True.')
   multi = isinstance(teachers, (list, tuple))
-  forwards = [teacher_forward(t, taps) for t in (teachers if multi else [teachers])]
+  forward = hidden_teacher_forward if hidden else lambda t: teacher_forward(t, taps)
+  forwards = [forward(t) for t in (teachers if multi else [teachers])]
   if not forwards:
     raise ValueError('teachers is an empty sequence; pass at least one teacher.')
 
@@ -148,6 +157,15 @@ def teacher_forward(model: nn.Module | ApplyFn, taps: Sequence[str]) -> Callable
     return losses.Outputs(logits.astype(jnp.float32), feats, variables=variables)
 
   return forward
+
+
+def hidden_teacher_forward(model: nn.Module) -> Callable:
+  """`forward(variables, tokens) -> chunked.Hidden` of a language model in inference mode."""
+  if not isinstance(model, nn.Module):
+    raise ValueError(f'vocab_chunk reads a teacher\'s hidden states: it must be a '
+                     f'flax.linen.Module language model, got {model!r}.')
+  return lambda variables, tokens: chunked.Hidden(*model.apply(variables, tokens, train=False,
+                                                               method='hidden'))
 
 
 def topk_temperature(objective: losses.Objective) -> float:
@@ -188,7 +206,7 @@ def create_distill_state(
                               variables=variables)
   if variables is None:
     variables = fresh_variables(student, seed=seed, input_shape=input_shape)
-  images = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  images = jax.ShapeDtypeStruct(tuple(input_shape), input_dtype(student))
   student_shapes = jax.eval_shape(
       lambda v, x: losses.Outputs(*features(student, v, x, objective.student_taps))
       if objective.student_taps else losses.Outputs(student.apply(v, x, train=False)),

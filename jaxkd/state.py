@@ -55,9 +55,15 @@ def model_variables(params: PyTree, batch_stats: PyTree) -> dict:
   return variables
 
 
+def input_dtype(model: nn.Module):
+  """What the model reads: int32 token ids for a language model (one with a `vocab_size`),
+  float32 images otherwise."""
+  return jnp.int32 if hasattr(model, 'vocab_size') else jnp.float32
+
+
 def init_variables(model: nn.Module, *, key: jax.Array, input_shape) -> dict:
   """Initializes `model` on zeros of `input_shape` (batch dimension included)."""
-  images = jnp.zeros(input_shape, jnp.float32)
+  images = jnp.zeros(input_shape, input_dtype(model))
   variables = jax.jit(lambda k: model.init({'params': k, 'dropout': k}, images, train=False))(key)
   return flax.core.unfreeze(variables)
 

@@ -2,6 +2,7 @@
 fine-tuning, plus the eval step. Each factory returns one step, compiled once."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -11,6 +12,7 @@ import optax
 
 from jaxkd import losses
 from jaxkd.augment import Augment
+from jaxkd.losses import chunked
 from jaxkd.parallel import Parallel
 from jaxkd.models.features import features
 from jaxkd.state import DistillState, TrainState, model_variables, step_key
@@ -34,7 +36,51 @@ def augmented_batch(state: TrainState, batch: dict, augment: Augment,
   if axis_name is not None:
     offset = jax.lax.axis_index(axis_name) * batch['label'].shape[0]
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+  if 'image' not in batch:  # token batches: nothing to augment
+    return batch, dropout_key
   return {**batch, 'image': augment(augment_key, batch['image'], index_offset=offset)}, dropout_key
+
+
+def model_inputs(batch: dict) -> jax.Array:
+  """What the model reads: `batch['image']`, or a language model's `batch['tokens']`."""
+  return batch['image'] if 'image' in batch else batch['tokens']
+
+
+def batch_weights(shape, mask: jax.Array | None, axis_name: str | None) -> jax.Array:
+  """The weights `batch_mean` gives each example (position): `sum(values * weights)` is
+  this device's share of the global batch's mean."""
+  if mask is None:
+    return jnp.full(shape, 1.0 / math.prod(shape), jnp.float32)
+  mask = jnp.asarray(mask, jnp.float32)
+  count, devices = jax.lax.stop_gradient(jnp.sum(mask)), 1
+  if axis_name is not None:
+    count, devices = jax.lax.psum(count, axis_name), jax.lax.axis_size(axis_name)
+  return mask * (devices / jnp.maximum(count, 1.0))
+
+
+def batch_mean(values: jax.Array, mask: jax.Array | None, axis_name: str | None) -> jax.Array:
+  """This device's share of the global batch's mean of `values`; its `pmean` over
+  `axis_name` (and that of its gradient) is the global mean.
+
+  Without a mask, the plain mean. With `mask` (a sequence batch's `[B, L]` weights: 0 at
+  padding), the token-weighted mean `sum(values * mask) / sum(mask)` over the global batch:
+  the count is summed over the devices (never a mean of per-device means, which would weigh
+  a device's tokens by how few it holds), in float32."""
+  if mask is None:
+    return jnp.mean(values)
+  return jnp.sum(values.astype(jnp.float32) * batch_weights(values.shape, mask, axis_name))
+
+
+def hidden_forward(model: nn.Module) -> Callable:
+  """`forward(variables, tokens, dropout_key) -> (chunked.Hidden, {})`: a language model's
+  last hidden states and output embedding in train mode (no logits formed)."""
+
+  def forward(variables, tokens, dropout_key):
+    states, embedding = model.apply(variables, tokens, train=True,
+                                    rngs={'dropout': dropout_key}, method='hidden')
+    return chunked.Hidden(states, embedding), {}
+
+  return forward
 
 
 def student_forward(model: nn.Module, taps: Sequence[str]) -> Callable:
@@ -67,6 +113,7 @@ def build_update(
     learning_rate_fn: Callable | None = None,
     complete_teacher: Callable | None = None,
     grad_filter: Callable | None = None,
+    vocab_chunk: int | None = None,
 ) -> Callable:
   """The per-device student update `(state, batch, *teacher_variables, axis_name)`.
 
@@ -77,14 +124,23 @@ def build_update(
   `teacher_fn` returned into full teacher outputs inside the loss (top-k caches).
   `grad_filter(grads, step) -> grads`, when given, runs before the cross-device mean and the
   optimizer (frozen parameters: zeros, so XLA drops their backward pass).
-  Metrics are batch means (reduced over `axis_name` when given).
+  Metrics are batch means (reduced over `axis_name` when given). A batch with a `mask`
+  (language models: `tokens`, `label` and `mask`, each `[B, L]`) is reduced per token,
+  `sum(value * mask) / sum(mask)` over the global batch (`batch_mean`), the loss as the
+  metrics. `vocab_chunk` (language models): the logit terms run from the last hidden
+  states `vocab_chunk` positions at a time (`jaxkd.losses.chunked`); `teacher_fn` then
+  gives `chunked.Hidden`s.
   """
-  forward = student_forward(model, objective.student_taps)
+  if vocab_chunk:
+    chunked.check_objective(objective, vocab_chunk)
+  forward = (hidden_forward(model) if vocab_chunk
+             else student_forward(model, objective.student_taps))
 
   def update(state: TrainState, batch: dict, *teacher_variables, axis_name=None):
-    check_images(batch['image'])
+    check_images(model_inputs(batch))
     batch, dropout_key = augmented_batch(state, batch, augment, axis_name)
-    images = batch['image']
+    images, mask = model_inputs(batch), batch.get('mask')
+    mean = lambda values: batch_mean(values, mask, axis_name)  # noqa: E731
     teacher_outputs = None
     if teacher_fn is not None:
       teacher_outputs = jax.lax.stop_gradient(teacher_fn(teacher_variables, images, batch))
@@ -99,15 +155,25 @@ def build_update(
       teachers = teacher_outputs
       if complete_teacher is not None:
         teachers = complete_teacher(student.logits, teacher_outputs)
-      per_example, components, loss_state = objective.apply(losses.Context(
-          student, teachers or (), batch, step=state.step, key=dropout_key,
-          params=loss_params or {}, state=state.loss_state if distilling else {},
-          axis_name=axis_name))
-      aux = (student.logits, teachers, components, batch_stats, loss_state)
-      return jnp.mean(per_example), aux
+      ctx = losses.Context(student, teachers or (), batch, step=state.step, key=dropout_key,
+                           params=loss_params or {},
+                           state=state.loss_state if distilling else {}, axis_name=axis_name)
+      if vocab_chunk:  # logits a chunk of positions at a time, never [B, L, V]
+        weights = batch_weights(batch['label'].shape, mask, axis_name)
+        loss, (components, stats) = chunked.weighted_sum_in_chunks(
+            objective, student, ctx.teachers, batch, weights, chunk=vocab_chunk,
+            step=ctx.step, key=ctx.key, params=ctx.params)
+        loss_state, num_classes = ctx.state, student.embedding.shape[0]
+      else:
+        per_example, components, loss_state = objective.apply(ctx)
+        loss, stats = mean(per_example), chunked.logit_stats(student.logits, ctx.teachers)
+        num_classes = student.logits.shape[-1]
+      labels = batch['label']
+      stats['bad_label'] = (labels < 0) | (labels >= num_classes)
+      return loss, (stats, components, batch_stats, loss_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, teachers, components, batch_stats, loss_state)), grads = grad_fn(trainable)
+    (loss, (stats, components, batch_stats, loss_state)), grads = grad_fn(trainable)
     if grad_filter is not None:
       grads = grad_filter(grads, state.step)
     grads = pmean(grads, axis_name)
@@ -115,16 +181,15 @@ def build_update(
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
 
-    predictions = jnp.argmax(logits, -1)
     metrics = {
         'loss': loss,
-        **{f'{name}_loss': jnp.mean(value) for name, value in components.items()},
-        'accuracy': jnp.mean(predictions == batch['label']),
+        **{f'{name}_loss': mean(value) for name, value in components.items()},
+        'accuracy': mean(stats['prediction'] == batch['label']),
         'grad_norm': optax.tree.norm(grads),
     }
-    metrics.update(numerics_checks(batch['label'], logits.shape[-1], teachers, images))
-    if teachers is not None:
-      metrics.update(_teacher_metrics(teachers, predictions, batch['label']))
+    metrics.update(numerics_checks(stats, teachers=teacher_fn is not None, inputs=images))
+    if teacher_fn is not None:
+      metrics.update(_teacher_metrics(stats, batch['label'], mean))
     metrics = pmean(metrics, axis_name)
     if learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
@@ -157,10 +222,11 @@ CHECKS = {  # metric -> what it means when > 0, in the order a diagnosis names t
 }
 
 
-def numerics_checks(labels: jax.Array, num_classes: int, teachers,
+def numerics_checks(stats: dict, *, teachers: bool,
                     inputs: jax.Array | None = None) -> dict[str, jax.Array]:
-  """Fractions of the batch with a non-finite input, an out-of-range label, and a non-finite
-  teacher logit: zero in a sound run; the loop refuses to go on
+  """Fractions of the batch with a non-finite input, an out-of-range label, and (with
+  `teachers`) a non-finite teacher logit, from `stats` (`bad_label` and `teacher<i>_finite`
+  per example) and the model's `inputs`: zero in a sound run; the loop refuses to go on
   (`jaxkd.loop.check_numerics`) when not, naming the first (a NaN pixel makes the teacher's
   logits NaN too: the inputs are named, not the teacher). Each would otherwise pass
   silently: one-hot of a bad label is all zeros, and a NaN teacher can give a zero loss."""
@@ -168,24 +234,29 @@ def numerics_checks(labels: jax.Array, num_classes: int, teachers,
   if inputs is not None and jnp.issubdtype(inputs.dtype, jnp.floating):
     finite = jnp.isfinite(inputs).reshape(inputs.shape[0], -1)
     checks['check_inputs'] = jnp.mean(~jnp.all(finite, axis=-1))
-  checks['check_labels'] = jnp.mean((labels < 0) | (labels >= num_classes))
-  if teachers is not None:
-    bad = jnp.zeros(labels.shape, bool)
-    for teacher in teachers:
-      bad |= ~jnp.all(jnp.isfinite(teacher.logits), axis=-1)
+  checks['check_labels'] = jnp.mean(stats['bad_label'])
+  if teachers:
+    bad = jnp.zeros(stats['bad_label'].shape, bool)
+    for i in range(_num_teachers(stats)):
+      bad |= ~stats[f'teacher{i}_finite']
     checks['check_teacher'] = jnp.mean(bad)
   return checks
 
 
-def _teacher_metrics(teachers, predictions, labels) -> dict:
-  """Teacher accuracy and student/teacher top-1 agreement (per teacher if several)."""
+def _num_teachers(stats: dict) -> int:
+  return sum(key.endswith('_top1') for key in stats)
+
+
+def _teacher_metrics(stats: dict, labels, mean=jnp.mean) -> dict:
+  """Teacher accuracy and student/teacher top-1 agreement (per teacher if several), as
+  `mean` reduces them."""
   metrics = {}
-  for i, teacher in enumerate(teachers):
-    suffix = '' if len(teachers) == 1 else str(i)
-    teacher_predictions = (jnp.argmax(teacher.logits, -1) if teacher.top1 is None
-                           else teacher.top1)
-    metrics[f'teacher{suffix}_accuracy'] = jnp.mean(teacher_predictions == labels)
-    metrics[f'agreement{suffix}'] = jnp.mean(teacher_predictions == predictions)
+  count = _num_teachers(stats)
+  for i in range(count):
+    suffix = '' if count == 1 else str(i)
+    teacher_predictions = stats[f'teacher{i}_top1']
+    metrics[f'teacher{suffix}_accuracy'] = mean(teacher_predictions == labels)
+    metrics[f'agreement{suffix}'] = mean(teacher_predictions == stats['prediction'])
   return metrics
 
 
@@ -197,12 +268,15 @@ def make_train_step(
     augment: Augment = Augment(),
     learning_rate_fn: Callable | None = None,
     parallel: Parallel = Parallel(),
+    vocab_chunk: int | None = None,
 ) -> Callable:
-  """Supervised step `(state, batch) -> (state, metrics)`, compiled once, donating state."""
+  """Supervised step `(state, batch) -> (state, metrics)`, compiled once, donating state.
+  `vocab_chunk`: a language model's cross-entropy from its hidden states, that many
+  positions at a time (`jaxkd.losses.chunked`)."""
   objective = losses.make_objective(hard_weight=1.0, soft_weight=0.0,
                                     label_smoothing=label_smoothing)
   update = build_update(model=model, tx=tx, objective=objective, augment=augment,
-                        learning_rate_fn=learning_rate_fn)
+                        learning_rate_fn=learning_rate_fn, vocab_chunk=vocab_chunk)
   return parallel.compile(update)
 
 

@@ -72,6 +72,10 @@ from jaxkd.losses.methods.rkd import rkd_loss as rkd_loss
 from jaxkd.losses.methods.sdd import SDD as SDD
 from jaxkd.losses.methods.sdd import multiscale_pooled_features as multiscale_pooled_features
 from jaxkd.losses.methods.sdd import sdd_loss as sdd_loss
+from jaxkd.losses.methods.skew_kl import SkewKL as SkewKL
+from jaxkd.losses.methods.skew_kl import skew_kl_loss as skew_kl_loss
+from jaxkd.losses.methods.skew_reverse_kl import SkewReverseKL as SkewReverseKL
+from jaxkd.losses.methods.skew_reverse_kl import skew_reverse_kl_loss as skew_reverse_kl_loss
 from jaxkd.losses.methods.sp import SP as SP
 from jaxkd.losses.methods.sp import sp_loss as sp_loss
 from jaxkd.losses.methods.ttm import TTM as TTM
@@ -112,7 +116,8 @@ __all__ = [
     'CTKD', 'ClassIndexTable', 'Context', 'CrossEntropy', 'DIST', 'DKD', 'FSP', 'FitNet',
     'HOST_MEMORY_FRACTION', 'Hyperparam', 'ICKD', 'JSD', 'KD', 'LOSSES', 'LogitMSE', 'LogitTerm',
     'MULTI_TEACHER', 'NKD', 'NST', 'OFD', 'OFD_CIFAR_WEIGHT', 'OFD_IMAGENET_WEIGHT', 'Objective',
-    'Outputs', 'PKT', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'TTM', 'Term',
+    'Outputs', 'PKT', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'SkewKL', 'SkewReverseKL',
+    'TTM', 'Term',
     'UNSET_NORMALISER', 'VID', 'WTTM', 'abf_combine', 'adaptive_avg_pool', 'attention_map',
     'attention_transfer_loss', 'build_class_index_table', 'build_objective', 'cc_loss',
     'check_memory_bank_fits', 'check_num_classes', 'contrast_scores', 'crd_embed', 'crd_loss',
@@ -123,7 +128,8 @@ __all__ = [
     'make_term', 'memory_bank_bytes', 'mse_logit_loss', 'multiscale_pooled_features', 'nce_loss',
     'nearest_upsample', 'nkd_loss', 'normalise_scores', 'nst_loss', 'ofd_loss', 'ofd_margin',
     'pkt_loss', 'reverse_kl_loss', 'rkd_angle_loss', 'rkd_distance_loss', 'rkd_loss',
-    'sample_contrast_indices', 'sample_other_class_contrast_indices', 'sdd_loss', 'sp_loss',
+    'sample_contrast_indices', 'sample_other_class_contrast_indices', 'sdd_loss',
+    'skew_kl_loss', 'skew_reverse_kl_loss', 'sp_loss',
     'standardize_logits', 'ttm_loss', 'update_memory_bank', 'vid_log_scale_init', 'vid_loss',
     'wttm_loss',
 ]

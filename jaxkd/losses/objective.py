@@ -209,6 +209,18 @@ class Objective:
         raise ValueError(f'teacher_weights has {len(weights)} entries but {given} '
                          'teacher_logits were given; pass one weight per teacher.')
 
+  def check_positions(self, student_logits_shape: Sequence[int]) -> None:
+    """Refuses sequences (logits `[B, L, V]`) for a term that relates the examples of a
+    batch (`per_example=False`): what it would relate (rows? positions?) is not defined."""
+    if len(student_logits_shape) <= 2:
+      return
+    for name, _, term in self._active():
+      if not term.per_example:
+        raise ValueError(
+            f'Term {name!r} ({term.name}) relates the examples of a batch (one value per '
+            f'batch), and logits of shape {tuple(student_logits_shape)} are sequences; '
+            'per-position terms (ce, kd, reverse_kl, jsd, skew_kl, ...) take them.')
+
   def apply(self, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array], dict]:
     """Per-example total, each term's value (unweighted) and the terms' new state.
 
@@ -232,6 +244,7 @@ class Objective:
                          f'build the objective with {name}_weight=0.')
     self.check_shapes(ctx.student.logits.shape, None if labels is None else jnp.shape(labels),
                       [t.logits.shape for t in teachers])
+    self.check_positions(ctx.student.logits.shape)
     params, state = ctx.params or {}, dict(ctx.state or {})
     examples = ctx.student.logits.shape[:-1]
     total = jnp.zeros(examples, jnp.float32)

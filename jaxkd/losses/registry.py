@@ -43,6 +43,10 @@ _TERMS: tuple[type[Term], ...] = (
     _method('reviewkd', 'ReviewKD'),
     _method('sdd', 'SDD'),
     _method('logit_mse', 'LogitMSE'),
+    _method('skew_kl', 'SkewKL'),
+    _method('skew_reverse_kl', 'SkewReverseKL'),
+    _method('hidden_mse', 'HiddenMSE'),
+    _method('minilm', 'MiniLM'),
 )
 
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).

@@ -25,6 +25,7 @@ from jaxkd.recipes.components import num_train_steps as num_train_steps
 from jaxkd.recipes.chain import chain as chain
 from jaxkd.recipes.distillation import distill as distill
 from jaxkd.recipes.ema_teacher import ema_teacher as ema_teacher
+from jaxkd.recipes.language_model import run as run_language_model
 from jaxkd.recipes.finetune import finetune as finetune
 from jaxkd.recipes.mutual_learning import mutual as mutual
 from jaxkd.recipes.provenance import best_epoch as best_epoch
@@ -40,12 +41,13 @@ from jaxkd.recipes.train import train as train
 
 # name -> recipe(config, workdir) -> final metrics; what the CLI and table sweeps call.
 RECIPES = {'train': train, 'distill': distill, 'finetune': finetune, 'mutual': mutual,
-           'ema_teacher': ema_teacher, 'chain': chain}
+           'ema_teacher': ema_teacher, 'chain': chain, 'language_model': run_language_model}
 
 __all__ = [
     'DTYPES', 'RECIPES', 'Task', 'best_epoch', 'build_augment', 'build_model',
     'build_optimizer', 'build_parallel', 'chain', 'checkpointing', 'cpu_model', 'distill',
     'ema_teacher', 'enable_compilation_cache', 'finetune', 'finish', 'fit_config',
     'input_transform', 'load_init', 'load_task', 'load_teacher', 'machine', 'make_batches',
-    'make_evaluator', 'mutual', 'num_train_steps', 'run_metadata', 'train', 'write_json',
+    'make_evaluator', 'mutual', 'num_train_steps', 'run_language_model', 'run_metadata',
+    'train', 'write_json',
 ]

@@ -1,0 +1,183 @@
+"""Language models: train one on an offline corpus, or distil a trained one into another,
+through the shared step, loop and checkpoints (exact resume, teacher fingerprints checked).
+
+  config = language_model.default_config()
+  config.model, config.num_steps = 'lm_teacher', 3000
+  language_model.run(config, '/tmp/teacher')                       # trains: cross-entropy
+  config.model, config.teacher_dir = 'lm_student', '/tmp/teacher'
+  config.terms = {'ce': {'weight': 0.5}, 'kd': {'weight': 0.5, 'temperature': 1.0}}
+  language_model.run(config, '/tmp/student')                       # distils
+
+Writes `WORKDIR/final` (the model's variables and what it is), `WORKDIR/metrics.jsonl`
+(training and validation curves) and `WORKDIR/final_metrics.json` (`valid` and `test`:
+per-token loss, perplexity, bits per byte, accuracy, and with a teacher its agreement).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from jaxkd import distributed, losses, models
+from jaxkd.data import text
+from jaxkd.distill import create_distill_state, make_distill_step
+from jaxkd.language import evaluate_lm, make_lm_eval_step, summarize_lm, train_batches
+from jaxkd.loop import fit
+from jaxkd.parallel import Parallel
+from jaxkd.state import tree_sha256
+from jaxkd.steps import build_update
+
+# What makes two runs the same run (checked on resume) and a model what it is.
+_RUN_KEYS = ('corpus', 'tokenizer', 'vocab_size', 'seq_len', 'model', 'model_overrides',
+             'batch_size', 'num_steps', 'learning_rate', 'warmup_steps', 'weight_decay',
+             'grad_clip', 'seed', 'terms', 'vocab_chunk', 'max_train_rows', 'eval_every')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The recipe's settings (a teacher of the table: `lm_teacher`, 3,000 steps)."""
+  return ml_collections.ConfigDict({
+      'corpus': 'pydoc', 'tokenizer': 'bpe', 'vocab_size': 2048, 'seq_len': 256,
+      'model': 'lm_student', 'model_overrides': {}, 'dtype': 'float32',
+      'batch_size': 16, 'num_steps': 3000, 'learning_rate': 3e-3, 'warmup_steps': 100,
+      'weight_decay': 0.1, 'grad_clip': 1.0, 'seed': 0,
+      'teacher_dir': '', 'terms': {}, 'vocab_chunk': 0,
+      'parallel': 'jit', 'log_every': 50, 'eval_every': 500, 'checkpoint_every': 500,
+      'max_train_rows': 0, 'max_eval_rows': 0, 'eval_batch_size': 32, 'stop_at': 0,
+  })
+
+
+def _plain(value):
+  return value.to_dict() if hasattr(value, 'to_dict') else value
+
+
+def _rows(config, split: str, limit: int) -> dict:
+  rows = text.load(config.corpus, split, seq_len=config.seq_len + 1,
+                   vocab_size=config.vocab_size, tokenizer=config.tokenizer)
+  return {k: v[:limit] for k, v in rows.items()} if limit else rows
+
+
+def _model(name: str, vocab: int, seq_len: int, overrides: dict, dtype: str):
+  extra = {} if dtype == 'float32' else {'dtype': getattr(jax.numpy, dtype)}
+  return models.build(name, num_classes=vocab, max_len=seq_len, **overrides, **extra)
+
+
+def load_lm(directory: str, dtype: str = 'float32'):
+  """`(model, variables, metadata)` of a model this recipe wrote (WORKDIR or WORKDIR/final)."""
+  from jaxkd import checkpoint  # orbax is slow to import
+  variables, meta = checkpoint.load_variables(directory)
+  model = _model(meta['model'], meta['num_classes'], meta['seq_len'],
+                 meta.get('model_overrides', {}), dtype)
+  return model, variables, meta
+
+
+def _optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  if not 0 <= config.warmup_steps < config.num_steps:
+    raise ValueError(f'warmup_steps={config.warmup_steps} must be in [0, num_steps='
+                     f'{config.num_steps}).')
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.num_steps, 2))
+  tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                   optax.adamw(schedule, b2=0.95, weight_decay=config.weight_decay))
+  return tx, schedule
+
+
+def run(config, workdir: str) -> dict:
+  """Trains `config.model` on `config.corpus` (no `teacher_dir`), or distils the model in
+  `config.teacher_dir` into it with `config.terms` (by name, `jaxkd.losses.LOSSES`; default
+  cross-entropy alone). Resumes from WORKDIR/checkpoints. Returns the final metrics.
+  `config.stop_at` (< `num_steps`) stops there after a checkpoint, as a preemption would."""
+  start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  parallel = Parallel(config.parallel)
+  train = _rows(config, 'train', config.max_train_rows)
+  evals = {split: _rows(config, split, config.max_eval_rows) for split in ('valid', 'test')}
+  info = text.stats(config.corpus, 'train', vocab_size=config.vocab_size,
+                    tokenizer=config.tokenizer)
+  bytes_per_token = {split: text.stats(config.corpus, split, vocab_size=config.vocab_size,
+                                       tokenizer=config.tokenizer)['bytes_per_token']
+                     for split in evals}
+  vocab = info['vocab_size']
+  tokenizer_sha256 = text.load_tokenizer(config.corpus, vocab_size=config.vocab_size,
+                                         tokenizer=config.tokenizer).fingerprint
+  overrides = _plain(config.model_overrides) or {}
+  student = _model(config.model, vocab, config.seq_len, overrides, config.dtype)
+  terms = _plain(config.terms) or {'ce': {'weight': 1.0}}
+  objective = losses.build_objective(terms)
+  teacher, teacher_vars, fingerprints = None, (), []
+  if config.teacher_dir:
+    teacher, teacher_vars, teacher_meta = load_lm(config.teacher_dir, config.dtype)
+    if teacher_meta['tokenizer_sha256'] != tokenizer_sha256:
+      raise ValueError(f"Teacher {config.teacher_dir!r} reads {teacher_meta['corpus']} with "
+                       f"the {teacher_meta['tokenizer']} tokenizer "
+                       f"{teacher_meta['tokenizer_sha256']}; this run reads {config.corpus} "
+                       f"with {config.tokenizer} {tokenizer_sha256}: distil with the teacher's "
+                       'tokenizer.')
+    fingerprints = [tree_sha256(teacher_vars)]
+  elif objective.needs_teacher:
+    raise ValueError(f'The terms {sorted(terms)} read a teacher; set config.teacher_dir.')
+  tx, schedule = _optimizer(config)
+  shape = (1, config.seq_len)
+  state = create_distill_state(student, tx, objective, teachers=[teacher] if teacher else None,
+                               teacher_variables=[teacher_vars] if teacher else None,
+                               seed=config.seed, input_shape=shape)
+  chunk = config.vocab_chunk or None
+  if teacher is not None:
+    step = make_distill_step(student=student, teachers=teacher, tx=tx, objective=objective,
+                             learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk)
+    step_args = (parallel.place_teacher(teacher_vars),)
+  else:
+    step = parallel.compile(build_update(model=student, tx=tx, objective=objective,
+                                         learning_rate_fn=schedule, vocab_chunk=chunk))
+    step_args = ()
+  eval_step = make_lm_eval_step(model=student, teacher=teacher, parallel=parallel,
+                                vocab_chunk=chunk)
+  placed_teacher = parallel.replicate(teacher_vars) if teacher else ()
+
+  def evaluate_split(state, split):
+    variables = {'params': state.params}
+    sums = evaluate_lm(eval_step, variables, evals[split], batch_size=config.eval_batch_size,
+                       parallel=parallel, teacher_variables=placed_teacher)
+    return summarize_lm(sums, bytes_per_token=bytes_per_token[split])
+
+  def evaluate(state, epoch):
+    del epoch
+    return {f'valid_{k}': v for k, v in evaluate_split(state, 'valid').items()}
+
+  batches, steps_per_epoch = train_batches(train, batch_size=config.batch_size,
+                                           seed=config.seed, steps_per_epoch=config.eval_every)
+  metadata = {key: _plain(config[key]) for key in _RUN_KEYS}
+  metadata.update(recipe='language_model', teacher_fingerprints=fingerprints,
+                  teacher_dirs=[config.teacher_dir] if config.teacher_dir else [],
+                  objective=objective.describe(), num_classes=vocab,
+                  tokenizer_sha256=tokenizer_sha256)
+  from jaxkd import checkpoint  # orbax is slow to import
+  checkpointer = (checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                          metadata=metadata)
+                  if config.checkpoint_every else contextlib.nullcontext())
+  with checkpointer as manager:
+    state = fit(state=parallel.replicate(state), step_fn=step, batches=batches,
+                steps_per_epoch=steps_per_epoch, num_steps=config.stop_at or config.num_steps,
+                batch_size=config.batch_size, workdir=workdir, parallel=parallel,
+                step_args=step_args, evaluate=evaluate, log_every=config.log_every,
+                checkpointer=manager, checkpoint_every=config.checkpoint_every)
+  if config.stop_at and config.stop_at < config.num_steps:
+    return {'stopped_at': config.stop_at}  # a pause (as a preemption would): resume later
+  state = parallel.unreplicate(state)
+  final = {split: evaluate_split(state, split) for split in ('valid', 'test')}
+  variables = jax.device_get({'params': state.params})
+  checkpoint.save_variables(os.path.join(workdir, 'final'), variables,
+                            metadata={**metadata, 'model_overrides': overrides},
+                            step=config.num_steps)
+  result = {**final, 'steps': config.num_steps, 'seconds': time.perf_counter() - start,
+            'params_sha256': tree_sha256(variables),
+            'parameters': int(sum(np.size(x) for x in jax.tree.leaves(variables)))}
+  if distributed.is_main():
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(result, f, indent=1)
+  return result

@@ -1,0 +1,24 @@
+"""Sequences for per-position loss tests: `[B, L, V]` logits whose padding positions hold
+extreme (finite) values, a mask with uneven valid lengths, and the float64 token mean."""
+import numpy as np
+
+LENGTHS = (5, 0, 2, 7)  # valid positions per row (L = 7): one row empty, one full
+
+
+def sequence_case(seed, shape=(4, 7, 11), *, scale=3.0, extreme=True):
+  """`(student, teacher, labels, mask)`; padded positions get logits of +-1e3 (`extreme`)."""
+  rng = np.random.default_rng(seed)
+  student, teacher = (rng.normal(size=shape).astype(np.float32) * scale for _ in range(2))
+  lengths = np.minimum(np.resize(LENGTHS, shape[0]), shape[1])
+  mask = (np.arange(shape[1])[None] < lengths[:, None]).astype(np.float32)
+  pad = (mask[..., None] == 0) & extreme
+  student = np.where(pad, rng.choice([-1e3, 1e3], size=shape), student).astype(np.float32)
+  teacher = np.where(pad, rng.choice([-1e3, 1e3], size=shape), teacher).astype(np.float32)
+  labels = rng.integers(0, shape[-1], shape[:2]).astype(np.int32)
+  return student, teacher, labels, mask
+
+
+def token_mean64(values, mask):
+  """`sum(values * mask) / sum(mask)` in float64, ignoring what padding holds."""
+  values = np.where(np.asarray(mask) > 0, np.asarray(values, np.float64), 0.0)
+  return values.sum() / np.asarray(mask, np.float64).sum()

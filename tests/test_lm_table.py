@@ -1,0 +1,60 @@
+"""The language-model table's smoke profile: every row, 20 steps, on a generated corpus;
+the results JSON has the runs, summaries, tests and the headroom the gate read."""
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from test_text import _write_corpus  # noqa: E402
+
+from jaxkd.tables import lm, reproduce  # noqa: E402
+
+EXPERIMENTS = pathlib.Path(__file__).parents[1] / 'experiments'
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+  _write_corpus(tmp_path / 'source')
+  monkeypatch.setenv('JAXKD_PYDOC_DIR', str(tmp_path / 'source'))
+  monkeypatch.setenv('JAXKD_DATA_DIR', str(tmp_path / 'data'))
+
+
+def test_smoke_profile_runs_every_row(corpus, tmp_path):
+  table = reproduce.load_table(str(EXPERIMENTS / 'configs' / 'reproduce_lm_kd.py'))
+  payload = lm.command_line('smoke', table, default_root=str(tmp_path / 'root'),
+                            full_results=str(tmp_path / 'results'),
+                            argv=['--profile', 'smoke', '--results', str(tmp_path / 'out')])
+  with open(tmp_path / 'out' / 'lm_kd_smoke.json') as f:
+    saved = json.load(f)
+  assert {r['row'] for r in saved['runs']} == set(table.ROWS)
+  assert all(r['test_bits_per_byte'] > 0 and 'seed' in r for r in saved['runs'])
+  assert {t['treatment'] for t in payload['tests']} == set(table.ROWS) - {'teacher', 'student'}
+  assert all(t['n'] == 1 for t in payload['tests'])  # one seed each: no p-value yet
+  losses = {r['row']: r['test_loss'] for r in saved['runs']}
+  assert len(set(losses.values())) == len(losses)  # every row trained its own way
+  assert saved['headroom'] is not None
+  assert os.path.exists(tmp_path / 'out' / 'lm_kd_smoke.md')
+
+
+def test_full_profile_waits_for_the_selection_and_the_gate_refuses(tmp_path):
+  table = reproduce.load_table(str(EXPERIMENTS / 'configs' / 'reproduce_lm_kd.py'))
+  if table.KD is None:
+    with pytest.raises(ValueError, match='not selected yet'):
+      table.run_specs(table.get_config('full'), str(tmp_path))
+  records = [{'row': 'teacher', 'valid_loss': 3.0}, {'row': 'student', 'valid_loss': 3.2}]
+  assert lm.headroom(records, 'student') == pytest.approx(0.2)
+
+
+def test_select_profile_runs_the_grid_with_a_seed_no_row_uses(tmp_path):
+  table = reproduce.load_table(str(EXPERIMENTS / 'configs' / 'reproduce_lm_kd.py'))
+  specs = table.run_specs(table.get_config('select'), str(tmp_path))
+  grid = [s for s in specs if s.row.startswith('kd_')]
+  assert len(grid) == len(table.SELECT_GRID)
+  assert {s.seed for s in specs if s.row != 'teacher'} == {table.SELECT_SEED}
+  smoke = table.run_specs(table.get_config('smoke'), str(tmp_path))
+  assert table.SELECT_SEED not in {s.seed for s in smoke}
+  records = [{'row': 'kd_t1_w0.5', 'seed': 10, 'test_bits_per_byte': 2.0}]
+  assert [r['row'] for r in lm.summarize(records, list(table.ROWS))] == ['kd_t1_w0.5']
