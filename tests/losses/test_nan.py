@@ -36,7 +36,8 @@ NUM_DATA = 64
 # Sizes the LeNet-5 pair can hold (a bank of NUM_DATA rows): only what is too big for it.
 SMALL = {'crd': {'num_negatives': 16}}
 PAIRS = {'lenet': ('lenet5_half', 'lenet5', (28, 28, 1)),
-         'gap': ('resnet8', 'resnet8', (16, 16, 3))}
+         'gap': ('resnet8', 'resnet8', (16, 16, 3)),
+         'language': ('lm_student', 'lm_teacher', (12,))}  # token sequences
 
 
 def _settings(name):
@@ -49,7 +50,9 @@ def _settings(name):
 def _outputs(model_name, shape, taps, seed):
   model = models.build(model_name, num_classes=10)
   variables = init_variables(model, key=jax.random.key(seed), input_shape=(1, *shape))
-  images = np.random.default_rng(seed).normal(size=(BATCH, *shape)).astype(np.float32)
+  rng = np.random.default_rng(seed)
+  images = (rng.integers(0, 10, (BATCH, *shape)).astype(np.int32) if model_name.startswith('lm_')
+            else rng.normal(size=(BATCH, *shape)).astype(np.float32))
   if not taps:
     return Outputs(model.apply(variables, images, train=False))
   logits, feats = features(model, variables, images, taps)
@@ -61,23 +64,27 @@ def _case(name):
   objective = build_objective({name: {**_settings(name), 'weight': 1.0}}, num_teachers=1,
                               run={'num_data': NUM_DATA, 'label_smoothing': 0.0,
                                    'train_labels': np.arange(NUM_DATA) % 10})
-  pair = PAIRS['gap' if name in kd_methods.GAP_ONLY else 'lenet']
+  pair = PAIRS['gap' if name in kd_methods.GAP_ONLY else
+               'language' if name in kd_methods.LANGUAGE_ONLY else 'lenet']
   student = _outputs(pair[0], pair[2], tuple(objective.student_taps), 0)
   teacher = _outputs(pair[1], pair[2], tuple(objective.teacher_taps), 1)
   return objective, student, teacher
 
 
-def _with_nan_in_row(outputs, row, value=jnp.nan):
+def _with_nan_in_row(outputs, row, value=jnp.nan, at=0):
   """`outputs` with one NaN (or `value`) in example `row` of its logits and of each tapped
-  feature."""
-  poison = lambda x: x.at[(row,) + (0,) * (x.ndim - 1)].set(value)  # noqa: E731
+  feature, at index `at` of its other axes (1 for sequences: a first position that relates
+  to nothing before it is not read by relation terms)."""
+  poison = lambda x: x.at[(row,) + (at,) * (x.ndim - 1)].set(value)  # noqa: E731
   return outputs.replace(logits=poison(outputs.logits),
                          features={k: poison(v) for k, v in outputs.features.items()})
 
 
 def _apply(objective, student, teacher, key=0):
   params, state = objective.init(jax.random.key(key), student, [teacher])
-  batch = {'label': jnp.arange(BATCH) % 10, 'index': jnp.arange(BATCH) * 7 % NUM_DATA}
+  rows = student.logits.shape[:-1]  # [B], or [B, L] for a language model's positions
+  batch = {'label': (jnp.arange(np.prod(rows)) % 10).reshape(rows),
+           'index': jnp.arange(BATCH) * 7 % NUM_DATA}
   _, components, _ = objective.apply(Context(student, [teacher], batch, step=0,
                                              key=jax.random.key(key), params=params,
                                              state=state))
@@ -97,18 +104,19 @@ def test_nan_in_an_example_gives_nan_for_it(name, side, poison):
   objective, student, teacher = _case(name)
   clean = np.asarray(_apply(objective, student, teacher)[name])
   assert np.all(np.isfinite(clean)), (name, clean)
+  at = 1 if name in kd_methods.LANGUAGE_ONLY else 0
   if side == 'teacher':
-    teacher = _with_nan_in_row(teacher, 2, poison)
+    teacher = _with_nan_in_row(teacher, 2, poison, at)
   else:
-    student = _with_nan_in_row(student, 2, poison)
+    student = _with_nan_in_row(student, 2, poison, at)
   value = np.asarray(_apply(objective, student, teacher)[name])
   shows = np.isnan if np.isnan(poison) else lambda v: ~np.isfinite(v)
   if LOSSES[name].batch_statistics:  # the example's NaN reaches the batch's statistics
-    assert shows(value[2]) and (side == 'teacher' or np.all(shows(value))), (name, value)
-  elif LOSSES[name].per_example:
-    assert shows(value[2]), (name, value)
-    others = np.delete(value, 2)
-    np.testing.assert_allclose(others, np.delete(clean, 2), rtol=1e-5, atol=1e-6)
+    assert np.any(shows(value[2])) and (side == 'teacher' or np.all(shows(value))), (name, value)
+  elif LOSSES[name].per_example:  # value [B] (or [B, L]: the poisoned example's positions)
+    assert np.any(shows(value[2])), (name, value)
+    others = np.delete(value, 2, axis=0)
+    np.testing.assert_allclose(others, np.delete(clean, 2, axis=0), rtol=1e-5, atol=1e-6)
   else:
     assert np.all(shows(value)), (name, value)
 

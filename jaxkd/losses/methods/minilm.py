@@ -19,8 +19,9 @@ def _per_query_kl(teacher_probs: jax.Array, student_probs: jax.Array) -> jax.Arr
     raise ValueError(f'teacher shape {teacher_probs.shape} and student shape '
                      f'{student_probs.shape} differ; MiniLM pairs the same heads over the '
                      'same positions.')
-  log_t = jnp.log(jnp.where(teacher_probs > 0, teacher_probs, 1.0))
-  log_s = jnp.log(jnp.where(student_probs > 0, student_probs, 1.0))
+  # `!= 0`, not `> 0`: a NaN probability must reach the value (NaN in, NaN out).
+  log_t = jnp.log(jnp.where(teacher_probs != 0, teacher_probs, 1.0))
+  log_s = jnp.log(jnp.where(student_probs != 0, student_probs, 1.0))
   # A student 0 where the teacher is not would be infinite: softmax rows never give it.
   return jnp.mean(kl(teacher_probs, log_t, log_s), axis=1)
 
