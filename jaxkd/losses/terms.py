@@ -169,11 +169,18 @@ class OneTap:
     return (self.teacher_tap,)
 
 
+@dataclasses.dataclass(frozen=True)
 class LogitTerm(Term):
   """A term over student and teacher logits, one value per example, with the options every
   logit term has: `temperature` (constant or schedule), several teachers (`multi_teacher`
   'sum' of per-teacher losses or 'ensemble' of their softened distributions is the KD term's;
-  the others sum with `teacher_weights`), and logit standardisation (Sun et al. 2024)."""
+  the others sum with `teacher_weights`), and logit standardisation (Sun et al. 2024).
+
+  `teacher_weights` and `standardize` are keyword-only, so a subclass's own fields keep their
+  positions."""
+
+  teacher_weights: tuple[float, ...] | None = dataclasses.field(default=None, kw_only=True)
+  standardize: bool = dataclasses.field(default=False, kw_only=True)
 
   family = 'logit'
 
@@ -201,7 +208,7 @@ class LogitTerm(Term):
 
   def _prepare(self, logits: jax.Array) -> jax.Array:
     logits = upcast(logits)
-    return standardize_logits(logits) if getattr(self, 'standardize', False) else logits
+    return standardize_logits(logits) if self.standardize else logits
 
   def temperature_value(self, step, params) -> jax.Array | None:
     """The temperature at `step` (a learned one reads the term's `params`)."""
@@ -218,7 +225,7 @@ class LogitTerm(Term):
     student_logits = prepare(ctx.student.logits)
     per_teacher = [self.per_teacher(student_logits, prepare(teacher.logits), ctx.labels,
                                     temperature) for teacher in ctx.teachers]
-    return (*combine_teachers(getattr(self, 'teacher_weights', None), per_teacher), ctx.state)
+    return (*combine_teachers(self.teacher_weights, per_teacher), ctx.state)
 
 
 def combine_teachers(weights: tuple[float, ...] | None,

@@ -83,11 +83,8 @@ class CTKD(LogitTerm):
   curriculum_steps: int = 0
   max_reversal: float = 1.0
   initial_logit: float = 1.0
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
 
   name = 'ctkd'
-  family = 'logit'
   paper = 'Li et al. 2023, Curriculum Temperature for Knowledge Distillation'
   url = 'https://arxiv.org/abs/2211.16231'
   # zhengli97/CTKD: T in [1, 21], reversal 0 -> 1 over 10 epochs, KD weights 0.1 / 0.9.

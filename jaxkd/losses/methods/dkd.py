@@ -118,11 +118,8 @@ class DKD(LogitTerm):
   target_weight: float = 1.0
   non_target_weight: float = 8.0
   warmup_steps: int = 0
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
 
   name = 'dkd'
-  family = 'logit'
   paper = 'Zhao et al. 2022, Decoupled Knowledge Distillation'
   url = 'https://arxiv.org/abs/2203.08679'
   # mdistiller DKD: CE 1, alpha 1, beta 8, T 4, 20 warm-up epochs.

@@ -45,11 +45,8 @@ class LogitMSE(LogitTerm):
   """Logit MSE (Kim et al. 2021, `mse_logit_loss`): the student's logits regress the
   teacher's; no temperature."""
 
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
 
   name = 'logit_mse'
-  family = 'logit'
   paper = ('Kim et al. 2021, Comparing Kullback-Leibler Divergence and Mean Squared Error '
            'Loss in Knowledge Distillation')
   url = 'https://arxiv.org/abs/2105.08919'
