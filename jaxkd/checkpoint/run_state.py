@@ -1,17 +1,5 @@
-"""Checkpoints on Orbax's `CheckpointManager` + `ocp.args`: train states and final variables.
-
-A run's WORKDIR holds
-
-    checkpoints/STEP/state      the student's TrainState (params, batch_stats, opt_state, rng)
-    checkpoints/STEP/data       the data-iterator position (JSON)
-    checkpoints/STEP/metadata   what the run is: model, data, task, teachers, versions (JSON)
-    checkpoints/STEP/metrics    eval metrics, when the checkpoint is ranked for `keep_best`
-    final/STEP/{variables, metadata}   the exported model (teacher / transfer source)
-
-Orbax writes each step into `STEP.orbax-checkpoint-tmp` and renames it when complete, so a
-process killed mid-save leaves the previous steps intact; the leftover folder is ignored by
-readers and removed (with a warning) when a writer opens the folder again.
-"""
+"""A run's train-state checkpoints (`Checkpointer`: async saves, retention, resume checks
+against the run's metadata, damaged steps set aside)."""
 from __future__ import annotations
 
 import os
@@ -25,13 +13,9 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxkd import distributed
 from jaxkd import paths
-# Re-exported: `jaxkd.checkpoint` is where callers find every checkpoint function.
-from jaxkd.checkpoint_files import (  # noqa: F401
-    STATE_ITEMS, TMP_SUFFIX, DamagedCheckpointError, DamagedCheckpointWarning,
-    IncompatibleCheckpointError, IncompleteCheckpointWarning, PyTree, damage_error,
-    incomplete_steps, latest_step, read_metadata, reader, versions, warn_incomplete)
-from jaxkd.final_variables import (  # noqa: F401
-    load_variables, save_variables, variables_metadata)
+from jaxkd.checkpoint.files import (
+    STATE_ITEMS, DamagedCheckpointError, DamagedCheckpointWarning, IncompatibleCheckpointError,
+    PyTree, damage_error, read_metadata, reader, versions, warn_incomplete)
 from jaxkd.state import tree_sha256
 
 # Metadata that may differ between an interrupted run and its resumption: the step, library
@@ -273,8 +257,3 @@ class Checkpointer:
     self.close()
 
 
-
-__all__ = ['Checkpointer', 'DamagedCheckpointError', 'DamagedCheckpointWarning',
-           'IncompatibleCheckpointError', 'IncompleteCheckpointWarning',
-           'Restored', 'check_resumable', 'differences', 'incomplete_steps', 'latest_step',
-           'load_variables', 'read_metadata', 'save_variables', 'variables_metadata', 'versions']

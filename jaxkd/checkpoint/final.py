@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxkd import distributed
-from jaxkd.checkpoint_files import (FINAL_ITEMS, HANDLERS, DamagedCheckpointError, PyTree,
+from jaxkd.checkpoint.files import (FINAL_ITEMS, HANDLERS, DamagedCheckpointError, PyTree,
                                     damage_error, newest_step, read_metadata, reader, versions,
                                     warn_incomplete)
 from jaxkd.paths import flatten

@@ -1,6 +1,6 @@
-"""The files of a checkpoint folder, shared by the run-state checkpoints (`jaxkd.checkpoint`)
-and the final variables (`jaxkd.final_variables`): the items each holds, read-only managers,
-half-written steps, and the errors for folders that cannot be used."""
+"""The files of a checkpoint folder, shared by the run-state checkpoints (`run_state`) and
+the final variables (`final`): the items each holds, read-only managers, half-written steps,
+and the errors for folders that cannot be used."""
 from __future__ import annotations
 
 import os
