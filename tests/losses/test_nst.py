@@ -1,7 +1,6 @@
 """Tests of jaxkd.losses.methods.nst against independent NumPy float64 references."""
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jaxkd.losses import nst_loss
 from feature_refs import pooling_cases
