@@ -76,7 +76,7 @@ def run_specs(config, root: str) -> list:
                                        classes=SOURCE_CLASSES)
     specs.append(source_spec)
     for per_class in config.labels_per_class:
-      table = f'transfer_{per_class}_per_class'
+      table = _table(per_class)
       info = {'labels_per_class': per_class}
       runs = {}
       for method in METHODS:
@@ -122,7 +122,7 @@ def render(payload: dict) -> str:
   per_class = payload['labels_per_class']
   lines = reproduce.header(
       f"Fashion-MNIST transfer, classes 0-4 -> 5-9 ({payload['profile']} profile)", payload)
-  lines += building.source_lines(payload, 'transfer_source',
+  lines += building.source_lines(payload, f'{NAME}_source',
                                  'classes 0-4 (all their training images)')
   lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds, last step):', '']
   cells = {(r['table'], r['row']): r for r in payload['summary']}
