@@ -12,6 +12,8 @@ Orbax writes each step into `STEP.orbax-checkpoint-tmp` and renames it when comp
 process killed mid-save leaves the previous steps intact; the leftover folder is ignored by
 readers and removed (with a warning) when a writer opens the folder again.
 """
+from __future__ import annotations
+
 # One module per concern: the folder's files and errors, the final variables, the run's
 # train-state checkpoints. Every public name is here (NOT_COMPARED and TMP_SUFFIX too).
 from jaxkd.checkpoint.files import (
