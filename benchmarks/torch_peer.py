@@ -190,31 +190,25 @@ class Peer:
     if self.device.type == 'cuda':
       torch.cuda.synchronize()
 
-  def _supervised(self):
+  def _train_step(self, loss_of):
+    """One optimizer step of the student on `loss_of(student logits)`."""
     self.student.train()
     self.optimizer.zero_grad(set_to_none=True)
     with self._compute():
-      loss = F.cross_entropy(self.student(self.images), self.labels)
+      loss = loss_of(self.student(self.images))
     loss.backward()
     self.optimizer.step()
+
+  def _supervised(self):
+    self._train_step(lambda logits: F.cross_entropy(logits, self.labels))
 
   def _online_kd(self):
-    self.student.train()
     with torch.no_grad(), self._compute():
       teacher_logits = self.teacher(self.images)
-    self.optimizer.zero_grad(set_to_none=True)
-    with self._compute():
-      loss = kd_objective(self.student(self.images), teacher_logits, self.labels)
-    loss.backward()
-    self.optimizer.step()
+    self._train_step(lambda logits: kd_objective(logits, teacher_logits, self.labels))
 
   def _cached_kd(self):
-    self.student.train()
-    self.optimizer.zero_grad(set_to_none=True)
-    with self._compute():
-      loss = kd_objective(self.student(self.images), self.teacher_logits, self.labels)
-    loss.backward()
-    self.optimizer.step()
+    self._train_step(lambda logits: kd_objective(logits, self.teacher_logits, self.labels))
 
   def _eval(self):
     self.student.eval()

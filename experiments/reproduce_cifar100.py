@@ -7,14 +7,7 @@ Writes cifar100{,_<profile>}.{json,md} (experiments/results/ for the full profil
 outputs go to --root (default workdirs/cifar100_<profile>). Needs the CIFAR-100 archive,
 which no machine of this project can download: the full profile is for a GPU and the data.
 """
-import os
-
 from jaxkd.tables import reproduce
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_cifar100.py'))
-
 if __name__ == '__main__':
-  reproduce.command_line(__doc__, table_config,
-                         default_root=os.path.join('workdirs', 'cifar100'),
-                         full_results=os.path.join(HERE, 'results'))
+  reproduce.main(__file__, __doc__)

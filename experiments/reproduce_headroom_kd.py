@@ -9,14 +9,7 @@ Writes headroom_kd{,_<profile>}.{json,md} and a PNG plot (experiments/results/ f
 profile); run outputs go to --root (default workdirs/headroom_kd_<profile>; the select and
 full profiles share the seed-0 teacher when given the same --root).
 """
-import os
-
 from jaxkd.tables import reproduce
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_headroom_kd.py'))
-
 if __name__ == '__main__':
-  reproduce.command_line(__doc__, table_config,
-                         default_root=os.path.join('workdirs', 'headroom_kd'),
-                         full_results=os.path.join(HERE, 'results'))
+  reproduce.main(__file__, __doc__)

@@ -6,14 +6,7 @@
 Writes layer_transfer{,_<profile>}.{json,md} and a PNG plot (experiments/results/ for the full
 profile); run outputs go to --root (default workdirs/layer_transfer_<profile>).
 """
-import os
-
 from jaxkd.tables import reproduce
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_layer_transfer.py'))
-
 if __name__ == '__main__':
-  reproduce.command_line(__doc__, table_config,
-                         default_root=os.path.join('workdirs', 'layer_transfer'),
-                         full_results=os.path.join(HERE, 'results'))
+  reproduce.main(__file__, __doc__)

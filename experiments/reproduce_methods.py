@@ -8,13 +8,7 @@ Writes methods{,_<profile>}.{json,md} and a PNG plot (experiments/results/ for t
 profile); run outputs go to --root (default workdirs/methods_<profile>; the select and full
 profiles share the seed-0 teacher when given the same --root).
 """
-import os
-
 from jaxkd.tables import reproduce
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_methods.py'))
-
 if __name__ == '__main__':
-  reproduce.command_line(__doc__, table_config, default_root=os.path.join('workdirs', 'methods'),
-                         full_results=os.path.join(HERE, 'results'))
+  reproduce.main(__file__, __doc__)

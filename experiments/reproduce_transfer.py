@@ -6,14 +6,7 @@
 Writes transfer{,_<profile>}.{json,md} and a PNG plot (experiments/results/ for the full
 profile); run outputs go to --root (default workdirs/transfer_<profile>).
 """
-import os
-
 from jaxkd.tables import reproduce
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-table_config = reproduce.load_table(os.path.join(HERE, 'configs', 'reproduce_transfer.py'))
-
 if __name__ == '__main__':
-  reproduce.command_line(__doc__, table_config,
-                         default_root=os.path.join('workdirs', 'transfer'),
-                         full_results=os.path.join(HERE, 'results'))
+  reproduce.main(__file__, __doc__)

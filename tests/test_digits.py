@@ -71,9 +71,11 @@ def built(tmp_path_factory):
   return data_dir, arrays
 
 
-def _expected_test_indices(labels):
-  """Per class, in file order: positions 2, 5, 8, ... of that class's examples."""
-  return np.sort(np.concatenate([np.nonzero(labels == c)[0][2::3] for c in range(10)]))
+def _expected_split_indices(labels):
+  """`(train, test)` file positions: per class, in file order, positions 2, 5, 8, ... of that
+  class's examples are test, the others train."""
+  test_idx = np.sort(np.concatenate([np.nonzero(labels == c)[0][2::3] for c in range(10)]))
+  return np.setdiff1d(np.arange(len(labels)), test_idx), test_idx
 
 
 def _reference_image(pixels_8x8):
@@ -137,8 +139,7 @@ def test_shapes_split_sizes_and_class_counts(built):
 def test_stratified_split_rule_and_disjoint_splits(built, raw):
   _, arrays = built
   pixels, labels = raw
-  test_idx = _expected_test_indices(labels)
-  train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+  train_idx, test_idx = _expected_split_indices(labels)
   np.testing.assert_array_equal(arrays["test"][1], labels[test_idx])
   np.testing.assert_array_equal(arrays["train"][1], labels[train_idx])
   # Every image lands in its split at its file-order position (checked against JAX's resize).
@@ -158,8 +159,7 @@ def test_stratified_split_rule_and_disjoint_splits(built, raw):
 def test_geometry_matches_a_reference_exactly(built, raw):
   _, arrays = built
   pixels, labels = raw
-  test_idx = _expected_test_indices(labels)
-  train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+  train_idx, test_idx = _expected_split_indices(labels)
   for split, position in (("train", 0), ("test", 7)):
     index = (train_idx if split == "train" else test_idx)[position]
     got = arrays[split][0][position, :, :, 0]

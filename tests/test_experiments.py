@@ -32,12 +32,17 @@ def _read(workdir):
     return records, json.load(f)
 
 
+def _train_lenet5_half(env, workdir, *flags) -> str:
+  """Trains LeNet-5-Half into `workdir` with train.py and `flags`; returns `workdir`."""
+  _run('train.py', env, f'--config={CONFIGS}/fashion_mnist.py:lenet5_half',
+       f'--workdir={workdir}', *flags)
+  return str(workdir)
+
+
 @pytest.mark.slow
 def test_train_then_distill_cli(env, tmp_path):
-  teacher = str(tmp_path / 'teacher')
-  _run('train.py', env, f'--config={CONFIGS}/fashion_mnist.py:lenet5_half',
-       f'--workdir={teacher}', '--config.num_steps=2', '--config.batch_size=32',
-       '--config.log_every=1')
+  teacher = _train_lenet5_half(env, tmp_path / 'teacher', '--config.num_steps=2',
+                               '--config.batch_size=32', '--config.log_every=1')
   records, final = _read(teacher)
   train_records = [r for r in records if 'loss' in r]
   assert [r['step'] for r in train_records] == [1, 2]
@@ -61,10 +66,8 @@ def test_train_then_distill_cli(env, tmp_path):
 
 @pytest.mark.slow
 def test_distill_refuses_teacher_of_another_task(env, tmp_path):
-  teacher = str(tmp_path / 'teacher5')
-  _run('train.py', env, f'--config={CONFIGS}/fashion_mnist.py:lenet5_half',
-       f'--workdir={teacher}', '--config.num_steps=1', '--config.batch_size=16',
-       '--config.classes=(0,1,2,3,4)')
+  teacher = _train_lenet5_half(env, tmp_path / 'teacher5', '--config.num_steps=1',
+                               '--config.batch_size=16', '--config.classes=(0,1,2,3,4)')
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments', 'distill.py'),
        f'--config={CONFIGS}/distill_fashion_mnist.py', f'--config.teacher_dir={teacher}',

@@ -45,26 +45,28 @@ def _spec(methods):
   return spec
 
 
-def _run(spec, teacher_vars, parallel, batches):
+def _state_and_step(spec, teacher_vars, parallel):
+  """The LeNet pair's distillation state (on the host) and step for the objective `spec`."""
   objective = losses.build_objective(spec, num_teachers=1)
   tx = optax.sgd(0.01)
   step = make_distill_step(student=STUDENT, teachers=TEACHER, tx=tx, objective=objective,
                            parallel=parallel)
   state = create_distill_state(STUDENT, tx, objective, teachers=[TEACHER],
                                teacher_variables=[teacher_vars], seed=0, input_shape=SHAPE)
-  state = parallel.replicate(state)
-  teacher = parallel.place_teacher(teacher_vars)
-  history = []
-  for batch in batches:
-    state, metrics = step(state, parallel.shard_batch(batch), teacher)
-    history.append(jax.device_get(parallel.unreplicate(metrics)))
-  return parallel.unreplicate(state), history
+  return state, step
+
+
+def _run(distill_steps, spec, teacher_vars, parallel, batches):
+  """The state and metrics after `batches` (`distill_steps`, the conftest fixture)."""
+  state, step = _state_and_step(spec, teacher_vars, parallel)
+  return distill_steps(step, state, teacher_vars, parallel, batches)
 
 
 @pytest.fixture(scope='module')
-def all_new_terms(teacher_vars):
+def all_new_terms(teacher_vars, distill_steps):
   """All ten together in one objective (one compile), two steps, as the session traces."""
-  return _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1), _batches(2))
+  return _run(distill_steps, _spec(NEW), teacher_vars, Parallel('jit', num_devices=1),
+              _batches(2))
 
 
 def test_every_new_term_trains_the_lenet_pair(all_new_terms):
@@ -86,13 +88,13 @@ def test_every_new_term_trains_the_lenet_pair(all_new_terms):
   assert 'ickd' not in str(jax.tree_util.tree_structure(state.params))
 
 
-def test_terms_on_the_cpu_formulations_match_xla(teacher_vars, all_new_terms):
+def test_terms_on_the_cpu_formulations_match_xla(teacher_vars, all_new_terms, distill_steps):
   """The same two steps traced on XLA's own operations (`ops.XLA`) give the losses and
   parameters of the CPU formulations (the default on CPU: the models' convolutions,
   `jaxkd.accel` connectors, buffers cut by `computed_once`)."""
   with ops.use(ops.XLA):
-    xla, xla_history = _run(_spec(NEW), teacher_vars, Parallel('jit', num_devices=1),
-                            _batches(2))
+    xla, xla_history = _run(distill_steps, _spec(NEW), teacher_vars,
+                            Parallel('jit', num_devices=1), _batches(2))
   fast, fast_history = all_new_terms
   for a, b in zip(fast_history, xla_history):
     for name in NEW:
@@ -129,14 +131,17 @@ BATCH_LEVEL = _spec(('sp', 'cc', 'rkd', 'pkt', 'ofd', 'reviewkd'))
 
 
 @pytest.fixture(scope='module')
-def on_one_device(teacher_vars):
-  return _run(BATCH_LEVEL, teacher_vars, Parallel('jit', num_devices=1), _batches(2))
+def on_one_device(teacher_vars, distill_steps):
+  return _run(distill_steps, BATCH_LEVEL, teacher_vars, Parallel('jit', num_devices=1),
+              _batches(2))
 
 
 @pytest.mark.parametrize('mode', ['jit', 'pmap', 'shard_map'])
-def test_batch_level_terms_see_the_global_batch(teacher_vars, on_one_device, mode):
+def test_batch_level_terms_see_the_global_batch(teacher_vars, on_one_device, mode,
+                                                distill_steps):
   one, ones = on_one_device
-  eight, eights = _run(BATCH_LEVEL, teacher_vars, Parallel(mode, num_devices=8), _batches(2))
+  eight, eights = _run(distill_steps, BATCH_LEVEL, teacher_vars, Parallel(mode, num_devices=8),
+                       _batches(2))
   for a, b in zip(ones, eights):
     for name in ('sp', 'cc', 'rkd', 'pkt', 'ofd', 'reviewkd'):
       np.testing.assert_allclose(a[f'{name}_loss'], b[f'{name}_loss'], rtol=2e-4, atol=1e-7)
@@ -228,12 +233,7 @@ def _indexed(count, n=16):
 
 
 def _crd_state_and_step(teacher_vars, parallel):
-  objective = losses.build_objective(CRD_SPEC, num_teachers=1)
-  tx = optax.sgd(0.01)
-  step = make_distill_step(student=STUDENT, teachers=TEACHER, tx=tx, objective=objective,
-                           parallel=parallel)
-  state = create_distill_state(STUDENT, tx, objective, teachers=[TEACHER],
-                               teacher_variables=[teacher_vars], seed=0, input_shape=SHAPE)
+  state, step = _state_and_step(CRD_SPEC, teacher_vars, parallel)
   return jax.tree.map(np.asarray, jax.device_get(state)), step
 
 

@@ -19,7 +19,7 @@ This module is the table's whole description for `jaxkd.tables.reproduce`.
 import ml_collections
 
 from jaxkd import data
-from jaxkd.tables import reproduce, sweep
+from jaxkd.tables import building, reproduce
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'digits_transfer'
@@ -61,12 +61,7 @@ def run_specs(config, root: str) -> list:
 
   specs = []
   for seed in config.seeds:
-    source = train_config('lenet5')
-    source.seed = seed
-    source.num_epochs = config.source_epochs
-    source.num_steps = config.source_steps
-    source.log_every = 200
-    source_spec = RunSpec(f'{NAME}_source', 'source', seed, 'train', source)
+    source_spec = building.source_spec(NAME, train_config('lenet5'), seed=seed, config=config)
     specs.append(source_spec)
     for per_class in config.labels_per_class:
       for row in ROWS:
@@ -97,12 +92,7 @@ def run_specs(config, root: str) -> list:
 # --- results -----------------------------------------------------------------------------------
 
 def tabulate(records, config) -> dict:
-  tables = {n: _table(n) for n in config.labels_per_class}
-  return dict(runs=records, labels_per_class=list(config.labels_per_class),
-              primary=list(PRIMARY), summary=sweep.summarize(records),
-              tests=reproduce.tests_against(records, tables=tables, rows=ROWS,
-                                            control='scratch', primary=PRIMARY),
-              costs=reproduce.model_costs({'LeNet-5 (source and every target row)': 'lenet5'}))
+  return building.tabulate_per_class(records, config, table=_table, rows=ROWS, primary=PRIMARY)
 
 
 def render(payload: dict) -> str:
@@ -110,23 +100,15 @@ def render(payload: dict) -> str:
   lines = reproduce.header(
       f"Transfer to another domain, Fashion-MNIST -> UCI digits ({payload['profile']} "
       "profile)", payload)
-  source = [r for r in payload['summary'] if r['table'] == f'{NAME}_source']
-  if source:
-    lines += [f"Source LeNet-5 on Fashion-MNIST: {reproduce.cell(source[0], 'test_accuracy')} "
-              f"% test accuracy over {source[0]['n']} seeds.", '']
+  lines += building.source_lines(payload, f'{NAME}_source', 'Fashion-MNIST')
   lines += ['Digits test accuracy % (mean ± std over seeds; last step, and the epoch of best '
             'validation accuracy):', '']
-  lines += reproduce.rows_by_table_lines(payload['summary'], ROWS,
-                                         {_label(n): _table(n) for n in per_class})
-  lines += reproduce.primary_lines(payload['tests'], payload['primary'],
-                                   f"at {_label(payload['primary'][2])}")
-  lines += reproduce.against_lines(payload['tests'], 'scratch', 'labels',
-                                   lambda t: _label(t['labels_per_class']))
-  lines += reproduce.cost_lines(payload['costs'])
-  lines += reproduce.selection_lines(
-      payload, 'held-out digits training images choose the "best val" epoch; the primary '
+  return building.per_class_markdown(
+      lines, payload, ROWS, {_label(n): _table(n) for n in per_class},
+      primary_at=f"at {_label(payload['primary'][2])}", against='labels',
+      against_cell=lambda t: _label(t['labels_per_class']),
+      selection='held-out digits training images choose the "best val" epoch; the primary '
       'test was fixed in advance; the test set is only reported.')
-  return '\n'.join(lines + reproduce.plots_line(payload))
 
 
 def plot_files(name: str) -> dict:

@@ -9,7 +9,7 @@ published figures, Markdown and plots.
 """
 import ml_collections
 
-from jaxkd.tables import reproduce, sweep
+from jaxkd.tables import building, reproduce, sweep
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'fashion_mnist_kd'
@@ -137,14 +137,7 @@ def run_specs(config, root: str) -> list:
   from fashion_mnist import get_config as train_config
 
   def common(run, pair, epochs, seed):
-    run.seed = seed
-    run.num_epochs = epochs
-    run.num_steps = config.num_steps
-    run.batch_size = pair.batch_size
-    run.optimizer = ml_collections.ConfigDict(pair.optimizer.to_dict())
-    run.validation_size = config.validation_size
-    run.log_every = 200
-    return run
+    return building.apply_recipe(run, pair, epochs=epochs, seed=seed, config=config)
 
   def supervised(model, pair, epochs, seed, augment):
     run = common(train_config(model), pair, epochs, seed)

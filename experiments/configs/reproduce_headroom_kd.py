@@ -20,7 +20,7 @@ This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd.tables import reproduce, sweep
+from jaxkd.tables import building, reproduce, sweep
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'headroom_kd'
@@ -72,15 +72,8 @@ def run_specs(config, root: str) -> list:
   from fashion_mnist import get_config as train_config
 
   def common(run, recipe, epochs, seed):
-    run.seed = seed
-    run.num_epochs = epochs
-    run.num_steps = config.num_steps
-    run.batch_size = recipe.batch_size
-    run.optimizer = ml_collections.ConfigDict(recipe.optimizer.to_dict())
-    run.augment = ml_collections.ConfigDict(recipe.augment.to_dict())
-    run.validation_size = config.validation_size
-    run.log_every = 200
-    return run
+    return building.apply_recipe(run, recipe, epochs=epochs, seed=seed, config=config,
+                                 augment=True)
 
   def teacher(seed):
     return RunSpec(NAME, 'teacher', seed, 'train',
@@ -150,12 +143,9 @@ def render(payload: dict) -> str:
       ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
       ('vs student (points)', reproduce.versus(summary, 'student', skip=('teacher',))),
   ], list(summary.values()))
-  tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
-  lines += reproduce.tests_lines(
-      tests, caption='Paired tests across seeds (one-sided, treatment > control):', metric=True)
-  lines += reproduce.grid_lines(
-      payload['summary'], f'{NAME}_select', f'Selection (student seed {SELECT_SEED}, seed-0 '
-      'teacher; the validation accuracy of the best epoch chooses T and the hard-label weight):')
+  lines += building.tests_and_grid_lines(
+      payload, NAME, f'Selection (student seed {SELECT_SEED}, seed-0 teacher; the validation '
+      'accuracy of the best epoch chooses T and the hard-label weight):')
   lines += reproduce.cost_lines(payload['costs'])
   lines += reproduce.selection_lines(
       payload, 'training images held out for validation choose the "best val epoch" and, in '

@@ -14,7 +14,7 @@ import ml_collections
 import kd_methods
 import reproduce_fashion_mnist_kd as kd_table
 from fashion_mnist import get_config as train_config
-from jaxkd.tables import reproduce, sweep
+from jaxkd.tables import building, reproduce
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'kd_methods'
@@ -75,31 +75,17 @@ def scale_epochs(run, epochs: float) -> None:
       term[key] = term[key] * epochs / PAPER_EPOCHS
 
 
-def tabulate(records, config) -> dict:
-  return dict(runs=records, summary=sweep.summarize(records))
+tabulate = building.tabulate_runs
 
 
 def render(payload: dict) -> str:
   cell = reproduce.cell
-  rows = {r['row']: r for r in payload['summary']}
-
-  runs = {r['row']: r for r in payload['runs']}
-  lines = reproduce.header(
-      f"Every distillation method, LeNet-5 -> LeNet-5-Half ({payload['profile']} profile)",
-      payload)
-  lines += reproduce.markdown_table([
-      ('row', lambda r: r['row']), ('model', lambda r: ROWS.get(r['row'], r['row'])),
-      ('seeds', lambda r: str(r['n'])),
-      ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
-      ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
-      ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'student'))),
-      ('wall s', lambda r: f"{runs[r['row']]['wall_seconds']:.0f}"),
-  ], list(rows.values()))
-  lines += ['', 'Multiplicity: one seed, so no test; the "vs" columns compare '
-            f'{len(rows) - 2} methods at once, and among that many differences of single runs '
-            'some of several tenths of a point are expected by chance alone (the 5-seed tables '
-            'have a std of 0.2-0.3 points per row). Not a ranking.']
-  lines += reproduce.selection_lines(
-      payload, 'none: every row is its last epoch (the best-val-epoch column reads the '
+  return building.one_seed_render(
+      payload, title=f"Every distillation method, LeNet-5 -> LeNet-5-Half ({payload['profile']} "
+      "profile)", compared='methods', columns=lambda rows: [
+          ('model', lambda r: ROWS.get(r['row'], r['row'])), ('seeds', lambda r: str(r['n'])),
+          ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
+          ('test acc % (best val epoch)', lambda r: cell(r, 'best_val_test_accuracy')),
+          ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'student')))],
+      selection='none: every row is its last epoch (the best-val-epoch column reads the '
       'validation split); each method runs its named config as committed.')
-  return '\n'.join(lines + reproduce.plots_line(payload))

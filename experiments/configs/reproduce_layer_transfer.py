@@ -18,7 +18,7 @@ This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd.tables import reproduce, sweep
+from jaxkd.tables import building, reproduce, sweep
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'layer_transfer'
@@ -60,30 +60,18 @@ def run_specs(config, root: str) -> list:
 
   specs = []
   for seed in config.seeds:
-    source = train_config('lenet5')
-    source.seed = seed
-    source.classes = SOURCE_CLASSES
-    source.num_epochs = config.source_epochs
-    source.num_steps = config.source_steps
-    source.log_every = 200
-    source_spec = RunSpec(f'{NAME}_source', 'source', seed, 'train', source)
+    source_spec = building.source_spec(NAME, train_config('lenet5'), seed=seed, config=config,
+                                       classes=SOURCE_CLASSES)
     specs.append(source_spec)
     for per_class in config.labels_per_class:
       info = {'labels_per_class': per_class}
       for row in rows(config.layers):
         kind, _, n = row.partition('_')
         n = int(n or 0)
-        run = finetune_config('ft')
-        run.seed = seed
-        run.classes = TARGET_CLASSES
-        run.train_per_class = per_class
+        run = building.target_run(finetune_config('ft'), seed=seed, classes=TARGET_CLASSES,
+                                  per_class=per_class, config=config)
         run.validation_size = config.validation_size
         run.validation_first = True
-        run.batch_size = min(50, 5 * per_class // 2)
-        run.num_steps = config.target_steps
-        run.eval_every = config.target.eval_every
-        run.checkpoint_every = 0
-        run.log_every = 50
         run.optimizer.learning_rate = config.target.learning_rate
         run.init_dir = source_spec.workdir(root) if n else ''
         run.dont_load = ('params/head/.*',) + tuple(f'params/{layer}/.*'
@@ -102,38 +90,25 @@ def _table(per_class: int) -> str:
 
 
 def tabulate(records, config) -> dict:
-  tables = {n: _table(n) for n in config.labels_per_class}
-  return dict(runs=records, labels_per_class=list(config.labels_per_class),
-              layers=config.layers, primary=list(PRIMARY),
-              summary=sweep.summarize(records),
-              tests=reproduce.tests_against(records, tables=tables, rows=rows(config.layers),
-                                            control='scratch', primary=PRIMARY),
-              costs=reproduce.model_costs({'LeNet-5 (source and every target row)': 'lenet5'}))
+  return building.tabulate_per_class(records, config, table=_table, rows=rows(config.layers),
+                                     primary=PRIMARY, layers=config.layers)
 
 
 def render(payload: dict) -> str:
   per_class = payload['labels_per_class']
   lines = reproduce.header(
       f"Layer transfer, Fashion-MNIST 0-4 -> 5-9 ({payload['profile']} profile)", payload)
-  source = [r for r in payload['summary'] if r['table'] == f'{NAME}_source']
-  if source:
-    lines += [f"Source LeNet-5 on classes 0-4 (all their training images): "
-              f"{reproduce.cell(source[0], 'test_accuracy')} % test accuracy over "
-              f"{source[0]['n']} seeds.", '']
+  lines += building.source_lines(payload, f'{NAME}_source',
+                                 'classes 0-4 (all their training images)')
   lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds; last step, and the '
             'epoch of best validation accuracy):', '']
-  lines += reproduce.rows_by_table_lines(payload['summary'], rows(payload['layers']),
-                                         {f'{n} / class': _table(n) for n in per_class})
-  lines += reproduce.primary_lines(payload['tests'], payload['primary'],
-                                   f"at {payload['primary'][2]} labels per class")
-  lines += reproduce.against_lines(payload['tests'], 'scratch', 'labels / class',
-                                   lambda t: str(t['labels_per_class']))
-  lines += reproduce.cost_lines(payload['costs'])
-  lines += reproduce.selection_lines(
-      payload, 'the target classes\' share of 5,000 training images held out before the '
+  return building.per_class_markdown(
+      lines, payload, rows(payload['layers']), {f'{n} / class': _table(n) for n in per_class},
+      primary_at=f"at {payload['primary'][2]} labels per class", against='labels / class',
+      against_cell=lambda t: str(t['labels_per_class']),
+      selection='the target classes\' share of 5,000 training images held out before the '
       'labelled draw chooses the "best val" epoch; the primary test was fixed in advance; '
       'the test set is only reported.')
-  return '\n'.join(lines + reproduce.plots_line(payload))
 
 
 def plot_files(name: str) -> dict:

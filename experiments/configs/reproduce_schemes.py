@@ -20,7 +20,7 @@ import kd_methods
 import mutual_fashion_mnist
 import reproduce_kd_methods as methods_table
 from fashion_mnist import get_config as train_config
-from jaxkd.tables import reproduce, sweep
+from jaxkd.tables import building, reproduce
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'schemes'
@@ -62,30 +62,18 @@ def run_specs(config, root: str) -> list:
   return specs
 
 
-def tabulate(records, config) -> dict:
-  return dict(runs=records, summary=sweep.summarize(records))
+tabulate = building.tabulate_runs
 
 
 def render(payload: dict) -> str:
   cell = reproduce.cell
-  rows = {r['row']: r for r in payload['summary']}
-  runs = {r['row']: r for r in payload['runs']}
-
-  lines = reproduce.header(f"Teacher schemes, LeNet-sized models ({payload['profile']} profile)",
-                           payload)
-  lines += reproduce.markdown_table([
-      ('row', lambda r: r['row']), ('models', lambda r: ROWS.get(r['row'], r['row'])),
-      ('seeds', lambda r: str(r['n'])),
-      ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
-      ('vs student alone (points)', reproduce.versus(rows, 'student', skip=('teacher', 'student'))),
-      ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'kd'))),
-      ('wall s', lambda r: f"{runs[r['row']]['wall_seconds']:.0f}"),
-  ], list(rows.values()))
-  lines += ['', 'Multiplicity: one seed, so no test; the "vs" columns compare '
-            f'{len(rows) - 2} schemes at once, and among that many differences of single runs '
-            'some of several tenths of a point are expected by chance alone (the 5-seed tables '
-            'have a std of 0.2-0.3 points per row). Not a ranking.']
-  lines += reproduce.selection_lines(
-      payload, 'none: every model is its last epoch; each scheme runs its config as committed '
+  return building.one_seed_render(
+      payload, title=f"Teacher schemes, LeNet-sized models ({payload['profile']} profile)",
+      compared='schemes', columns=lambda rows: [
+          ('models', lambda r: ROWS.get(r['row'], r['row'])), ('seeds', lambda r: str(r['n'])),
+          ('test acc % (last epoch)', lambda r: cell(r, 'test_accuracy')),
+          ('vs student alone (points)',
+           reproduce.versus(rows, 'student', skip=('teacher', 'student'))),
+          ('vs kd (points)', reproduce.versus(rows, 'kd', skip=('teacher', 'kd')))],
+      selection='none: every model is its last epoch; each scheme runs its config as committed '
       '(the dml row is the mean of its two members; chains report their last student).')
-  return '\n'.join(lines + reproduce.plots_line(payload))

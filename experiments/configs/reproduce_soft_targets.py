@@ -18,7 +18,7 @@ This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd.tables import reproduce, stats, sweep
+from jaxkd.tables import building, reproduce, stats, sweep
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'soft_targets'
@@ -245,12 +245,9 @@ def render(payload: dict) -> str:
               f"paper: {100 * PUBLISHED_RECOVERED:.0f} %); {row} above the gap's midpoint: "
               f"{100 * test['mean_difference']:+.2f} points, p = {test['p_value']:.3g} "
               f"(t-test), {test['p_value_sign_flip']:.3g} (sign-flip)."]
-  tests = [t for t in payload['tests'] if len(t['seeds']) > 1]
-  lines += reproduce.tests_lines(
-      tests, caption='Paired tests across seeds (one-sided, treatment > control):', metric=True)
-  lines += reproduce.grid_lines(
-      payload['summary'], f'{NAME}_select', f'Selection (draw seed {SELECT_SEED}, validation '
-      'accuracy of the best epoch chooses T and the hard-label weight):')
+  lines += building.tests_and_grid_lines(
+      payload, NAME, f'Selection (draw seed {SELECT_SEED}, validation accuracy of the best '
+      'epoch chooses T and the hard-label weight):')
   if any(r['table'] == f'{NAME}_select_convnet' for r in payload['summary']):
     lines += reproduce.grid_lines(
         payload['summary'], f'{NAME}_select_convnet', f'Selection for the ConvNet-BN teacher '

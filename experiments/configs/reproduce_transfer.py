@@ -20,7 +20,7 @@ Markdown and plot.
 """
 import ml_collections
 
-from jaxkd.tables import reproduce, sweep
+from jaxkd.tables import building, reproduce, sweep
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'transfer'
@@ -67,28 +67,16 @@ def run_specs(config, root: str) -> list:
   from finetune_fashion_mnist import get_config as finetune_config
 
   def on_target(run, seed, per_class):
-    run.seed = seed
-    run.classes = TARGET_CLASSES
-    run.train_per_class = per_class
-    run.batch_size = min(50, 5 * per_class // 2)
-    run.num_steps = config.target_steps
-    run.eval_every = config.target.eval_every
-    run.checkpoint_every = 0
-    run.log_every = 50
-    return run
+    return building.target_run(run, seed=seed, classes=TARGET_CLASSES, per_class=per_class,
+                               config=config)
 
   specs = []
   for seed in config.seeds:
-    source = train_config('lenet5')
-    source.seed = seed
-    source.classes = SOURCE_CLASSES
-    source.num_epochs = config.source_epochs
-    source.num_steps = config.source_steps
-    source.log_every = 200
-    source_spec = RunSpec('transfer_source', 'source', seed, 'train', source)
+    source_spec = building.source_spec(NAME, train_config('lenet5'), seed=seed, config=config,
+                                       classes=SOURCE_CLASSES)
     specs.append(source_spec)
     for per_class in config.labels_per_class:
-      table = f'transfer_{per_class}_per_class'
+      table = _table(per_class)
       info = {'labels_per_class': per_class}
       runs = {}
       for method in METHODS:
@@ -134,11 +122,8 @@ def render(payload: dict) -> str:
   per_class = payload['labels_per_class']
   lines = reproduce.header(
       f"Fashion-MNIST transfer, classes 0-4 -> 5-9 ({payload['profile']} profile)", payload)
-  source = [r for r in payload['summary'] if r['table'] == 'transfer_source']
-  if source:
-    lines += [f"Source LeNet-5 on classes 0-4 (all their training images): "
-              f"{reproduce.cell(source[0], 'test_accuracy')} % "
-              f"test accuracy over {source[0]['n']} seeds.", '']
+  lines += building.source_lines(payload, f'{NAME}_source',
+                                 'classes 0-4 (all their training images)')
   lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds, last step):', '']
   cells = {(r['table'], r['row']): r for r in payload['summary']}
 

@@ -49,8 +49,24 @@ def read_tar_members(path: pathlib.Path, names: set[str]) -> dict[str, bytes]:
   return found
 
 
+def _cifar_info(name: str, class_names: tuple[str, ...], mean: tuple[float, ...],
+                std: tuple[float, ...]) -> DatasetInfo:
+  """A CIFAR dataset's facts: 32x32 RGB images, 50,000 for training and 10,000 for test."""
+  return DatasetInfo(name=name, class_names=class_names, image_shape=(32, 32, 3), mean=mean,
+                     std=std, splits={"train": 50000, "test": 10000},
+                     env_var=f"JAXKD_{name.upper()}_DIR", builder_name=f"jaxkd_{name}")
+
+
+def _official_archive(name: str, sha256: str, size: int):
+  """`(RAW_FILES, URLS)` of a builder reading the one archive `name` from the official site."""
+  return (name,), {name: RemoteFile(_URL + name, sha256, size)}
+
+
 class _CifarBuilder(LocalFileBuilder, skip_registration=True):
   """Reads the pickled batches of a CIFAR python-version archive."""
+
+  HOMEPAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+  CITATION = _CITATION
 
   FOLDER: ClassVar[str]  # Top folder inside the archive.
   SPLIT_MEMBERS: ClassVar[Mapping[str, tuple[str, ...]]]
@@ -95,23 +111,13 @@ class _CifarBuilder(LocalFileBuilder, skip_registration=True):
 class JaxkdCifar10(_CifarBuilder):
   """CIFAR-10 (Krizhevsky, 2009), registered in TFDS as `jaxkd_cifar10`."""
 
-  INFO = DatasetInfo(
-      name="cifar10",
-      class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                   "horse", "ship", "truck"),
-      image_shape=(32, 32, 3),
-      mean=(0.4914, 0.4822, 0.4465),
-      std=(0.2470, 0.2435, 0.2616),
-      splits={"train": 50000, "test": 10000},
-      env_var="JAXKD_CIFAR10_DIR",
-      builder_name="jaxkd_cifar10",
-  )
-  RAW_FILES = ("cifar-10-python.tar.gz",)
-  URLS = {"cifar-10-python.tar.gz": RemoteFile(
-      _URL + "cifar-10-python.tar.gz",
-      "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170498071)}
-  HOMEPAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
-  CITATION = _CITATION
+  INFO = _cifar_info(
+      "cifar10", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                  "ship", "truck"),
+      mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+  RAW_FILES, URLS = _official_archive(
+      "cifar-10-python.tar.gz",
+      "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170498071)
   FOLDER = "cifar-10-batches-py"
   SPLIT_MEMBERS = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)),
                    "test": ("test_batch",)}
@@ -123,22 +129,11 @@ class JaxkdCifar10(_CifarBuilder):
 class JaxkdCifar100(_CifarBuilder):
   """CIFAR-100 fine labels (Krizhevsky, 2009), registered in TFDS as `jaxkd_cifar100`."""
 
-  INFO = DatasetInfo(
-      name="cifar100",
-      class_names=CIFAR100_CLASS_NAMES,
-      image_shape=(32, 32, 3),
-      mean=(0.5071, 0.4865, 0.4409),
-      std=(0.2673, 0.2564, 0.2762),
-      splits={"train": 50000, "test": 10000},
-      env_var="JAXKD_CIFAR100_DIR",
-      builder_name="jaxkd_cifar100",
-  )
-  RAW_FILES = ("cifar-100-python.tar.gz",)
-  URLS = {"cifar-100-python.tar.gz": RemoteFile(
-      _URL + "cifar-100-python.tar.gz",
-      "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", 169001437)}
-  HOMEPAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
-  CITATION = _CITATION
+  INFO = _cifar_info("cifar100", CIFAR100_CLASS_NAMES, mean=(0.5071, 0.4865, 0.4409),
+                     std=(0.2673, 0.2564, 0.2762))
+  RAW_FILES, URLS = _official_archive(
+      "cifar-100-python.tar.gz",
+      "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", 169001437)
   FOLDER = "cifar-100-python"
   SPLIT_MEMBERS = {"train": ("train",), "test": ("test",)}
   META_MEMBER = "meta"

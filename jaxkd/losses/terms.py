@@ -23,6 +23,8 @@ and gives every device the loss of the global batch.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tomllib
 from typing import Any, Sequence
 
 import flax
@@ -37,6 +39,9 @@ from jaxkd.losses.projectors import conv1x1, conv1x1_init
 
 PyTree = Any
 MULTI_TEACHER = ('sum', 'ensemble')
+
+with open(os.path.join(os.path.dirname(__file__), 'papers.toml'), 'rb') as _file:
+  _PUBLISHED = tomllib.load(_file)  # {term name: {class attribute: value}}
 
 
 @flax.struct.dataclass
@@ -114,6 +119,7 @@ class Term:
     paper_weight, paper_ce_weight, paper_epochs: the paper's weight of the term and of the
       cross-entropy beside it, and its settings counted in epochs (`{'warmup': 20.0}` for
       `warmup_steps`); with the field defaults, what a named config is built from.
+  A term that names itself takes its family and published settings from `papers.toml`.
   """
 
   name = ''  # its key in `jaxkd.losses.LOSSES`
@@ -133,6 +139,11 @@ class Term:
   needs_index = False
   owns_params = False
   owns_state = False
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    for key, value in _PUBLISHED.get(cls.__dict__.get('name'), {}).items():
+      setattr(cls, key, value)
 
   def init(self, key: jax.Array, student: Outputs,
            teachers: Sequence[Outputs]) -> tuple[PyTree, PyTree]:
@@ -169,22 +180,31 @@ class OneTap:
     return (self.teacher_tap,)
 
 
+@dataclasses.dataclass(frozen=True)
 class LogitTerm(Term):
   """A term over student and teacher logits, one value per example, with the options every
   logit term has: `temperature` (constant or schedule), several teachers (`multi_teacher`
   'sum' of per-teacher losses or 'ensemble' of their softened distributions is the KD term's;
-  the others sum with `teacher_weights`), and logit standardisation (Sun et al. 2024)."""
+  the others sum with `teacher_weights`), and logit standardisation (Sun et al. 2024).
+
+  `teacher_weights` and `standardize` are keyword-only, so a subclass's own fields keep their
+  positions."""
+
+  teacher_weights: tuple[float, ...] | None = dataclasses.field(default=None, kw_only=True)
+  standardize: bool = dataclasses.field(default=False, kw_only=True)
 
   family = 'logit'
 
   def __post_init__(self):
     """Checks what every logit term has: a temperature > 0 (unless None: the term is never
-    computed) and non-negative `*_weight` hyper-parameters."""
+    computed), non-negative `*_weight` hyper-parameters and whole numbers of `*_steps`."""
     if self._temperature is not None:
       validated('temperature', self._temperature, positive=True)
     for f in dataclasses.fields(self):
       if f.name.endswith('_weight') and f.name != 'mixing_weight':
         validated(f.name, getattr(self, f.name), positive=False)
+      elif f.name.endswith('_steps'):
+        whole_steps(f.name, getattr(self, f.name))
 
   def per_teacher(self, student_logits: jax.Array, teacher_logits: jax.Array,
                   labels: jax.Array | None, temperature: jax.Array) -> jax.Array:
@@ -201,7 +221,7 @@ class LogitTerm(Term):
 
   def _prepare(self, logits: jax.Array) -> jax.Array:
     logits = upcast(logits)
-    return standardize_logits(logits) if getattr(self, 'standardize', False) else logits
+    return standardize_logits(logits) if self.standardize else logits
 
   def temperature_value(self, step, params) -> jax.Array | None:
     """The temperature at `step` (a learned one reads the term's `params`)."""
@@ -218,7 +238,7 @@ class LogitTerm(Term):
     student_logits = prepare(ctx.student.logits)
     per_teacher = [self.per_teacher(student_logits, prepare(teacher.logits), ctx.labels,
                                     temperature) for teacher in ctx.teachers]
-    return (*combine_teachers(getattr(self, 'teacher_weights', None), per_teacher), ctx.state)
+    return (*combine_teachers(self.teacher_weights, per_teacher), ctx.state)
 
 
 def combine_teachers(weights: tuple[float, ...] | None,

@@ -265,6 +265,18 @@ def command_line(doc: str, table: Any, *, default_root: str, full_results: str) 
             collect_only=args.collect_only)
 
 
+def main(script: str, doc: str, *, root_name: str | None = None) -> None:
+  """The body of `experiments/reproduce_<name>.py` (`script`, its `__file__`): runs the table
+  described in `configs/reproduce_<name>.py` beside it (`command_line`), with runs under
+  `workdirs/<root_name or name>_PROFILE` and the full profile's results in `results/`."""
+  here = os.path.dirname(os.path.abspath(script))
+  base = os.path.basename(script)
+  table = load_table(os.path.join(here, 'configs', base))
+  root_name = root_name or os.path.splitext(base)[0].removeprefix('reproduce_')
+  command_line(doc, table, default_root=os.path.join('workdirs', root_name),
+               full_results=os.path.join(here, 'results'))
+
+
 # --- costs -------------------------------------------------------------------------------------
 
 def model_costs(models: dict[str, str], *, dataset: str = 'fashion_mnist',

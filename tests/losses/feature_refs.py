@@ -1,5 +1,8 @@
 """NumPy float64 references of FitNets hints and attention transfer, and test helpers."""
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
 def ref_hint(student, teacher):
@@ -37,3 +40,20 @@ def ref_attention_transfer(student, teacher, power=2):
 
 def _features(seed, shape):
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def pooling_cases(batch, channels):
+  """Parametrizes `student_shape, teacher_shape`: NHWC maps of `batch` examples whose spatial
+  sizes agree, differ either way (the larger side pooled, by 2 or 3) or differ per axis;
+  `channels` holds each case's (student, teacher) channel counts."""
+  spaces = [((4, 4), (4, 4)), ((8, 8), (4, 4)), ((2, 2), (6, 6)), ((8, 2), (4, 4))]
+  cases = [((batch, *s, c_s), (batch, *t, c_t)) for (s, t), (c_s, c_t) in zip(spaces, channels)]
+  return pytest.mark.parametrize('student_shape, teacher_shape', cases,
+                                 ids=['same', 'student-larger', 'teacher-larger', 'mixed'])
+
+
+def assert_finite_gradients(loss, *args):
+  """The gradient of `sum(loss(*args))` with respect to every argument is finite (under jit)."""
+  grads = jax.jit(jax.grad(lambda *a: jnp.sum(loss(*a)), argnums=tuple(range(len(args)))))(*args)
+  for g in grads:
+    assert np.all(np.isfinite(g))

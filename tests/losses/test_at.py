@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from feature_refs import _features, ref_attention_map, ref_attention_transfer
+from feature_refs import _features, pooling_cases, ref_attention_map, ref_attention_transfer
 from jaxkd.losses import attention_map, attention_transfer_loss
 
 
@@ -25,12 +25,7 @@ def test_attention_map_of_zero_features_is_zero_with_finite_gradients():
   assert np.all(np.isfinite(grad))
 
 
-@pytest.mark.parametrize('student_shape, teacher_shape', [
-    ((4, 4, 4, 3), (4, 4, 4, 8)),  # same space, different channels
-    ((4, 8, 8, 3), (4, 4, 4, 5)),  # student larger: pooled
-    ((4, 2, 2, 3), (4, 6, 6, 5)),  # teacher larger: pooled by 3
-    ((4, 8, 2, 3), (4, 4, 4, 3)),  # each axis pooled on its own side
-], ids=['same', 'student-larger', 'teacher-larger', 'mixed'])
+@pooling_cases(4, channels=[(3, 8), (3, 5), (3, 5), (3, 3)])
 def test_attention_transfer_matches_reference(student_shape, teacher_shape):
   student, teacher = _features(5, student_shape), _features(6, teacher_shape)
   got = jax.jit(attention_transfer_loss)(student, teacher)

@@ -1,18 +1,13 @@
 """Tests of jaxkd.losses.methods.nst against independent NumPy float64 references."""
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jaxkd.losses import nst_loss
+from feature_refs import pooling_cases
 from relation_refs import _features, jit, ref_nst
 
 
-@pytest.mark.parametrize('student_shape, teacher_shape', [
-    ((3, 4, 4, 3), (3, 4, 4, 6)),  # same space, different channels
-    ((3, 8, 8, 3), (3, 4, 4, 5)),  # student larger: pooled
-    ((3, 2, 2, 4), (3, 6, 6, 2)),  # teacher larger: pooled by 3
-    ((3, 8, 2, 3), (3, 4, 4, 3)),  # each axis pooled on its own side
-], ids=['same', 'student-larger', 'teacher-larger', 'mixed'])
+@pooling_cases(3, channels=[(3, 6), (3, 5), (4, 2), (3, 3)])
 def test_nst_matches_reference(student_shape, teacher_shape):
   student, teacher = _features(20, student_shape), _features(21, teacher_shape)
   got = jit(nst_loss)(student, teacher)

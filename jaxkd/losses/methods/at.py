@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import NORM_EPS, upcast
 from jaxkd.losses.pooling import common_spatial_shape, pool_to
-from jaxkd.losses.terms import Term, combine_teachers
+from jaxkd.losses.terms import PairedMaps, combine_teachers
 
 
 def _check_features(features: jax.Array, name: str) -> None:
@@ -120,28 +120,20 @@ def attention_transfer_loss(
 
 
 @dataclasses.dataclass(frozen=True)
-class AT(Term):
+class AT(PairedMaps):
   """Attention transfer (Zagoruyko & Komodakis 2017): spatial attention maps (channel mean of
   ``|f|^power``, L2-normalised) of each student/teacher tap pair matched by squared error
-  (`jaxkd.losses.attention_transfer_loss`), summed over the pairs. No parameters."""
+  (`jaxkd.losses.attention_transfer_loss`), summed over the pairs. No parameters. Reads the
+  taps as they are (any rank `attention_transfer_loss` takes), not through `maps`."""
 
   student_taps: tuple[str, ...] = ('stage1', 'stage2', 'stage3')
   teacher_taps: tuple[str, ...] = ('stage1', 'stage2', 'stage3')
   power: float = 2.0
-  teacher_weights: tuple[float, ...] | None = None
 
   name = 'at'
-  family = 'feature'
-  paper = 'Zagoruyko & Komodakis 2017, Paying More Attention to Attention'
-  url = 'https://arxiv.org/abs/1612.03928'
-  # mdistiller AT: p = 2, weight 1000, CE 1, every stage.
-  paper_weight = 1000.0
-  paper_ce_weight = 1.0
 
   def __post_init__(self):
-    if len(self.student_taps) != len(self.teacher_taps) or not self.student_taps:
-      raise ValueError(f'at pairs student_taps with teacher_taps one to one, got '
-                       f'{list(self.student_taps)} and {list(self.teacher_taps)}.')
+    super().__post_init__()
     if not self.power > 0:
       raise ValueError(f'power must be > 0, got {self.power!r}.')
 

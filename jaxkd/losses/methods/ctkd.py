@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.methods.kd import kd_loss
 from jaxkd.losses.numerics import upcast
-from jaxkd.losses.terms import LogitTerm, validated, whole_steps
+from jaxkd.losses.terms import LogitTerm, validated
 
 
 @jax.custom_vjp
@@ -83,17 +83,8 @@ class CTKD(LogitTerm):
   curriculum_steps: int = 0
   max_reversal: float = 1.0
   initial_logit: float = 1.0
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
 
   name = 'ctkd'
-  family = 'logit'
-  paper = 'Li et al. 2023, Curriculum Temperature for Knowledge Distillation'
-  url = 'https://arxiv.org/abs/2211.16231'
-  # zhengli97/CTKD: T in [1, 21], reversal 0 -> 1 over 10 epochs, KD weights 0.1 / 0.9.
-  paper_weight = 0.9
-  paper_ce_weight = 0.1
-  paper_epochs = {'curriculum': 10.0}
   owns_params = True
 
   def __post_init__(self):
@@ -101,7 +92,6 @@ class CTKD(LogitTerm):
     validated('min_temperature', self.min_temperature, positive=True)
     validated('temperature_range', self.temperature_range, positive=False)
     validated('max_reversal', self.max_reversal, positive=False)
-    whole_steps('curriculum_steps', self.curriculum_steps)
 
   def init(self, key, student, teachers):
     del key, student, teachers

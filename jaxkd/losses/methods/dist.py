@@ -191,16 +191,8 @@ class DIST(LogitTerm):
   temperature: Hyperparam = 1.0
   inter_weight: float = 1.0
   intra_weight: float = 1.0
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
 
   name = 'dist'
-  family = 'logit'
-  paper = 'Huang et al. 2022, Knowledge Distillation from A Stronger Teacher'
-  url = 'https://arxiv.org/abs/2205.10536'
-  # The reference implementation's defaults: beta = gamma = 1, tau = 1.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
   per_example = False
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):

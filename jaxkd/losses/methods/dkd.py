@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import (check_static_non_negative, kl, non_target_probs,
                                    scaled_logits, split_log_probs, target_mask)
-from jaxkd.losses.terms import Hyperparam, LogitTerm, whole_steps
+from jaxkd.losses.terms import Hyperparam, LogitTerm
 
 
 def dkd_parts(
@@ -118,22 +118,9 @@ class DKD(LogitTerm):
   target_weight: float = 1.0
   non_target_weight: float = 8.0
   warmup_steps: int = 0
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
 
   name = 'dkd'
-  family = 'logit'
-  paper = 'Zhao et al. 2022, Decoupled Knowledge Distillation'
-  url = 'https://arxiv.org/abs/2203.08679'
-  # mdistiller DKD: CE 1, alpha 1, beta 8, T 4, 20 warm-up epochs.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
-  paper_epochs = {'warmup': 20.0}
   needs_labels = True
-
-  def __post_init__(self):
-    super().__post_init__()
-    whole_steps('warmup_steps', self.warmup_steps)
 
   def warmup(self, step) -> jax.Array:
     """`min((step + 1) / warmup_steps, 1)`: the paper's epoch ramp, counted in steps."""

@@ -11,6 +11,18 @@ from jaxkd.losses.numerics import (check_last_dims, check_static_temperature, kl
 from jaxkd.losses.terms import MULTI_TEACHER, Hyperparam, LogitTerm, pick, value_at
 
 
+def _softened_student(student_logits, target, temperature, target_name):
+  """`(log softmax(z_s / T), target, T)`, all in the promoted dtype (>= float32)."""
+  check_static_temperature(temperature)
+  student_logits = upcast(student_logits)
+  target = upcast(target)
+  check_last_dims(student_logits.shape, target.shape, target_name)
+  dtype = jnp.promote_types(student_logits.dtype, target.dtype)
+  t = jnp.asarray(temperature, dtype)
+  log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / t, axis=-1)
+  return log_p_s, target.astype(dtype), t
+
+
 def kd_loss(
     student_logits: jax.typing.ArrayLike,
     teacher_logits: jax.typing.ArrayLike,
@@ -46,14 +58,9 @@ def kd_loss(
     Hinton, Vinyals, Dean, `Distilling the Knowledge in a Neural Network
     <https://arxiv.org/abs/1503.02531>`_, 2015.
   """
-  check_static_temperature(temperature)
-  student_logits = upcast(student_logits)
-  teacher_logits = upcast(teacher_logits)
-  check_last_dims(student_logits.shape, teacher_logits.shape, 'teacher_logits')
-  dtype = jnp.promote_types(student_logits.dtype, teacher_logits.dtype)
-  t = jnp.asarray(temperature, dtype)
-  log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / t, axis=-1)
-  log_p_t = jax.nn.log_softmax(teacher_logits.astype(dtype) / t, axis=-1)
+  log_p_s, teacher_logits, t = _softened_student(
+      student_logits, teacher_logits, temperature, 'teacher_logits')
+  log_p_t = jax.nn.log_softmax(teacher_logits / t, axis=-1)
   return temperature_scale(t, scale_by_temperature_squared) * kl(
       jnp.exp(log_p_t), log_p_t, log_p_s)
 
@@ -91,14 +98,8 @@ def kd_loss_from_probs(
     Hinton, Vinyals, Dean, `Distilling the Knowledge in a Neural Network
     <https://arxiv.org/abs/1503.02531>`_, 2015.
   """
-  check_static_temperature(temperature)
-  student_logits = upcast(student_logits)
-  teacher_probs = upcast(teacher_probs)
-  check_last_dims(student_logits.shape, teacher_probs.shape, 'teacher_probs')
-  dtype = jnp.promote_types(student_logits.dtype, teacher_probs.dtype)
-  t = jnp.asarray(temperature, dtype)
-  log_p_s = jax.nn.log_softmax(student_logits.astype(dtype) / t, axis=-1)
-  teacher_probs = teacher_probs.astype(dtype)
+  log_p_s, teacher_probs, t = _softened_student(
+      student_logits, teacher_probs, temperature, 'teacher_probs')
   positive = teacher_probs != 0  # NaN stays NaN
   log_p_t = jnp.log(jnp.where(positive, teacher_probs, 1.0))  # only read where positive
   return temperature_scale(t, scale_by_temperature_squared) * kl(
@@ -114,18 +115,10 @@ class KD(LogitTerm):
   for a term that is never computed (weight 0, the supervised shorthand)."""
 
   temperature: Hyperparam | None = 4.0
-  teacher_weights: tuple[float, ...] | None = None
   multi_teacher: str = 'sum'
-  standardize: bool = False
   scale_by_temperature_squared: bool = True
 
   name = 'kd'
-  family = 'classic'
-  paper = 'Hinton et al. 2015, Distilling the Knowledge in a Neural Network'
-  url = 'https://arxiv.org/abs/1503.02531'
-  # The CIFAR-100 recipe's weights and T (mdistiller, CRD, DKD).
-  paper_weight = 0.9
-  paper_ce_weight = 0.1
 
   def __post_init__(self):
     super().__post_init__()

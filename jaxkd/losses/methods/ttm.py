@@ -67,16 +67,8 @@ class TTM(LogitTerm):
   softened (power transform ``gamma = 1 / temperature``); no ``T^2`` factor."""
 
   temperature: Hyperparam = 10.0
-  teacher_weights: tuple[float, ...] | None = None
-  standardize: bool = False
 
   name = 'ttm'
-  family = 'logit'
-  paper = 'Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching'
-  url = 'https://arxiv.org/abs/2402.11148'
-  # zkxufo/TTM README: gamma = 0.1 (T = 10), weight 45, CE 1.
-  paper_weight = 45.0
-  paper_ce_weight = 1.0
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return ttm_loss(student_logits, teacher_logits, temperature=temperature)

@@ -1,17 +1,5 @@
-"""Checkpoints on Orbax's `CheckpointManager` + `ocp.args`: train states and final variables.
-
-A run's WORKDIR holds
-
-    checkpoints/STEP/state      the student's TrainState (params, batch_stats, opt_state, rng)
-    checkpoints/STEP/data       the data-iterator position (JSON)
-    checkpoints/STEP/metadata   what the run is: model, data, task, teachers, versions (JSON)
-    checkpoints/STEP/metrics    eval metrics, when the checkpoint is ranked for `keep_best`
-    final/STEP/{variables, metadata}   the exported model (teacher / transfer source)
-
-Orbax writes each step into `STEP.orbax-checkpoint-tmp` and renames it when complete, so a
-process killed mid-save leaves the previous steps intact; the leftover folder is ignored by
-readers and removed (with a warning) when a writer opens the folder again.
-"""
+"""A run's train-state checkpoints (`Checkpointer`: async saves, retention, resume checks
+against the run's metadata, damaged steps set aside)."""
 from __future__ import annotations
 
 import os
@@ -21,18 +9,15 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
-import jaxkd
 from jaxkd import distributed
 from jaxkd import paths
-from jaxkd.paths import flatten
-from jaxkd.state import leaf_sha256, tree_sha256
+from jaxkd.checkpoint.files import (
+    STATE_ITEMS, DamagedCheckpointError, DamagedCheckpointWarning, IncompatibleCheckpointError,
+    PyTree, damage_error, read_metadata, reader, versions, warn_incomplete)
+from jaxkd.state import tree_sha256
 
-PyTree = Any
-
-TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for a step still being written.
 # Metadata that may differ between an interrupted run and its resumption: the step, library
 # versions, where the teachers and the source model live (their fingerprints are compared),
 # the checkpoint ranking, and what a finished model adds. Everything else a run records (its
@@ -41,35 +26,6 @@ TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for a step still being writ
 NOT_COMPARED = ('step', 'jaxkd_version', 'jax_version', 'orbax_version', 'teacher_dirs',
                 'init_dir', 'selection', 'class_names', 'params_sha256', 'variables_sha256',
                 'state_sha256', 'leaf_sha256', 'test_accuracy')
-_STATE_ITEMS = ('state', 'data', 'metadata')
-_FINAL_ITEMS = ('variables', 'metadata')
-_HANDLERS = {'state': ocp.StandardCheckpointHandler, 'variables': ocp.StandardCheckpointHandler,
-             'data': ocp.JsonCheckpointHandler, 'metadata': ocp.JsonCheckpointHandler}
-
-
-class IncompleteCheckpointWarning(UserWarning):
-  """A half-written checkpoint folder (a save was interrupted) was found and skipped."""
-
-
-class IncompatibleCheckpointError(ValueError):
-  """The checkpoint in a workdir belongs to a different run than the one asked for."""
-
-
-class DamagedCheckpointError(ValueError):
-  """A checkpoint or saved model whose files cannot be read or do not hold what was saved."""
-
-
-class DamagedCheckpointWarning(UserWarning):
-  """The newest checkpoint was damaged; the run resumes from an older intact one."""
-
-
-def _damage(folder: str, error: Exception) -> DamagedCheckpointError:
-  """The one-line error for a checkpoint that Orbax/TensorStore could not read."""
-  if isinstance(error, DamagedCheckpointError):
-    return error
-  first = (str(error).strip().splitlines() or [''])[0][:200]
-  return DamagedCheckpointError(
-      f'{folder} is damaged: it could not be read ({type(error).__name__}: {first}).')
 
 
 class Restored(NamedTuple):
@@ -81,68 +37,13 @@ class Restored(NamedTuple):
   step: int
 
 
-def versions() -> dict:
-  """The library versions recorded with every checkpoint."""
-  return {'jaxkd_version': jaxkd.__version__, 'jax_version': jax.__version__,
-          'orbax_version': ocp.__version__}
-
-
-def incomplete_steps(directory: str) -> list[str]:
-  """Names of half-written step folders (interrupted saves) in `directory`."""
-  if not os.path.isdir(directory):
-    return []
-  return sorted(name for name in os.listdir(directory) if TMP_SUFFIX in name)
-
-
-def _warn_incomplete(directory: str, action: str) -> None:
-  leftovers = incomplete_steps(directory)
-  if leftovers:
-    warnings.warn(
-        f'{directory} holds half-written checkpoint folder(s) {leftovers} from an interrupted '
-        f'save; they are {action}. The finished checkpoints next to them are intact.',
-        IncompleteCheckpointWarning, stacklevel=3)
-
-
-def _reader(directory: str, item_names, handlers: dict | None = None) -> ocp.CheckpointManager:
-  """A manager that never writes, creates or deletes anything."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # Orbax warns on every read-only manager it makes
-  try:
-    return ocp.CheckpointManager(
-        directory, item_handlers=handlers or {name: _HANDLERS[name]() for name in item_names},
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                             save_interval_steps=0,
-                                             enable_async_checkpointing=False))
-  finally:
-    logging.set_verbosity(verbosity)
-
-
-def latest_step(directory: str) -> int | None:
-  """The newest finished step in `directory` (None if none); writes nothing."""
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(directory):
-    return None
-  with _reader(directory, _STATE_ITEMS) as manager:
-    return manager.latest_step()
-
-
-def read_metadata(directory: str, step: int | None = None) -> dict:
-  """The JSON description stored with step `step` (default: the newest) of `directory`."""
-  directory = os.path.abspath(directory)
-  with _reader(directory, ('metadata',)) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'{directory!r} holds no finished checkpoint.')
-    restored = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-  return dict(restored['metadata'])
-
 
 def _newest_metadata(directory: str) -> dict | None:
   """The metadata of the newest step whose metadata can be read (None: no steps); a step
   too damaged to read is left for `Checkpointer.restore` to report and set aside."""
   if not os.path.isdir(directory):
     return None
-  with _reader(directory, _STATE_ITEMS) as manager:
+  with reader(directory, STATE_ITEMS) as manager:
     steps = sorted(manager.all_steps(), reverse=True)
   for step in steps:
     try:
@@ -233,7 +134,7 @@ class Checkpointer:
     # Every process has read the folder as it was before any of them creates or cleans it
     # (Orbax's managers synchronize processes; they must all take the same path).
     distributed.barrier('jaxkd_checkpointer_checked')
-    _warn_incomplete(self.directory, 'ignored and removed')
+    warn_incomplete(self.directory, 'ignored and removed')
     policy = [policies.LatestN(n=keep_last)]
     best_fn = None
     if keep_best:
@@ -243,7 +144,7 @@ class Checkpointer:
       policy.append(policies.BestN(get_metric_fn=best_fn, reverse=best_mode == 'min',
                                    n=keep_best, keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
-        self.directory, item_names=_STATE_ITEMS,
+        self.directory, item_names=STATE_ITEMS,
         options=ocp.CheckpointManagerOptions(
             create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save,
             preservation_policy=policies.AnyPreservationPolicy(policy),
@@ -316,7 +217,7 @@ class Checkpointer:
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
           metadata=ocp.args.JsonRestore()))
     except Exception as error:  # noqa: BLE001 - Orbax, TensorStore, zlib, JSON errors
-      raise _damage(folder, error) from error
+      raise damage_error(folder, error) from error
     metadata = dict(restored['metadata'])
     expected = metadata.get('state_sha256')
     if expected is None:
@@ -356,139 +257,3 @@ class Checkpointer:
     self.close()
 
 
-# --- final variables (a teacher, or the source of a transfer) -------------------------------
-
-def save_variables(directory: str, variables: PyTree, *, metadata: dict, step: int = 0) -> None:
-  """Saves model variables plus a JSON description (model, dataset, versions) atomically.
-
-  Saving again at a step that already exists keeps the existing files when they hold the
-  same variables (a resumed run re-exporting), and raises otherwise: nothing is overwritten.
-  Only the newest step is kept.
-  """
-  directory = os.path.abspath(directory)
-  fingerprint = tree_sha256(variables)
-  distributed.barrier('jaxkd_save_variables')  # all processes see the folder as it was
-  if os.path.isdir(os.path.join(directory, str(step))):
-    with _reader(directory, _FINAL_ITEMS) as manager:
-      exists = step in manager.all_steps()
-    if exists:
-      stored = read_metadata(directory, step)
-      if stored.get('variables_sha256') == fingerprint:
-        return
-      raise FileExistsError(
-          f'{directory} already holds different variables at step {step} '
-          f'(sha256 {stored.get("variables_sha256")}, not {fingerprint}); use a new workdir.')
-  _warn_incomplete(directory, 'ignored and removed')
-  metadata = {**metadata, 'step': int(step), 'variables_sha256': fingerprint,
-              'leaf_sha256': leaf_sha256(variables), **versions()}
-  options = ocp.CheckpointManagerOptions(
-      create=True, cleanup_tmp_directories=True,
-      preservation_policy=policies.LatestN(n=1))
-  with ocp.CheckpointManager(directory, item_names=_FINAL_ITEMS, options=options) as manager:
-    manager.save(step, force=True, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(variables),
-        metadata=ocp.args.JsonSave(metadata)))
-    manager.wait_until_finished()
-
-
-def _final_dir(directory: str) -> str:
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(
-        f'No checkpoint folder at {directory!r}; pass the folder written by '
-        f'experiments/train.py (its WORKDIR or WORKDIR/final).')
-  final = os.path.join(directory, 'final')
-  return os.path.abspath(final if os.path.isdir(final) else directory)
-
-
-def variables_metadata(directory: str) -> tuple[PyTree, dict, int]:
-  """(tree of ArrayMetadata with .shape/.dtype, JSON metadata, step) of saved variables.
-
-  `directory` is a WORKDIR or its `final` folder. Reads no array data.
-  """
-  directory = _final_dir(directory)
-  _warn_incomplete(directory, 'ignored')
-  with _reader(directory, _FINAL_ITEMS) as manager:
-    step = _latest(manager, directory)
-    tree = manager.item_metadata(step)['variables'].tree
-  return tree, read_metadata(directory, step), step
-
-
-def load_variables(directory: str, target: PyTree | None = None) -> tuple[PyTree, dict]:
-  """Restores the newest variables saved by `save_variables`, with their metadata.
-
-  Without `target`, leaves come back as host NumPy arrays. With `target` (a tree of arrays
-  or `jax.ShapeDtypeStruct`s with shardings, matching the saved structure), each leaf is
-  read straight into the target's placement, e.g. sharded over another device mesh;
-  `orbax.checkpoint.PLACEHOLDER` leaves are not read and come back as placeholders.
-  """
-  directory = _final_dir(directory)
-  _warn_incomplete(directory, 'ignored')
-  try:
-    if target is None:
-      with _reader(directory, _FINAL_ITEMS) as manager:
-        step = _latest(manager, directory)
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                manager.item_metadata(step)['variables'].tree)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
-    else:
-      # StandardRestore takes no placeholders; PyTreeRestore reads the same files and skips them.
-      abstract = jax.tree.map(_abstract, target)
-      handlers = {'variables': ocp.PyTreeCheckpointHandler(), 'metadata': _HANDLERS['metadata']()}
-      with _reader(directory, _FINAL_ITEMS, handlers=handlers) as manager:
-        step = _latest(manager, directory)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.PyTreeRestore(
-                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
-            metadata=ocp.args.JsonRestore()))
-  except FileNotFoundError:
-    raise
-  except Exception as error:  # noqa: BLE001 - Orbax, TensorStore, zlib, JSON errors
-    raise _damage(directory, error) from error
-  variables, metadata = restored['variables'], dict(restored['metadata'])
-  _verify(directory, variables, metadata)
-  return variables, metadata
-
-
-def _verify(directory: str, variables: PyTree, metadata: dict) -> None:
-  """Checks restored leaves against the checksums saved with them (leaf by leaf, so that
-  placeholders, the leaves not read, are skipped); DamagedCheckpointError names the leaf."""
-  expected = metadata.get('leaf_sha256')
-  if expected is None:  # saved before per-leaf checksums: the whole tree, when all was read
-    whole = metadata.get('variables_sha256')
-    if not whole:
-      raise DamagedCheckpointError(
-          f'{directory} is damaged: its metadata has lost both checksums (leaf_sha256, '
-          'variables_sha256), so its variables cannot be checked. Retrain or restore this model.')
-    if not any(leaf is ocp.PLACEHOLDER for leaf in jax.tree.leaves(variables)) and (
-        tree_sha256(variables) != whole):
-      raise DamagedCheckpointError(
-          f'{directory} is damaged: its variables do not match the checksum saved with them.')
-    return
-  read = {path: leaf for path, leaf in flatten(variables).items() if leaf is not ocp.PLACEHOLDER}
-  actual = leaf_sha256(read)
-  for path in sorted(read):
-    if actual[path] != expected.get(path):
-      raise DamagedCheckpointError(
-          f'{directory} is damaged: {path} does not match the checksum saved with it. '
-          'Retrain or restore this model.')
-
-
-def _latest(manager: ocp.CheckpointManager, directory: str) -> int:
-  """The manager's newest step; FileNotFoundError if none."""
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{directory!r} holds no finished checkpoint.')
-  return step
-
-
-def _abstract(leaf):
-  if leaf is ocp.PLACEHOLDER or isinstance(leaf, jax.ShapeDtypeStruct):
-    return leaf
-  return ocp.utils.to_shape_dtype_struct(leaf)
-
-
-__all__ = ['Checkpointer', 'DamagedCheckpointError', 'DamagedCheckpointWarning',
-           'IncompatibleCheckpointError', 'IncompleteCheckpointWarning',
-           'Restored', 'check_resumable', 'differences', 'incomplete_steps', 'latest_step', 'load_variables',
-           'read_metadata', 'save_variables', 'variables_metadata', 'versions']
