@@ -25,7 +25,7 @@ PROFILES = {
 PAPER_EPOCHS = 240  # the CIFAR-100 schedule the epoch-based defaults belong to
 ROWS = {'teacher': 'LeNet-5 teacher', 'student': 'LeNet-5-Half alone',
         **{name: f'LeNet-5-Half + {name}' for name in kd_methods.METHODS
-           if name not in kd_methods.GAP_ONLY}}
+           if name not in (*kd_methods.GAP_ONLY, *kd_methods.LANGUAGE_ONLY)}}
 
 
 def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
@@ -59,7 +59,8 @@ def run_specs(config, root: str) -> list:
                       common(train_config('lenet5'), config.teacher_epochs, seed))
     specs += [teacher, RunSpec(NAME, 'student', seed, 'train',
                                common(train_config('lenet5_half'), config.student_epochs, seed))]
-    for method in [m for m in kd_methods.METHODS if m not in kd_methods.GAP_ONLY]:
+    for method in [m for m in kd_methods.METHODS
+                   if m not in (*kd_methods.GAP_ONLY, *kd_methods.LANGUAGE_ONLY)]:
       run = common(kd_methods.get_config(method), config.student_epochs, seed)
       run.teacher_dir = teacher.workdir(root)
       scale_epochs(run, config.student_epochs)

@@ -59,7 +59,8 @@ TAPS = {
     'ofd': dict(student_taps=('conv1',), teacher_taps=('block1/bn',)),
     'reviewkd': dict(student_taps=('pool1', 'pool2'), teacher_taps=('block1', 'block2')),
 }
-METHODS = tuple(m for m in kd_methods.METHODS if m not in kd_methods.GAP_ONLY and m != 'kd')
+METHODS = tuple(m for m in kd_methods.METHODS  # image methods: not the language-model ones
+                if m not in (*kd_methods.GAP_ONLY, *kd_methods.LANGUAGE_ONLY) and m != 'kd')
 ROWS = {'teacher': 'ConvNet-BN (teacher)', 'student': 'LeNet-5-Half alone',
         'kd': f"KD, T = {headroom.KD['temperature']:g}, hard weight {headroom.KD['hard_weight']:g}"
               ' (validated)',

@@ -23,8 +23,6 @@ and gives every device the loss of the global batch.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tomllib
 from typing import Any, Sequence
 
 import flax
@@ -39,10 +37,6 @@ from jaxkd.losses.projectors import conv1x1, conv1x1_init
 
 PyTree = Any
 MULTI_TEACHER = ('sum', 'ensemble')
-
-with open(os.path.join(os.path.dirname(__file__), 'papers.toml'), 'rb') as _file:
-  _PUBLISHED = tomllib.load(_file)  # {term name: {class attribute: value}}
-
 
 @flax.struct.dataclass
 class Outputs:
@@ -119,7 +113,6 @@ class Term:
     paper_weight, paper_ce_weight, paper_epochs: the paper's weight of the term and of the
       cross-entropy beside it, and its settings counted in epochs (`{'warmup': 20.0}` for
       `warmup_steps`); with the field defaults, what a named config is built from.
-  A term that names itself takes its family and published settings from `papers.toml`.
   """
 
   name = ''  # its key in `jaxkd.losses.LOSSES`
@@ -139,11 +132,6 @@ class Term:
   needs_index = False
   owns_params = False
   owns_state = False
-
-  def __init_subclass__(cls, **kwargs):
-    super().__init_subclass__(**kwargs)
-    for key, value in _PUBLISHED.get(cls.__dict__.get('name'), {}).items():
-      setattr(cls, key, value)
 
   def init(self, key: jax.Array, student: Outputs,
            teachers: Sequence[Outputs]) -> tuple[PyTree, PyTree]:

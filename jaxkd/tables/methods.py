@@ -36,6 +36,7 @@ def objective_sizes(run, *, teacher: str, batch: int = 8) -> tuple[int, int]:
   add to its student (projectors, embedding heads; memory banks), from shapes alone."""
   import jax
   import jax.numpy as jnp
+  import numpy as np
 
   from jaxkd import data, models
   from jaxkd.losses.terms import Outputs
@@ -43,8 +44,9 @@ def objective_sizes(run, *, teacher: str, batch: int = 8) -> tuple[int, int]:
   from jaxkd.recipes.distillation import build_objective
   from jaxkd.state import fresh_variables
   info = data.info(run.dataset)
-  objective = build_objective(run, num_teachers=1, steps_per_epoch=1,
-                              num_examples=info.splits['train'] - run.validation_size)
+  num_examples = info.splits['train'] - run.validation_size
+  objective = build_objective(run, num_teachers=1, steps_per_epoch=1, num_examples=num_examples,
+                              train_labels=np.arange(num_examples) % info.num_classes)
   if not objective.owns_variables:
     return 0, 0
   images = jnp.zeros((batch, *info.image_shape))

@@ -131,6 +131,12 @@ class AT(PairedMaps):
   power: float = 2.0
 
   name = 'at'
+  family = 'feature'
+  paper = 'Zagoruyko & Komodakis 2017, Paying More Attention to Attention'
+  url = 'https://arxiv.org/abs/1612.03928'
+  # mdistiller AT: p = 2, weight 1000, CE 1, every stage.
+  paper_weight = 1000.0
+  paper_ce_weight = 1.0
 
   def __post_init__(self):
     super().__post_init__()

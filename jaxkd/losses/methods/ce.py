@@ -77,6 +77,12 @@ class CrossEntropy(Term):
   label_smoothing: float = 0.0
 
   name = 'ce'
+  family = 'classic'
+  paper = 'Szegedy et al. 2016, Rethinking the Inception Architecture (label smoothing)'
+  url = 'https://arxiv.org/abs/1512.00567'
+  # Plain supervised training.
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
   from_run = ('label_smoothing',)
   needs_teacher = False
   needs_labels = True

@@ -226,6 +226,13 @@ class CRD(OneTap, Term):
   train_labels: tuple[int, ...] | None = None
 
   name = 'crd'
+  family = 'contrastive'
+  paper = 'Tian et al. 2020, Contrastive Representation Distillation'
+  url = 'https://arxiv.org/abs/1910.10699'
+  # RepDistiller train_student.py: weight 0.8 (-b), 128 dimensions, 16384 negatives,
+  # T 0.07, momentum 0.5, the penultimate layer.
+  paper_weight = 0.8
+  paper_ce_weight = 1.0
   from_run = ('num_data', 'train_labels')
   per_example = False
   owns_params = True

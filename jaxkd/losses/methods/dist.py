@@ -193,6 +193,11 @@ class DIST(LogitTerm):
   intra_weight: float = 1.0
 
   name = 'dist'
+  paper = 'Huang et al. 2022, Knowledge Distillation from A Stronger Teacher'
+  url = 'https://arxiv.org/abs/2205.10536'
+  # The reference implementation's defaults: beta = gamma = 1, tau = 1.
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
   per_example = False
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):

@@ -120,6 +120,12 @@ class DKD(LogitTerm):
   warmup_steps: int = 0
 
   name = 'dkd'
+  paper = 'Zhao et al. 2022, Decoupled Knowledge Distillation'
+  url = 'https://arxiv.org/abs/2203.08679'
+  # mdistiller DKD: CE 1, alpha 1, beta 8, T 4, 20 warm-up epochs.
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
+  paper_epochs = {'warmup': 20.0}
   needs_labels = True
 
   def warmup(self, step) -> jax.Array:

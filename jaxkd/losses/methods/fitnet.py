@@ -71,6 +71,12 @@ class FitNet(OneTap, Term):
   teacher_tap: str = 'stage2'
 
   name = 'fitnet'
+  family = 'feature'
+  paper = 'Romero et al. 2015, FitNets: Hints for Thin Deep Nets'
+  url = 'https://arxiv.org/abs/1412.6550'
+  # mdistiller FITNET: hint weight 100, CE 1.
+  paper_weight = 100.0
+  paper_ce_weight = 1.0
   owns_params = True
 
   def _spatial(self, student_shape, teacher_shape) -> bool:

@@ -87,6 +87,12 @@ class ICKD(ProjectedMaps):
   teacher_taps: tuple[str, ...] = ('pool2',)
 
   name = 'ickd'
+  family = 'feature'
+  paper = 'Liu et al. 2021, Exploring Inter-Channel Correlation for Diversity-preserved KD'
+  url = 'https://arxiv.org/abs/2202.03680'
+  # The ICKD CIFAR-100 README: weight 2.5, the last conv stage.
+  paper_weight = 2.5
+  paper_ce_weight = 1.0
   batch_statistics = True  # the embedding's BatchNorm
 
   def init_pair(self, key, c_in, c_out):

@@ -119,6 +119,12 @@ class KD(LogitTerm):
   scale_by_temperature_squared: bool = True
 
   name = 'kd'
+  family = 'classic'
+  paper = 'Hinton et al. 2015, Distilling the Knowledge in a Neural Network'
+  url = 'https://arxiv.org/abs/1503.02531'
+  # The CIFAR-100 recipe's weights and T (mdistiller, CRD, DKD).
+  paper_weight = 0.9
+  paper_ce_weight = 0.1
 
   def __post_init__(self):
     super().__post_init__()

@@ -83,6 +83,11 @@ class NKD(LogitTerm):
   non_target_weight: float = 1.5
 
   name = 'nkd'
+  paper = 'Yang et al. 2023, From Knowledge Distillation to Self-Knowledge Distillation (NKD)'
+  url = 'https://arxiv.org/abs/2303.13005'
+  # yzd-v/cls_KD NKDLoss: temp 1, gamma 1.5, CE 1.
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
   needs_labels = True
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):

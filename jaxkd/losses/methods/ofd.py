@@ -173,6 +173,12 @@ class OFD(ProjectedMaps):
   teacher_bns: tuple[str, ...] = ()
 
   name = 'ofd'
+  family = 'feature'
+  paper = 'Heo et al. 2019, A Comprehensive Overhaul of Feature Distillation'
+  url = 'https://arxiv.org/abs/1904.01866'
+  # CIFAR: the batch sum / 1000 (OFD_CIFAR_WEIGHT), on pre-ReLU maps.
+  paper_weight = 1e-3
+  paper_ce_weight = 1.0
   batch_statistics = True  # the connector's BatchNorm (and the margin without teacher_bns)
 
   def __post_init__(self):

@@ -77,6 +77,13 @@ class PKT(RelationTerm):
   batch's cosine-similarity distributions of the embeddings."""
 
   name = 'pkt'
+  family = 'relation'
+  paper = ('Passalis & Tefas 2018, Learning Deep Representations with Probabilistic '
+           'Knowledge Transfer')
+  url = 'https://arxiv.org/abs/1803.10837'
+  # RepDistiller: weight 30000, the penultimate layer.
+  paper_weight = 30000.0
+  paper_ce_weight = 1.0
 
   def relation(self, student, teacher):
     return pkt_loss(student, teacher)

@@ -230,6 +230,13 @@ class ReviewKD(Term):
   teacher_weights: tuple[float, ...] | None = None
 
   name = 'reviewkd'
+  family = 'multiscale'
+  paper = 'Chen et al. 2021, Distilling Knowledge via Knowledge Review'
+  url = 'https://arxiv.org/abs/2104.09044'
+  # HCL weight 1 (their default; 5 for the CIFAR ResNet/WRN pairs), the conv stages
+  # fused deepest first.
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
   owns_params = True
   batch_statistics = True  # the fusion's BatchNorms
 

@@ -319,6 +319,12 @@ class RKD(RelationTerm):
   angle_weight: float = 50.0
 
   name = 'rkd'
+  family = 'relation'
+  paper = 'Park et al. 2019, Relational Knowledge Distillation'
+  url = 'https://arxiv.org/abs/1904.05068'
+  # RepDistiller: distance 25, angle 50, weight 1, the penultimate layer.
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
 
   def __post_init__(self):
     validated('distance_weight', self.distance_weight, positive=False)

@@ -194,6 +194,13 @@ class SDD(OneTap, Term):
   teacher_weights: tuple[float, ...] | None = None
 
   name = 'sdd'
+  family = 'multiscale'
+  paper = 'Wei et al. 2024, Scale Decoupled Distillation'
+  url = 'https://arxiv.org/abs/2403.13512'
+  # SD-KD with mdistiller's KD settings: T 4, weight 0.9, CE 0.1, scales 1, 2, 4,
+  # complementary cells x 2.
+  paper_weight = 0.9
+  paper_ce_weight = 0.1
   needs_labels = True
 
   def __post_init__(self):

@@ -54,6 +54,12 @@ class SP(RelationTerm):
   similarity matrices of the features at the taps (the paper: the last stage)."""
 
   name = 'sp'
+  family = 'relation'
+  paper = 'Tung & Mori 2019, Similarity-Preserving Knowledge Distillation'
+  url = 'https://arxiv.org/abs/1907.09682'
+  # RepDistiller's run script: weight 3000, the last conv stage.
+  paper_weight = 3000.0
+  paper_ce_weight = 1.0
 
   def relation(self, student, teacher):
     return sp_loss(student, teacher)

@@ -69,6 +69,11 @@ class TTM(LogitTerm):
   temperature: Hyperparam = 10.0
 
   name = 'ttm'
+  paper = 'Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching'
+  url = 'https://arxiv.org/abs/2402.11148'
+  # zkxufo/TTM README: gamma = 0.1 (T = 10), weight 45, CE 1.
+  paper_weight = 45.0
+  paper_ce_weight = 1.0
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return ttm_loss(student_logits, teacher_logits, temperature=temperature)

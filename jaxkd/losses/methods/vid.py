@@ -149,6 +149,12 @@ class VID(ProjectedMaps):
   min_variance: float = 1e-5
 
   name = 'vid'
+  family = 'feature'
+  paper = 'Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer'
+  url = 'https://arxiv.org/abs/1904.05835'
+  # RepDistiller: weight 1, initial variance 5, the intermediate maps.
+  paper_weight = 1.0
+  paper_ce_weight = 1.0
 
   def init_pair(self, key, c_in, c_out):
     k1, k2, k3 = jax.random.split(key, 3)
