@@ -83,7 +83,9 @@ PROFILES = {
                  validation_size=headroom.VALIDATION_SIZE, num_steps=0, rows=()),
     # CI: plain KD, a feature method, a memory bank and a scheme, 2 steps each
     'smoke': dict(seeds=(0,), select=False, teacher_epochs=1, student_epochs=1,
-                  validation_size=100, num_steps=2, rows=('student', 'kd', 'fitnet', 'crd', 'dml')),
+                  validation_size=100, num_steps=2, rows=('student', 'kd', 'fitnet', 'crd', 'dml'),
+                  # a bank of a few hundred rows holds fewer than the paper's 16,384 negatives
+                  crd_num_negatives=64),
 }
 
 
@@ -135,6 +137,8 @@ def run_specs(config, root: str) -> list:
       run = common(kd_methods.get_config(name), seed)
       for term, settings in run.terms.items():
         settings.update(TAPS.get(term, {}))
+        if term == 'crd' and config.get('crd_num_negatives'):
+          settings.num_negatives = config.crd_num_negatives
       methods_table.scale_epochs(run, config.student_epochs)
     run.teacher_dir = teacher_dir
     return RunSpec(table, name, seed, 'distill', run)
