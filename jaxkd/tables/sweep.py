@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from jaxkd import recipes
+from jaxkd import paths, recipes
 from jaxkd.tables import stats
 from jaxkd.recipes.environment import git_commit
 from jaxkd.recipes.provenance import cpu_model
@@ -44,13 +44,6 @@ def _plain(config: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _differences(stored: Any, current: Any, path: str = '') -> list[str]:
-  if isinstance(stored, dict) and isinstance(current, dict):
-    return [d for key in sorted(set(stored) | set(current))
-            for d in _differences(stored.get(key), current.get(key), f'{path}.{key}'.lstrip('.'))]
-  return [] if stored == current else [f'{path or "config"}: {stored!r} -> {current!r}']
-
-
 def check_run_config(spec: RunSpec, workdir: str, *, write: bool = True) -> None:
   """Refuses a workdir holding (part of) a run of another config, before anything is read
   into a table or resumed; with `write`, stores the config of a run not finished yet.
@@ -59,7 +52,8 @@ def check_run_config(spec: RunSpec, workdir: str, *, write: bool = True) -> None
   current = _plain(spec.config)
   if os.path.exists(path):
     with open(path) as f:
-      differences = _differences(json.load(f), current)
+      differences = [f'{key}: {a!r} -> {b!r}'
+                     for key, (a, b) in paths.differences(json.load(f), current).items()]
     if differences:
       raise ValueError(
           f'{workdir} holds a run of {spec.table}/{spec.row} seed {spec.seed} with another '
