@@ -67,9 +67,10 @@ def check_before_work(config, teacher_dirs: list[str], objective: losses.Objecti
   models_and_taps = [('the student', build_model(config, num_classes), objective.student_taps)]
   for directory in teacher_dirs if objective.teacher_taps else ():
     final = os.path.join(directory, 'final')
-    if checkpoint.latest_step(final if os.path.isdir(final) else directory) is None:
+    saved = final if os.path.isdir(final) else directory
+    if checkpoint.latest_step(saved) is None:
       continue  # load_teacher says what is missing
-    meta = checkpoint.read_metadata(final if os.path.isdir(final) else directory)
+    meta = checkpoint.read_metadata(saved)
     teacher = models.build(meta['model'], num_classes=meta['num_classes'],
                            **meta.get('model_overrides', {}))
     models_and_taps.append((f'teacher {directory}', teacher, objective.teacher_taps))
