@@ -4,7 +4,7 @@
     python docs/gen_methods.py --check   # exits 1 if the checked-in table is out of date
 
 `make docs` runs it before building, so the table follows the registry: one row per name,
-with the term's class, its `family`, `paper` and `url` class attributes and the defaults of
+with the term's class, its `family` and `paper` (citation and url) class attributes and the defaults of
 its keyword-only hyper-parameters.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def methods_table(losses=LOSSES) -> str:
   """The Markdown table of every registered term, in registry order."""
   rows = ['| name | term | family | paper | defaults |', '|---|---|---|---|---|']
   for name, term in losses.items():
-    paper, url = getattr(term, 'paper', ''), getattr(term, 'url', '')
+    paper, url = term.paper.citation, term.paper.url
     paper = f'[{_cell(paper or url)}]({url})' if url else _cell(paper)
     defaults = ', '.join(f'`{key}={value!r}`' if value is not inspect.Parameter.empty
                          else f'`{key}` (required)' for key, value in _defaults(term))

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from jaxkd.losses import LOSSES
+from jaxkd.losses import LOSSES, Paper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,8 +48,7 @@ def test_checked_in_method_table_lists_every_registry_name():
 def test_method_table_takes_the_terms_attributes():
   class Fake:
     family = 'logit'
-    paper = 'Someone et al. 2099'
-    url = 'https://example.org/paper'
+    paper = Paper('Someone et al. 2099', 'https://example.org/paper')
 
     def __init__(self, *, temperature: float = 2.0, taps=('a', 'b')):
       del temperature, taps

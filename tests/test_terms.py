@@ -140,7 +140,7 @@ def test_describe_is_json_and_tells_schedules_apart():
 def test_every_method_is_one_module_with_its_paper_and_defaults(name):
   term = LOSSES[name]
   assert term.name == name and term.__module__ == f'jaxkd.losses.methods.{name}'
-  assert term.family and term.paper and term.url.startswith('https://')
-  assert term.paper_weight >= 0 and term.paper_ce_weight >= 0
+  assert term.family and term.paper.citation and term.paper.url.startswith('https://')
+  assert term.paper.weight >= 0 and term.paper.ce_weight >= 0
   built = losses.make_term(name)  # the paper's defaults are valid settings
   assert built.describe()['loss'] == name

@@ -1,7 +1,7 @@
 """Every distillation method of `jaxkd.losses.LOSSES` as a named config, with its paper's
 default hyper-parameters (CIFAR-100 settings where the authors give several): the term's
-field defaults, its `paper_weight`, `paper_ce_weight` and `paper_epochs`, read from the
-registry (`jaxkd/losses/methods/<name>.py` says where each comes from).
+field defaults and its `paper` (`jaxkd.losses.terms.Paper`: weights and epoch settings), read
+from the registry (`jaxkd/losses/methods/<name>.py` says where each comes from).
 
     python experiments/distill.py --config experiments/configs/kd_methods.py:dkd \
         --config.teacher_dir=workdirs/teacher --workdir workdirs/dkd
@@ -58,12 +58,13 @@ def paper_settings(name: str) -> dict:
   """The registry's term `name` with its paper's weight, field defaults and epoch settings,
   and the taps of the LeNet-5 pair."""
   term = LOSSES[name]
-  settings = {'weight': term.paper_weight}
+  paper = term.paper
+  settings = {'weight': paper.weight}
   for field in dataclasses.fields(term):
     if field.name not in term.from_run and (
-        field.name.removesuffix('_steps') not in term.paper_epochs):
+        field.name.removesuffix('_steps') not in paper.epochs):
       settings[field.name] = field.default
-  settings.update({f'{key}_epochs': value for key, value in term.paper_epochs.items()})
+  settings.update({f'{key}_epochs': value for key, value in paper.epochs.items()})
   return {**settings, **TAPS.get(name, {})}
 
 
@@ -74,7 +75,7 @@ def _methods() -> dict:
   for name, term in LOSSES.items():
     if name == 'ce':
       continue
-    methods[name] = (term.paper_ce_weight, {name: paper_settings(name)})
+    methods[name] = (term.paper.ce_weight, {name: paper_settings(name)})
     if name == 'ctkd':
       for variant, (loss, ce_weight, settings) in VARIANTS.items():
         methods[variant] = (ce_weight, {loss: {**paper_settings(loss), **settings}})

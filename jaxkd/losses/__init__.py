@@ -107,6 +107,7 @@ from jaxkd.losses.terms import Hyperparam as Hyperparam
 from jaxkd.losses.terms import LogitTerm as LogitTerm
 from jaxkd.losses.terms import MULTI_TEACHER as MULTI_TEACHER
 from jaxkd.losses.terms import Outputs as Outputs
+from jaxkd.losses.terms import Paper as Paper
 from jaxkd.losses.terms import Term as Term
 from jaxkd.losses.terms import gather as gather
 from jaxkd.losses.terms import is_constant_zero as is_constant_zero
@@ -116,7 +117,7 @@ __all__ = [
     'CTKD', 'ClassIndexTable', 'Context', 'CrossEntropy', 'DIST', 'DKD', 'FSP', 'FitNet',
     'HOST_MEMORY_FRACTION', 'Hyperparam', 'ICKD', 'JSD', 'KD', 'LOSSES', 'LogitMSE', 'LogitTerm',
     'MULTI_TEACHER', 'NKD', 'NST', 'OFD', 'OFD_CIFAR_WEIGHT', 'OFD_IMAGENET_WEIGHT', 'Objective',
-    'Outputs', 'PKT', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'SkewKL', 'SkewReverseKL',
+    'Outputs', 'PKT', 'Paper', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'SkewKL', 'SkewReverseKL',
     'TTM', 'Term',
     'UNSET_NORMALISER', 'VID', 'WTTM', 'abf_combine', 'adaptive_avg_pool', 'attention_map',
     'attention_transfer_loss', 'build_class_index_table', 'build_objective', 'cc_loss',

@@ -92,14 +92,36 @@ def gather(x: jax.Array, axis_name: str | None) -> jax.Array:
   return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Paper:
+  """A method's paper and the settings it was published with: with the term's field
+  defaults, what a named config (`jaxkd.recipes.methods`) and the docs' method table are
+  built from. A term states its own, beside a comment saying where each number comes from:
+
+    paper = Paper('Hinton et al. 2015, Distilling the Knowledge in a Neural Network',
+                  'https://arxiv.org/abs/1503.02531', weight=0.9, ce_weight=0.1)
+
+  citation: a short citation; url: the paper's address.
+  weight, ce_weight: the paper's weight of the term and of the cross-entropy beside it.
+  epochs: its settings counted in epochs (`{'warmup': 20.0}` for a `warmup_steps` field).
+  """
+
+  citation: str = ''
+  url: str = ''
+  weight: float = 1.0
+  ce_weight: float = 1.0
+  epochs: dict[str, float] = dataclasses.field(default_factory=dict, hash=False)
+
+
 # --- the term protocol ---------------------------------------------------------------------------
 
 class Term:
   """A part of an objective. Subclasses are frozen dataclasses of their hyper-parameters.
 
   Class attributes (or properties) say what a term is, reads and owns:
-    family, paper, url: its kind ('classic', 'logit', 'feature', 'relation', 'contrastive',
-      'multiscale'), its paper (short citation) and the paper's address.
+    family: its kind ('classic', 'logit', 'feature', 'relation', 'contrastive',
+      'multiscale'); a base class gives one.
+    paper: its `Paper` (citation, address, and the settings a named config is built from).
     student_taps, teacher_taps: module paths whose outputs it reads ('' = logits only).
     per_example: False for a term that relates the examples of a batch (one value per batch).
     batch_statistics: True for a per-example term whose projector normalises with the batch's
@@ -110,19 +132,12 @@ class Term:
     owns_params, owns_state: whether `init` creates trainable parameters / state.
     from_run: settings a recipe fills from the run when the spec leaves them out (e.g.
       `num_data`, the training split's size; `label_smoothing`, the run's).
-    paper_weight, paper_ce_weight, paper_epochs: the paper's weight of the term and of the
-      cross-entropy beside it, and its settings counted in epochs (`{'warmup': 20.0}` for
-      `warmup_steps`); with the field defaults, what a named config is built from.
   """
 
   name = ''  # its key in `jaxkd.losses.LOSSES`
   family = ''
-  paper = ''
-  url = ''
+  paper: Paper = Paper()
   from_run: tuple[str, ...] = ()
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
-  paper_epochs: dict[str, float] = {}
   student_taps: tuple[str, ...] = ()
   teacher_taps: tuple[str, ...] = ()
   per_example = True

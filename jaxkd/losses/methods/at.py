@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import NORM_EPS, upcast
 from jaxkd.losses.pooling import common_spatial_shape, pool_to
-from jaxkd.losses.terms import PairedMaps, combine_teachers
+from jaxkd.losses.terms import PairedMaps, Paper, combine_teachers
 
 
 def _check_features(features: jax.Array, name: str) -> None:
@@ -131,12 +131,9 @@ class AT(PairedMaps):
   power: float = 2.0
 
   name = 'at'
-  family = 'feature'
-  paper = 'Zagoruyko & Komodakis 2017, Paying More Attention to Attention'
-  url = 'https://arxiv.org/abs/1612.03928'
   # mdistiller AT: p = 2, weight 1000, CE 1, every stage.
-  paper_weight = 1000.0
-  paper_ce_weight = 1.0
+  paper = Paper('Zagoruyko & Komodakis 2017, Paying More Attention to Attention',
+                'https://arxiv.org/abs/1612.03928', weight=1000.0, ce_weight=1.0)
 
   def __post_init__(self):
     super().__post_init__()

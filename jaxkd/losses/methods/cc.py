@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import batch_pair, gram, normalize
-from jaxkd.losses.terms import RelationTerm, validated
+from jaxkd.losses.terms import Paper, RelationTerm, validated
 
 
 def _check_cc_settings(gamma, order) -> None:
@@ -103,13 +103,10 @@ class CC(RelationTerm):
   order: int = 2
 
   name = 'cc'
-  family = 'relation'
-  paper = 'Peng et al. 2019, Correlation Congruence for Knowledge Distillation'
-  url = 'https://arxiv.org/abs/1904.01802'
   # gamma 0.4, order 2 (torchdistill); no released weight for this reduction (squared
   # Frobenius / B^2, as Knowledge-Distillation-Zoo's CC): 100, set a priori.
-  paper_weight = 100.0
-  paper_ce_weight = 1.0
+  paper = Paper('Peng et al. 2019, Correlation Congruence for Knowledge Distillation',
+                'https://arxiv.org/abs/1904.01802', weight=100.0, ce_weight=1.0)
 
   def __post_init__(self):
     validated('gamma', self.gamma, positive=True)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxkd.losses.numerics import upcast
-from jaxkd.losses.terms import Term
+from jaxkd.losses.terms import Paper, Term
 
 
 def cross_entropy(
@@ -78,11 +78,9 @@ class CrossEntropy(Term):
 
   name = 'ce'
   family = 'classic'
-  paper = 'Szegedy et al. 2016, Rethinking the Inception Architecture (label smoothing)'
-  url = 'https://arxiv.org/abs/1512.00567'
   # Plain supervised training.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
+  paper = Paper('Szegedy et al. 2016, Rethinking the Inception Architecture (label smoothing)',
+                'https://arxiv.org/abs/1512.00567', weight=1.0, ce_weight=1.0)
   from_run = ('label_smoothing',)
   needs_teacher = False
   needs_labels = True

@@ -19,7 +19,7 @@ from jaxkd.losses.nce import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES, CR
                               resolve, safe_l2_normalise)
 from jaxkd.losses.numerics import PRECISION, upcast
 from jaxkd.losses.projectors import conv1x1_init
-from jaxkd.losses.terms import OneTap, Term, gather, pick, validated
+from jaxkd.losses.terms import OneTap, Paper, Term, gather, pick, validated
 
 # How negatives are drawn: from examples of other classes (the authors' CIFAR-100 and
 # ImageNet scripts, `is_sample=True`, `mode='exact'`), or uniformly from the whole bank.
@@ -227,12 +227,10 @@ class CRD(OneTap, Term):
 
   name = 'crd'
   family = 'contrastive'
-  paper = 'Tian et al. 2020, Contrastive Representation Distillation'
-  url = 'https://arxiv.org/abs/1910.10699'
   # RepDistiller train_student.py: weight 0.8 (-b), 128 dimensions, 16384 negatives,
   # T 0.07, momentum 0.5, the penultimate layer.
-  paper_weight = 0.8
-  paper_ce_weight = 1.0
+  paper = Paper('Tian et al. 2020, Contrastive Representation Distillation',
+                'https://arxiv.org/abs/1910.10699', weight=0.8, ce_weight=1.0)
   from_run = ('num_data', 'train_labels')
   per_example = False
   owns_params = True

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.methods.kd import kd_loss
 from jaxkd.losses.numerics import upcast
-from jaxkd.losses.terms import LogitTerm, validated
+from jaxkd.losses.terms import LogitTerm, Paper, validated
 
 
 @jax.custom_vjp
@@ -85,12 +85,10 @@ class CTKD(LogitTerm):
   initial_logit: float = 1.0
 
   name = 'ctkd'
-  paper = 'Li et al. 2023, Curriculum Temperature for Knowledge Distillation'
-  url = 'https://arxiv.org/abs/2211.16231'
   # zhengli97/CTKD: T in [1, 21], reversal 0 -> 1 over 10 epochs, KD weights 0.1 / 0.9.
-  paper_weight = 0.9
-  paper_ce_weight = 0.1
-  paper_epochs = {'curriculum': 10.0}
+  paper = Paper('Li et al. 2023, Curriculum Temperature for Knowledge Distillation',
+                'https://arxiv.org/abs/2211.16231', weight=0.9, ce_weight=0.1,
+                epochs={'curriculum': 10.0})
   owns_params = True
 
   def __post_init__(self):

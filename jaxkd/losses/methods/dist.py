@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import check_static_non_negative, safe_norm, scaled_logits
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
 
 
 # The authors' Pearson correlation adds this to the product of the two norms.
@@ -193,11 +193,9 @@ class DIST(LogitTerm):
   intra_weight: float = 1.0
 
   name = 'dist'
-  paper = 'Huang et al. 2022, Knowledge Distillation from A Stronger Teacher'
-  url = 'https://arxiv.org/abs/2205.10536'
   # The reference implementation's defaults: beta = gamma = 1, tau = 1.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
+  paper = Paper('Huang et al. 2022, Knowledge Distillation from A Stronger Teacher',
+                'https://arxiv.org/abs/2205.10536', weight=1.0, ce_weight=1.0)
   per_example = False
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import (check_static_non_negative, kl, non_target_probs,
                                    scaled_logits, split_log_probs, target_mask)
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
 
 
 def dkd_parts(
@@ -120,12 +120,10 @@ class DKD(LogitTerm):
   warmup_steps: int = 0
 
   name = 'dkd'
-  paper = 'Zhao et al. 2022, Decoupled Knowledge Distillation'
-  url = 'https://arxiv.org/abs/2203.08679'
   # mdistiller DKD: CE 1, alpha 1, beta 8, T 4, 20 warm-up epochs.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
-  paper_epochs = {'warmup': 20.0}
+  paper = Paper('Zhao et al. 2022, Decoupled Knowledge Distillation',
+                'https://arxiv.org/abs/2203.08679', weight=1.0, ce_weight=1.0,
+                epochs={'warmup': 20.0})
   needs_labels = True
 
   def warmup(self, step) -> jax.Array:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxkd.losses.numerics import upcast
 from jaxkd.losses.pooling import pool_to
 from jaxkd.losses.projectors import channel_mix, conv1x1_init
-from jaxkd.losses.terms import OneTap, Term
+from jaxkd.losses.terms import OneTap, Paper, Term
 
 
 def hint_loss(
@@ -72,11 +72,9 @@ class FitNet(OneTap, Term):
 
   name = 'fitnet'
   family = 'feature'
-  paper = 'Romero et al. 2015, FitNets: Hints for Thin Deep Nets'
-  url = 'https://arxiv.org/abs/1412.6550'
   # mdistiller FITNET: hint weight 100, CE 1.
-  paper_weight = 100.0
-  paper_ce_weight = 1.0
+  paper = Paper('Romero et al. 2015, FitNets: Hints for Thin Deep Nets',
+                'https://arxiv.org/abs/1412.6550', weight=100.0, ce_weight=1.0)
   owns_params = True
 
   def _spatial(self, student_shape, teacher_shape) -> bool:

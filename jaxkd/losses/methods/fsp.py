@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import PRECISION
 from jaxkd.losses.pooling import pooled_pair
-from jaxkd.losses.terms import ProjectedMaps
+from jaxkd.losses.terms import Paper, ProjectedMaps
 
 
 def fsp_matrix(
@@ -130,13 +130,11 @@ class FSP(ProjectedMaps):
   before Hardening II)."""
 
   name = 'fsp'
-  family = 'feature'
-  paper = 'Yim et al. 2017, A Gift From Knowledge Distillation'
-  url = 'https://openaccess.thecvf.com/content_cvpr_2017/html/Yim_A_Gift_From_CVPR_2017_paper.html'
   # RepDistiller trains FSP alone in a first stage, then CE; here one joint objective,
   # weight 1 (set a priori).
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
+  paper = Paper('Yim et al. 2017, A Gift From Knowledge Distillation',
+                'https://openaccess.thecvf.com/content_cvpr_2017/html/Yim_A_Gift_From_CVPR_2017_paper.html',
+                weight=1.0, ce_weight=1.0)
 
   def __post_init__(self):
     super().__post_init__()

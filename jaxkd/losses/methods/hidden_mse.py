@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import upcast
 from jaxkd.losses.projectors import conv1x1_init
-from jaxkd.losses.terms import OneTap, Term
+from jaxkd.losses.terms import OneTap, Paper, Term
 
 
 def hidden_mse_loss(
@@ -54,11 +54,9 @@ class HiddenMSE(OneTap, Term):
 
   name = 'hidden_mse'
   family = 'feature'
-  paper = 'Jiao et al. 2020, TinyBERT'
-  url = 'https://arxiv.org/abs/1909.10351'
   # TinyBERT's intermediate-layer stage: the hidden-state loss alone, weight 1.
-  paper_weight = 1.0
-  paper_ce_weight = 0.0
+  paper = Paper('Jiao et al. 2020, TinyBERT', 'https://arxiv.org/abs/1909.10351', weight=1.0,
+                ce_weight=0.0)
   owns_params = True
 
   def init(self, key, student, teachers):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxkd.losses.numerics import PRECISION, normalize, upcast
 from jaxkd.losses.pooling import check_feature_map
 from jaxkd.losses.projectors import conv1x1_batch_norm
-from jaxkd.losses.terms import ProjectedMaps, conv_batch_norm_init
+from jaxkd.losses.terms import Paper, ProjectedMaps, conv_batch_norm_init
 
 
 def _channel_correlation(features: jax.Array) -> jax.Array:
@@ -87,12 +87,9 @@ class ICKD(ProjectedMaps):
   teacher_taps: tuple[str, ...] = ('pool2',)
 
   name = 'ickd'
-  family = 'feature'
-  paper = 'Liu et al. 2021, Exploring Inter-Channel Correlation for Diversity-preserved KD'
-  url = 'https://arxiv.org/abs/2202.03680'
   # The ICKD CIFAR-100 README: weight 2.5, the last conv stage.
-  paper_weight = 2.5
-  paper_ce_weight = 1.0
+  paper = Paper('Liu et al. 2021, Exploring Inter-Channel Correlation for Diversity-preserved KD',
+                'https://arxiv.org/abs/2202.03680', weight=2.5, ce_weight=1.0)
   batch_statistics = True  # the embedding's BatchNorm
 
   def init_pair(self, key, c_in, c_out):

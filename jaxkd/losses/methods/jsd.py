@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import check_static_open_unit, log_probs, temperature_scale
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
 
 
 def jsd_loss(
@@ -91,11 +91,9 @@ class JSD(LogitTerm):
   scale_by_temperature_squared: bool = False
 
   name = 'jsd'
-  paper = 'Agarwal et al. 2024, On-Policy Distillation of Language Models'
-  url = 'https://arxiv.org/abs/2306.13649'
   # GKD: mixing 0.5, T = 1 as in their experiments; the kd recipe's weights.
-  paper_weight = 0.9
-  paper_ce_weight = 0.1
+  paper = Paper('Agarwal et al. 2024, On-Policy Distillation of Language Models',
+                'https://arxiv.org/abs/2306.13649', weight=0.9, ce_weight=0.1)
 
   def __post_init__(self):
     super().__post_init__()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import (check_last_dims, check_static_temperature, kl,
                                    temperature_scale, upcast)
-from jaxkd.losses.terms import MULTI_TEACHER, Hyperparam, LogitTerm, pick, value_at
+from jaxkd.losses.terms import MULTI_TEACHER, Hyperparam, LogitTerm, Paper, pick, value_at
 
 
 def _softened_student(student_logits, target, temperature, target_name):
@@ -120,11 +120,9 @@ class KD(LogitTerm):
 
   name = 'kd'
   family = 'classic'
-  paper = 'Hinton et al. 2015, Distilling the Knowledge in a Neural Network'
-  url = 'https://arxiv.org/abs/1503.02531'
   # The CIFAR-100 recipe's weights and T (mdistiller, CRD, DKD).
-  paper_weight = 0.9
-  paper_ce_weight = 0.1
+  paper = Paper('Hinton et al. 2015, Distilling the Knowledge in a Neural Network',
+                'https://arxiv.org/abs/1503.02531', weight=0.9, ce_weight=0.1)
 
   def __post_init__(self):
     super().__post_init__()

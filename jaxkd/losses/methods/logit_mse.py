@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import student_teacher
-from jaxkd.losses.terms import LogitTerm
+from jaxkd.losses.terms import LogitTerm, Paper
 
 
 def mse_logit_loss(
@@ -47,12 +47,10 @@ class LogitMSE(LogitTerm):
 
 
   name = 'logit_mse'
-  paper = ('Kim et al. 2021, Comparing Kullback-Leibler Divergence and Mean Squared Error '
-           'Loss in Knowledge Distillation')
-  url = 'https://arxiv.org/abs/2105.08919'
   # Their best CIFAR-100 setting: the MSE alone (alpha = 1, no cross-entropy).
-  paper_weight = 1.0
-  paper_ce_weight = 0.0
+  paper = Paper('Kim et al. 2021, Comparing Kullback-Leibler Divergence and Mean Squared Error '
+                'Loss in Knowledge Distillation',
+                'https://arxiv.org/abs/2105.08919', weight=1.0, ce_weight=0.0)
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return mse_logit_loss(student_logits, teacher_logits)

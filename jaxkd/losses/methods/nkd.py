@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxkd.losses.numerics import (check_static_non_negative, check_static_temperature, kl,
                                    non_target_probs, split_log_probs, student_teacher,
                                    target_mask)
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
 
 
 def nkd_loss(
@@ -83,11 +83,10 @@ class NKD(LogitTerm):
   non_target_weight: float = 1.5
 
   name = 'nkd'
-  paper = 'Yang et al. 2023, From Knowledge Distillation to Self-Knowledge Distillation (NKD)'
-  url = 'https://arxiv.org/abs/2303.13005'
   # yzd-v/cls_KD NKDLoss: temp 1, gamma 1.5, CE 1.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
+  paper = Paper('Yang et al. 2023, From Knowledge Distillation to Self-Knowledge Distillation '
+                '(NKD)',
+                'https://arxiv.org/abs/2303.13005', weight=1.0, ce_weight=1.0)
   needs_labels = True
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):

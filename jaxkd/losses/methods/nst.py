@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import PRECISION, normalize
 from jaxkd.losses.pooling import pooled_pair
-from jaxkd.losses.terms import PairedMaps
+from jaxkd.losses.terms import PairedMaps, Paper
 
 
 def nst_loss(
@@ -70,12 +70,10 @@ class NST(PairedMaps):
   over the tap pairs. No parameters; channel counts may differ."""
 
   name = 'nst'
-  family = 'feature'
-  paper = 'Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer'
-  url = 'https://arxiv.org/abs/1707.01219'
   # RepDistiller: weight 50, the intermediate maps.
-  paper_weight = 50.0
-  paper_ce_weight = 1.0
+  paper = Paper('Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity '
+                'Transfer',
+                'https://arxiv.org/abs/1707.01219', weight=50.0, ce_weight=1.0)
 
   def pair_loss(self, student, teacher, params, teacher_outputs, axis_name):
     return sum(nst_loss(s, t) for s, t in zip(student, teacher))

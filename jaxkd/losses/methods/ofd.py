@@ -13,7 +13,7 @@ from jaxkd import paths
 from jaxkd.losses.numerics import upcast
 from jaxkd.losses.pooling import pool_student_down, pool_teacher_down
 from jaxkd.losses.projectors import BN_EPS, computed_once, conv1x1_batch_norm
-from jaxkd.losses.terms import ProjectedMaps, conv_batch_norm_init
+from jaxkd.losses.terms import Paper, ProjectedMaps, conv_batch_norm_init
 
 
 # The authors' training scripts add ``loss.sum() / batch_size / 1000`` (CIFAR-100) and
@@ -173,12 +173,9 @@ class OFD(ProjectedMaps):
   teacher_bns: tuple[str, ...] = ()
 
   name = 'ofd'
-  family = 'feature'
-  paper = 'Heo et al. 2019, A Comprehensive Overhaul of Feature Distillation'
-  url = 'https://arxiv.org/abs/1904.01866'
   # CIFAR: the batch sum / 1000 (OFD_CIFAR_WEIGHT), on pre-ReLU maps.
-  paper_weight = 1e-3
-  paper_ce_weight = 1.0
+  paper = Paper('Heo et al. 2019, A Comprehensive Overhaul of Feature Distillation',
+                'https://arxiv.org/abs/1904.01866', weight=1e-3, ce_weight=1.0)
   batch_statistics = True  # the connector's BatchNorm (and the margin without teacher_bns)
 
   def __post_init__(self):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import batch_pair, gram, safe_norm
-from jaxkd.losses.terms import RelationTerm
+from jaxkd.losses.terms import Paper, RelationTerm
 
 
 # RepDistiller's PKT adds this to the norms and to both probabilities inside the log.
@@ -77,13 +77,10 @@ class PKT(RelationTerm):
   batch's cosine-similarity distributions of the embeddings."""
 
   name = 'pkt'
-  family = 'relation'
-  paper = ('Passalis & Tefas 2018, Learning Deep Representations with Probabilistic '
-           'Knowledge Transfer')
-  url = 'https://arxiv.org/abs/1803.10837'
   # RepDistiller: weight 30000, the penultimate layer.
-  paper_weight = 30000.0
-  paper_ce_weight = 1.0
+  paper = Paper('Passalis & Tefas 2018, Learning Deep Representations with Probabilistic '
+                'Knowledge Transfer',
+                'https://arxiv.org/abs/1803.10837', weight=30000.0, ce_weight=1.0)
 
   def relation(self, student, teacher):
     return pkt_loss(student, teacher)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import kl, log_probs, temperature_scale
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
 
 
 def reverse_kl_loss(
@@ -55,11 +55,9 @@ class ReverseKL(LogitTerm):
   temperature: Hyperparam = 4.0
 
   name = 'reverse_kl'
-  paper = 'Agarwal et al. 2024, On-Policy Distillation of Language Models'
-  url = 'https://arxiv.org/abs/2306.13649'
   # No paper default (mode-seeking, e.g. Gu et al. 2024): the kd recipe's weights and T.
-  paper_weight = 0.9
-  paper_ce_weight = 0.1
+  paper = Paper('Agarwal et al. 2024, On-Policy Distillation of Language Models',
+                'https://arxiv.org/abs/2306.13649', weight=0.9, ce_weight=0.1)
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return reverse_kl_loss(student_logits, teacher_logits, temperature=temperature)

@@ -14,7 +14,7 @@ from jaxkd.losses.numerics import upcast
 from jaxkd.losses.pooling import adaptive_avg_pool, check_nhwc, check_size
 from jaxkd.losses.projectors import (batch_norm, computed_once, conv1x1, conv1x1_batch_norm,
                                      conv1x1_init, conv3x3)
-from jaxkd.losses.terms import Term, combine_teachers
+from jaxkd.losses.terms import Paper, Term, combine_teachers
 
 
 # The pyramid levels of the authors' ``hcl``, finest first; each weighs half the previous.
@@ -231,12 +231,10 @@ class ReviewKD(Term):
 
   name = 'reviewkd'
   family = 'multiscale'
-  paper = 'Chen et al. 2021, Distilling Knowledge via Knowledge Review'
-  url = 'https://arxiv.org/abs/2104.09044'
   # HCL weight 1 (their default; 5 for the CIFAR ResNet/WRN pairs), the conv stages
   # fused deepest first.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
+  paper = Paper('Chen et al. 2021, Distilling Knowledge via Knowledge Review',
+                'https://arxiv.org/abs/2104.09044', weight=1.0, ce_weight=1.0)
   owns_params = True
   batch_statistics = True  # the fusion's BatchNorms
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import (NORM_EPS, PRECISION, batch_pair, check_static_non_negative,
                                    gram, normalize)
-from jaxkd.losses.terms import RelationTerm, validated
+from jaxkd.losses.terms import Paper, RelationTerm, validated
 
 
 # RepDistiller's RKD pdist clamps squared distances to at least this.
@@ -319,12 +319,9 @@ class RKD(RelationTerm):
   angle_weight: float = 50.0
 
   name = 'rkd'
-  family = 'relation'
-  paper = 'Park et al. 2019, Relational Knowledge Distillation'
-  url = 'https://arxiv.org/abs/1904.05068'
   # RepDistiller: distance 25, angle 50, weight 1, the penultimate layer.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
+  paper = Paper('Park et al. 2019, Relational Knowledge Distillation',
+                'https://arxiv.org/abs/1904.05068', weight=1.0, ce_weight=1.0)
 
   def __post_init__(self):
     validated('distance_weight', self.distance_weight, positive=False)

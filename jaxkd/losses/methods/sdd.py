@@ -12,7 +12,7 @@ from jaxkd import paths
 from jaxkd.losses.methods.kd import kd_loss
 from jaxkd.losses.numerics import check_static_non_negative, check_static_temperature, upcast
 from jaxkd.losses.pooling import adaptive_avg_pool
-from jaxkd.losses.terms import OneTap, Term, combine_teachers, validated
+from jaxkd.losses.terms import OneTap, Paper, Term, combine_teachers, validated
 
 
 # The authors' default scales (``--M [1,2,4]``): global cell first, then 2x2, then 4x4.
@@ -195,12 +195,10 @@ class SDD(OneTap, Term):
 
   name = 'sdd'
   family = 'multiscale'
-  paper = 'Wei et al. 2024, Scale Decoupled Distillation'
-  url = 'https://arxiv.org/abs/2403.13512'
   # SD-KD with mdistiller's KD settings: T 4, weight 0.9, CE 0.1, scales 1, 2, 4,
   # complementary cells x 2.
-  paper_weight = 0.9
-  paper_ce_weight = 0.1
+  paper = Paper('Wei et al. 2024, Scale Decoupled Distillation', 'https://arxiv.org/abs/2403.13512',
+                weight=0.9, ce_weight=0.1)
   needs_labels = True
 
   def __post_init__(self):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import kl, log_probs, temperature_scale
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
 
 
 def check_skew(skew) -> None:
@@ -84,12 +84,9 @@ class SkewKL(LogitTerm):
   standardize: bool = False
 
   name = 'skew_kl'
-  family = 'logit'
-  paper = 'Ko et al. 2024, DistiLLM'
-  url = 'https://arxiv.org/abs/2402.03898'
   # DistiLLM trains on the skew divergence alone (a = 0.1, T = 1 in the authors' code).
-  paper_weight = 1.0
-  paper_ce_weight = 0.0
+  paper = Paper('Ko et al. 2024, DistiLLM', 'https://arxiv.org/abs/2402.03898', weight=1.0,
+                ce_weight=0.0)
 
   def __post_init__(self):
     super().__post_init__()

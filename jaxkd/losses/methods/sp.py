@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import batch_pair, gram, normalize
-from jaxkd.losses.terms import RelationTerm
+from jaxkd.losses.terms import Paper, RelationTerm
 
 
 def sp_loss(
@@ -54,12 +54,9 @@ class SP(RelationTerm):
   similarity matrices of the features at the taps (the paper: the last stage)."""
 
   name = 'sp'
-  family = 'relation'
-  paper = 'Tung & Mori 2019, Similarity-Preserving Knowledge Distillation'
-  url = 'https://arxiv.org/abs/1907.09682'
   # RepDistiller's run script: weight 3000, the last conv stage.
-  paper_weight = 3000.0
-  paper_ce_weight = 1.0
+  paper = Paper('Tung & Mori 2019, Similarity-Preserving Knowledge Distillation',
+                'https://arxiv.org/abs/1907.09682', weight=3000.0, ce_weight=1.0)
 
   def relation(self, student, teacher):
     return sp_loss(student, teacher)

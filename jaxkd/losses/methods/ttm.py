@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import check_static_temperature, kl, student_teacher
-from jaxkd.losses.terms import Hyperparam, LogitTerm
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
 
 
 def ttm_parts(student_logits, teacher_logits, temperature):
@@ -69,11 +69,9 @@ class TTM(LogitTerm):
   temperature: Hyperparam = 10.0
 
   name = 'ttm'
-  paper = 'Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching'
-  url = 'https://arxiv.org/abs/2402.11148'
   # zkxufo/TTM README: gamma = 0.1 (T = 10), weight 45, CE 1.
-  paper_weight = 45.0
-  paper_ce_weight = 1.0
+  paper = Paper('Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching',
+                'https://arxiv.org/abs/2402.11148', weight=45.0, ce_weight=1.0)
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return ttm_loss(student_logits, teacher_logits, temperature=temperature)

@@ -13,7 +13,7 @@ from jaxkd.losses.numerics import upcast
 from jaxkd.losses.pooling import (common_spatial_shape, pool_student_down, pool_teacher_down,
                                   pool_to)
 from jaxkd.losses.projectors import computed_once, conv1x1, conv1x1_init
-from jaxkd.losses.terms import ProjectedMaps
+from jaxkd.losses.terms import Paper, ProjectedMaps
 
 
 # The authors' floor on the predicted variance (``eps`` of RepDistiller's VIDLoss).
@@ -149,12 +149,9 @@ class VID(ProjectedMaps):
   min_variance: float = 1e-5
 
   name = 'vid'
-  family = 'feature'
-  paper = 'Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer'
-  url = 'https://arxiv.org/abs/1904.05835'
   # RepDistiller: weight 1, initial variance 5, the intermediate maps.
-  paper_weight = 1.0
-  paper_ce_weight = 1.0
+  paper = Paper('Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer',
+                'https://arxiv.org/abs/1904.05835', weight=1.0, ce_weight=1.0)
 
   def init_pair(self, key, c_in, c_out):
     k1, k2, k3 = jax.random.split(key, 3)

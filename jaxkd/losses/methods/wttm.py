@@ -57,11 +57,8 @@ class WTTM(TTM):
   temperature: Hyperparam = 5.0
 
   name = 'wttm'
-  paper = 'Zheng & Yang 2024, Knowledge Distillation Based on Transformed Teacher Matching'
-  url = 'https://arxiv.org/abs/2402.11148'
   # The README's WTTM example: gamma = 0.2 (T = 5), weight 4, CE 1.
-  paper_weight = 4.0
-  paper_ce_weight = 1.0
+  paper = dataclasses.replace(TTM.paper, weight=4.0)
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return wttm_loss(student_logits, teacher_logits, temperature=temperature)
