@@ -1,10 +1,18 @@
 """Hyper-parameters of terms: constants or optax-style schedules `step -> value`, their
-checks (a schedule at every step up to 10,000, vectorised), and their JSON descriptions."""
+checks (a schedule at every step up to 10,000, vectorised), and their JSON descriptions.
+
+A term's field states its check beside its default, run when the term is built
+(`jaxkd.losses.terms.Term`):
+
+  power: float = setting(2.0, positive)
+  mixing_weight: float = setting(0.5, within(0, 1, open_low=True, open_high=True))
+"""
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +93,73 @@ def describe_value(value: Any) -> Any:
   if isinstance(value, tuple):
     return [describe_value(v) for v in value]
   return value
+
+
+# --- a term's settings, each with its check ------------------------------------------------------
+
+# A check of one setting: `check(name, value)` raises a ValueError naming the setting.
+Check = Callable[[str, Any], None]
+
+
+def setting(default: Any, check: Check) -> Any:
+  """A term's field: its default and the check run when the term is built."""
+  return dataclasses.field(default=default, metadata={'check': check})
+
+
+def positive(name: str, value: Any) -> None:
+  """A number or schedule > 0 (see `validated`)."""
+  validated(name, value, positive=True)
+
+
+def non_negative(name: str, value: Any) -> None:
+  """A number or schedule >= 0 (see `validated`)."""
+  validated(name, value, positive=False)
+
+
+def optional(check: Check) -> Check:
+  """`check`, or None."""
+  return lambda name, value: None if value is None else check(name, value)
+
+
+def whole(minimum: int) -> Check:
+  """An int >= `minimum` (not a bool)."""
+  def check(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}.')
+  return check
+
+
+def whole_steps(name: str, value: Any) -> None:
+  """A setting counted in steps: an int >= 0."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError(f'{name} must be a whole number of steps >= 0, got {value!r}.')
+
+
+def within(low: float, high: float, *, open_low: bool = False,
+           open_high: bool = False) -> Check:
+  """A number between `low` and `high`, each end included unless open."""
+  interval = f'{"(" if open_low else "["}{low}, {high}{")" if open_high else "]"}'
+
+  def check(name, value):
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (number and (low < value if open_low else low <= value) and
+            (value < high if open_high else value <= high)):
+      raise ValueError(f'{name} must be in {interval}, got {value!r}.')
+  return check
+
+
+def one_of(valid: Sequence[str]) -> Check:
+  """One of the names `valid` (see `pick`)."""
+  return lambda name, value: pick(name, value, valid)
+
+
+def implied_check(name: str) -> Check | None:
+  """The check of a setting that declares none, by its name: a `temperature` > 0, a
+  `*_weight` >= 0, `*_steps` a whole number of steps."""
+  if name == 'temperature':
+    return positive
+  if name.endswith('_weight'):
+    return non_negative
+  if name.endswith('_steps'):
+    return whole_steps
+  return None

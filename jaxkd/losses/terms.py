@@ -31,7 +31,8 @@ import jax.numpy as jnp
 
 # Hyper-parameters (constants or schedules) and their checks; re-exported for the methods.
 from jaxkd.losses.hyperparams import (  # noqa: F401
-    Hyperparam, describe_value, is_constant_zero, pick, validated, value_at)
+    Hyperparam, describe_value, implied_check, is_constant_zero, non_negative, one_of,
+    optional, pick, positive, setting, validated, value_at, whole, within)
 from jaxkd.losses.numerics import standardize_logits, upcast
 from jaxkd.losses.projectors import conv1x1, conv1x1_init
 
@@ -118,6 +119,9 @@ class Paper:
 class Term:
   """A part of an objective. Subclasses are frozen dataclasses of their hyper-parameters.
 
+  Each field's check runs when the term is built: the one it declares
+(`hyperparams.setting`), else the one its name implies (`hyperparams.implied_check`).
+
   Class attributes (or properties) say what a term is, reads and owns:
     family: its kind ('classic', 'logit', 'feature', 'relation', 'contrastive',
       'multiscale'); a base class gives one.
@@ -147,6 +151,12 @@ class Term:
   needs_index = False
   owns_params = False
   owns_state = False
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      check = field.metadata.get('check') or implied_check(field.name)
+      if check is not None:
+        check(f'{self.name} {field.name}', getattr(self, field.name))
 
   def init(self, key: jax.Array, student: Outputs,
            teachers: Sequence[Outputs]) -> tuple[PyTree, PyTree]:
@@ -197,17 +207,6 @@ class LogitTerm(Term):
   standardize: bool = dataclasses.field(default=False, kw_only=True)
 
   family = 'logit'
-
-  def __post_init__(self):
-    """Checks what every logit term has: a temperature > 0 (unless None: the term is never
-    computed), non-negative `*_weight` hyper-parameters and whole numbers of `*_steps`."""
-    if self._temperature is not None:
-      validated('temperature', self._temperature, positive=True)
-    for f in dataclasses.fields(self):
-      if f.name.endswith('_weight') and f.name != 'mixing_weight':
-        validated(f.name, getattr(self, f.name), positive=False)
-      elif f.name.endswith('_steps'):
-        whole_steps(f.name, getattr(self, f.name))
 
   def per_teacher(self, student_logits: jax.Array, teacher_logits: jax.Array,
                   labels: jax.Array | None, temperature: jax.Array) -> jax.Array:
@@ -260,12 +259,6 @@ def combine_teachers(weights: tuple[float, ...] | None,
 
 # --- shared shapes of terms (each method subclasses one) -----------------------------------------
 
-def whole_steps(name: str, value) -> None:
-  """Rejects a setting counted in steps that is not an int >= 0."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ValueError(f'{name} must be a whole number of steps >= 0, got {value!r}.')
-
-
 @dataclasses.dataclass(frozen=True)
 class RelationTerm(OneTap, Term):
   """A batch-level term over one student tap and one teacher tap (flattened per example),
@@ -302,6 +295,7 @@ class PairedMaps(Term):
   family = 'feature'
 
   def __post_init__(self):
+    super().__post_init__()
     if len(self.student_taps) != len(self.teacher_taps) or not self.student_taps:
       raise ValueError(f'{self.name} pairs student_taps with teacher_taps one to one, got '
                        f'{list(self.student_taps)} and {list(self.teacher_taps)}.')

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import NORM_EPS, upcast
 from jaxkd.losses.pooling import common_spatial_shape, pool_to
-from jaxkd.losses.terms import PairedMaps, Paper, combine_teachers
+from jaxkd.losses.terms import PairedMaps, Paper, combine_teachers, positive, setting
 
 
 def _check_features(features: jax.Array, name: str) -> None:
@@ -128,17 +128,12 @@ class AT(PairedMaps):
 
   student_taps: tuple[str, ...] = ('stage1', 'stage2', 'stage3')
   teacher_taps: tuple[str, ...] = ('stage1', 'stage2', 'stage3')
-  power: float = 2.0
+  power: float = setting(2.0, positive)
 
   name = 'at'
   # mdistiller AT: p = 2, weight 1000, CE 1, every stage.
   paper = Paper('Zagoruyko & Komodakis 2017, Paying More Attention to Attention',
                 'https://arxiv.org/abs/1612.03928', weight=1000.0, ce_weight=1.0)
-
-  def __post_init__(self):
-    super().__post_init__()
-    if not self.power > 0:
-      raise ValueError(f'power must be > 0, got {self.power!r}.')
 
   def __call__(self, ctx):
     per_teacher = [

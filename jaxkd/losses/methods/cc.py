@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import batch_pair, gram, normalize
-from jaxkd.losses.terms import Paper, RelationTerm, validated
+from jaxkd.losses.terms import Paper, RelationTerm, positive, setting, whole
 
 
 def _check_cc_settings(gamma, order) -> None:
@@ -99,19 +99,14 @@ class CC(RelationTerm):
   """Correlation congruence (Peng et al. 2019, `cc_loss`): the batch's Gaussian-RBF kernel
   matrices (order-`order` Taylor expansion, `gamma`) of the L2-normalised embeddings."""
 
-  gamma: float = 0.4
-  order: int = 2
+  gamma: float = setting(0.4, positive)
+  order: int = setting(2, whole(1))
 
   name = 'cc'
   # gamma 0.4, order 2 (torchdistill); no released weight for this reduction (squared
   # Frobenius / B^2, as Knowledge-Distillation-Zoo's CC): 100, set a priori.
   paper = Paper('Peng et al. 2019, Correlation Congruence for Knowledge Distillation',
                 'https://arxiv.org/abs/1904.01802', weight=100.0, ce_weight=1.0)
-
-  def __post_init__(self):
-    validated('gamma', self.gamma, positive=True)
-    if not isinstance(self.order, int) or self.order < 1:
-      raise ValueError(f'order must be an int >= 1, got {self.order!r}; the paper uses 2.')
 
   def relation(self, student, teacher):
     return cc_loss(student, teacher, gamma=self.gamma, order=self.order)

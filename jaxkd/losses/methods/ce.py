@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxkd.losses.numerics import upcast
-from jaxkd.losses.terms import Paper, Term
+from jaxkd.losses.terms import Paper, Term, setting, within
 
 
 def cross_entropy(
@@ -74,7 +74,7 @@ def cross_entropy(
 class CrossEntropy(Term):
   """Hard-label cross-entropy with optional label smoothing (`jaxkd.losses.cross_entropy`)."""
 
-  label_smoothing: float = 0.0
+  label_smoothing: float = setting(0.0, within(0, 1))
 
   name = 'ce'
   family = 'classic'
@@ -84,11 +84,6 @@ class CrossEntropy(Term):
   from_run = ('label_smoothing',)
   needs_teacher = False
   needs_labels = True
-
-  def __post_init__(self):
-    s = self.label_smoothing
-    if not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0.0 <= s <= 1.0:
-      raise ValueError(f'label_smoothing must be a float in [0, 1], got {s!r}.')
 
   def __call__(self, ctx):
     return cross_entropy(ctx.student.logits, ctx.labels,

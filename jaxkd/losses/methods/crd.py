@@ -19,7 +19,7 @@ from jaxkd.losses.nce import (CRD_EMBED_DIM, CRD_MOMENTUM, CRD_NUM_NEGATIVES, CR
                               resolve, safe_l2_normalise)
 from jaxkd.losses.numerics import PRECISION, upcast
 from jaxkd.losses.projectors import conv1x1_init
-from jaxkd.losses.terms import OneTap, Paper, Term, gather, pick, validated
+from jaxkd.losses.terms import OneTap, Paper, Term, gather, one_of, setting, whole, within
 
 # How negatives are drawn: from examples of other classes (the authors' CIFAR-100 and
 # ImageNet scripts, `is_sample=True`, `mode='exact'`), or uniformly from the whole bank.
@@ -217,12 +217,12 @@ class CRD(OneTap, Term):
 
   student_tap: str = 'dense2'
   teacher_tap: str = 'dense2'
-  embed_dim: int = CRD_EMBED_DIM
-  num_negatives: int = CRD_NUM_NEGATIVES
+  embed_dim: int = setting(CRD_EMBED_DIM, whole(1))
+  num_negatives: int = setting(CRD_NUM_NEGATIVES, whole(1))
   temperature: float = CRD_TEMPERATURE
-  momentum: float = CRD_MOMENTUM
-  num_data: int = 0
-  sampling: str = 'other_class'
+  momentum: float = setting(CRD_MOMENTUM, within(0, 1))
+  num_data: int = setting(0, whole(0))  # 0: the training split's size
+  sampling: str = setting('other_class', one_of(CRD_SAMPLING))
   train_labels: tuple[int, ...] | None = None
 
   name = 'crd'
@@ -238,18 +238,7 @@ class CRD(OneTap, Term):
   needs_index = True
 
   def __post_init__(self):
-    for setting in ('embed_dim', 'num_negatives'):
-      value = getattr(self, setting)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f'crd {setting} must be a positive int, got {value!r}.')
-    if not isinstance(self.num_data, int) or self.num_data < 0:
-      raise ValueError(f'crd num_data must be an int >= 0 (0: the training split), got '
-                       f'{self.num_data!r}.')
-    validated('temperature', self.temperature, positive=True)
-    if not 0.0 <= self.momentum <= 1.0:
-      raise ValueError(f'crd momentum must be in [0, 1], got {self.momentum!r}; the authors '
-                       'use 0.5.')
-    pick('crd sampling', self.sampling, CRD_SAMPLING)
+    super().__post_init__()
     if self.train_labels is not None:  # an array from the recipe; held as a (hashable) tuple
       object.__setattr__(self, 'train_labels', tuple(np.asarray(self.train_labels).tolist()))
       if self.num_data and len(self.train_labels) != self.num_data:

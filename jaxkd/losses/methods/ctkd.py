@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.methods.kd import kd_loss
 from jaxkd.losses.numerics import upcast
-from jaxkd.losses.terms import LogitTerm, Paper, validated
+from jaxkd.losses.terms import LogitTerm, Paper, non_negative, positive, setting
 
 
 @jax.custom_vjp
@@ -78,10 +78,10 @@ class CTKD(LogitTerm):
   over `curriculum_steps` (the paper: 10 epochs). `theta` is the term's trainable parameter
   (it starts at `initial_logit`; the paper's 1.0 gives T = 15.6)."""
 
-  min_temperature: float = 1.0
-  temperature_range: float = 20.0
+  min_temperature: float = setting(1.0, positive)
+  temperature_range: float = setting(20.0, non_negative)
   curriculum_steps: int = 0
-  max_reversal: float = 1.0
+  max_reversal: float = setting(1.0, non_negative)
   initial_logit: float = 1.0
 
   name = 'ctkd'
@@ -90,12 +90,6 @@ class CTKD(LogitTerm):
                 'https://arxiv.org/abs/2211.16231', weight=0.9, ce_weight=0.1,
                 epochs={'curriculum': 10.0})
   owns_params = True
-
-  def __post_init__(self):
-    super().__post_init__()
-    validated('min_temperature', self.min_temperature, positive=True)
-    validated('temperature_range', self.temperature_range, positive=False)
-    validated('max_reversal', self.max_reversal, positive=False)
 
   def init(self, key, student, teachers):
     del key, student, teachers

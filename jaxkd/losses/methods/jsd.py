@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import check_static_open_unit, log_probs, temperature_scale
-from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper, setting, within
 
 
 def jsd_loss(
@@ -87,18 +87,13 @@ class JSD(LogitTerm):
   before Hardening II, which changes the numbers of runs with `T != 1`)."""
 
   temperature: Hyperparam = 1.0
-  mixing_weight: float = 0.5
+  mixing_weight: float = setting(0.5, within(0, 1, open_low=True, open_high=True))
   scale_by_temperature_squared: bool = False
 
   name = 'jsd'
   # GKD: mixing 0.5, T = 1 as in their experiments; the kd recipe's weights.
   paper = Paper('Agarwal et al. 2024, On-Policy Distillation of Language Models',
                 'https://arxiv.org/abs/2306.13649', weight=0.9, ce_weight=0.1)
-
-  def __post_init__(self):
-    super().__post_init__()
-    if not 0.0 < self.mixing_weight < 1.0:
-      raise ValueError(f'mixing_weight must be in (0, 1), got {self.mixing_weight!r}.')
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return jsd_loss(student_logits, teacher_logits, temperature=temperature,

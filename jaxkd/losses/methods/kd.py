@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import (check_last_dims, check_static_temperature, kl,
                                    temperature_scale, upcast)
-from jaxkd.losses.terms import MULTI_TEACHER, Hyperparam, LogitTerm, Paper, pick, value_at
+from jaxkd.losses.terms import (MULTI_TEACHER, Hyperparam, LogitTerm, Paper, one_of, optional,
+                               positive, setting, value_at)
 
 
 def _softened_student(student_logits, target, temperature, target_name):
@@ -114,8 +115,8 @@ class KD(LogitTerm):
   softened distributions (Hinton et al. 2015, sec. 2). `temperature=None` is allowed only
   for a term that is never computed (weight 0, the supervised shorthand)."""
 
-  temperature: Hyperparam | None = 4.0
-  multi_teacher: str = 'sum'
+  temperature: Hyperparam | None = setting(4.0, optional(positive))
+  multi_teacher: str = setting('sum', one_of(MULTI_TEACHER))
   scale_by_temperature_squared: bool = True
 
   name = 'kd'
@@ -123,10 +124,6 @@ class KD(LogitTerm):
   # The CIFAR-100 recipe's weights and T (mdistiller, CRD, DKD).
   paper = Paper('Hinton et al. 2015, Distilling the Knowledge in a Neural Network',
                 'https://arxiv.org/abs/1503.02531', weight=0.9, ce_weight=0.1)
-
-  def __post_init__(self):
-    super().__post_init__()
-    pick('multi_teacher', self.multi_teacher, MULTI_TEACHER)
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     del labels

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import kl, upcast
-from jaxkd.losses.terms import Paper, Term, validated
+from jaxkd.losses.terms import Paper, Term
 
 
 def _per_query_kl(teacher_probs: jax.Array, student_probs: jax.Array) -> jax.Array:
@@ -103,10 +103,6 @@ class MiniLM(Term):
   # MiniLM: L_AT + L_VR with weight 1 each, no cross-entropy in task-agnostic distillation.
   paper = Paper('Wang et al. 2020, MiniLM', 'https://arxiv.org/abs/2002.10957', weight=1.0,
                 ce_weight=0.0)
-
-  def __post_init__(self):
-    validated('attention_weight', self.attention_weight, positive=False)
-    validated('value_weight', self.value_weight, positive=False)
 
   @property
   def student_taps(self) -> tuple[str, ...]:

@@ -239,6 +239,7 @@ class ReviewKD(Term):
   batch_statistics = True  # the fusion's BatchNorms
 
   def __post_init__(self):
+    super().__post_init__()
     if len(self.student_taps) != len(self.teacher_taps) or not self.student_taps:
       raise ValueError(f'reviewkd pairs student_taps with teacher_taps one to one (shallow to '
                        f'deep), got {list(self.student_taps)} and {list(self.teacher_taps)}.')

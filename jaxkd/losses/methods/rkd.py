@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxkd.losses.numerics import (NORM_EPS, PRECISION, batch_pair, check_static_non_negative,
                                    gram, normalize)
-from jaxkd.losses.terms import Paper, RelationTerm, validated
+from jaxkd.losses.terms import Paper, RelationTerm
 
 
 # RepDistiller's RKD pdist clamps squared distances to at least this.
@@ -322,10 +322,6 @@ class RKD(RelationTerm):
   # RepDistiller: distance 25, angle 50, weight 1, the penultimate layer.
   paper = Paper('Park et al. 2019, Relational Knowledge Distillation',
                 'https://arxiv.org/abs/1904.05068', weight=1.0, ce_weight=1.0)
-
-  def __post_init__(self):
-    validated('distance_weight', self.distance_weight, positive=False)
-    validated('angle_weight', self.angle_weight, positive=False)
 
   def relation(self, student, teacher):
     return rkd_loss(student, teacher, distance_weight=self.distance_weight,

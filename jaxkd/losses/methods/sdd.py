@@ -12,7 +12,7 @@ from jaxkd import paths
 from jaxkd.losses.methods.kd import kd_loss
 from jaxkd.losses.numerics import check_static_non_negative, check_static_temperature, upcast
 from jaxkd.losses.pooling import adaptive_avg_pool
-from jaxkd.losses.terms import OneTap, Paper, Term, combine_teachers, validated
+from jaxkd.losses.terms import OneTap, Paper, Term, combine_teachers
 
 
 # The authors' default scales (``--M [1,2,4]``): global cell first, then 2x2, then 4x4.
@@ -202,8 +202,7 @@ class SDD(OneTap, Term):
   needs_labels = True
 
   def __post_init__(self):
-    validated('temperature', self.temperature, positive=True)
-    validated('complementary_weight', self.complementary_weight, positive=False)
+    super().__post_init__()
     if not self.scales or self.scales[0] != 1:
       raise ValueError(f'sdd scales must start with 1 (the global cell), got {self.scales}.')
 

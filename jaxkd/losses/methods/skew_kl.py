@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses.numerics import kl, log_probs, temperature_scale
-from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper
+from jaxkd.losses.terms import Hyperparam, LogitTerm, Paper, setting, within
 
 
 def check_skew(skew) -> None:
@@ -78,7 +78,7 @@ def skew_kl_loss(
 class SkewKL(LogitTerm):
   """DistiLLM's skew KL ``T^2 KL(p_t || a p_t + (1 - a) p_s)`` (`skew_kl_loss`)."""
 
-  skew: float = 0.1
+  skew: float = setting(0.1, within(0, 1, open_high=True))
   temperature: Hyperparam = 1.0
   teacher_weights: tuple[float, ...] | None = None
   standardize: bool = False
@@ -87,10 +87,6 @@ class SkewKL(LogitTerm):
   # DistiLLM trains on the skew divergence alone (a = 0.1, T = 1 in the authors' code).
   paper = Paper('Ko et al. 2024, DistiLLM', 'https://arxiv.org/abs/2402.03898', weight=1.0,
                 ce_weight=0.0)
-
-  def __post_init__(self):
-    super().__post_init__()
-    check_skew(self.skew)
 
   def per_teacher(self, student_logits, teacher_logits, labels, temperature):
     return skew_kl_loss(student_logits, teacher_logits, skew=self.skew, temperature=temperature)
