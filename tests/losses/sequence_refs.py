@@ -22,3 +22,13 @@ def token_mean64(values, mask):
   """`sum(values * mask) / sum(mask)` in float64, ignoring what padding holds."""
   values = np.where(np.asarray(mask) > 0, np.asarray(values, np.float64), 0.0)
   return values.sum() / np.asarray(mask, np.float64).sum()
+
+
+def assert_matches_per_position(got, want, mask):
+  """`got` (float32, one value per position) matches the float64 `want` at the valid
+  positions and in its token mean, and stays finite at the padding's extreme logits."""
+  assert got.shape == mask.shape and got.dtype == np.float32
+  valid = mask > 0
+  np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=2e-5, atol=1e-6)
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(token_mean64(got, mask), token_mean64(want, mask), rtol=2e-5)

@@ -9,13 +9,9 @@ from jaxkd.losses.methods.skew_kl import SkewKL, skew_divergence
 
 
 def skew_reverse_kl_loss(
-    student_logits: jax.typing.ArrayLike,
-    teacher_logits: jax.typing.ArrayLike,
-    *,
-    skew: jax.typing.ArrayLike = 0.1,
-    temperature: jax.typing.ArrayLike = 1.0,
-    scale_by_temperature_squared: bool = True,
-) -> jax.Array:
+    student_logits: jax.typing.ArrayLike, teacher_logits: jax.typing.ArrayLike, *,
+    skew: jax.typing.ArrayLike = 0.1, temperature: jax.typing.ArrayLike = 1.0,
+    scale_by_temperature_squared: bool = True) -> jax.Array:
   r"""Skew reverse Kullback-Leibler divergence of DistiLLM, per position.
 
   .. math::
@@ -26,18 +22,15 @@ def skew_reverse_kl_loss(
   ``-log a``) where the teacher gives a class no mass.
 
   Args:
-    student_logits: ``[..., V]`` student logits (any float dtype; computed in >= float32).
-    teacher_logits: ``[..., V]`` teacher logits, same shape.
+    student_logits, teacher_logits, temperature, scale_by_temperature_squared: as for
+      `skew_kl_loss` (``[..., V]`` logits of the same shape).
     skew: ``a`` in ``[0, 1)``, the student's share of the mixture (0.1 in the authors' code).
-    temperature: softmax temperature ``T > 0`` for both.
-    scale_by_temperature_squared: multiply by ``T**2`` (default; 1 at the default ``T``).
 
   Returns:
     ``[...]`` float32 (float64 for float64 inputs) loss per position.
 
   References:
-    Ko, Kim, Chen, Yun, `DistiLLM: Towards Streamlined Distillation for Large Language
-    Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024, eq. (5).
+    Ko et al., DistiLLM (see `skew_kl_loss`), ICML 2024, eq. (5).
   """
   return skew_divergence(student_logits, teacher_logits, skew=skew, temperature=temperature,
                          scale_by_temperature_squared=scale_by_temperature_squared,
