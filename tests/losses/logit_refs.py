@@ -27,6 +27,13 @@ def ref_reverse_kl(student, teacher, temperature):
   return temperature**2 * kl64(softmax64(student, temperature), softmax64(teacher, temperature))
 
 
+def ref_skew_kl(student, teacher, skew, temperature=1.0):
+  """DistiLLM's eq. (4), ``T^2 KL(p_t || a p_t + (1 - a) p_s)``; with the roles swapped
+  (`ref_skew_kl(teacher, student, ...)`), its skew reverse KL, eq. (5)."""
+  p_s, p_t = softmax64(student, temperature), softmax64(teacher, temperature)
+  return temperature ** 2 * kl64(p_t, skew * p_t + (1 - skew) * p_s)
+
+
 def ref_jsd(student, teacher, temperature, w, scale=False):
   """The GKD paper's eq. (1) (no T**2 unless `scale`)."""
   p_s, p_t = softmax64(student, temperature), softmax64(teacher, temperature)

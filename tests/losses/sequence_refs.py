@@ -1,5 +1,8 @@
 """Sequences for per-position loss tests: `[B, L, V]` logits whose padding positions hold
 extreme (finite) values, a mask with uneven valid lengths, and the float64 token mean."""
+import functools
+
+import jax
 import numpy as np
 
 LENGTHS = (5, 0, 2, 7)  # valid positions per row (L = 7): one row empty, one full
@@ -24,9 +27,13 @@ def token_mean64(values, mask):
   return values.sum() / np.asarray(mask, np.float64).sum()
 
 
-def assert_matches_per_position(got, want, mask):
-  """`got` (float32, one value per position) matches the float64 `want` at the valid
-  positions and in its token mean, and stays finite at the padding's extreme logits."""
+def check_per_position(loss, ref, seed, **settings):
+  """`loss(student, teacher, **settings)` under `jax.jit` on `sequence_case(seed)`: float32,
+  one value per position, matching the float64 `ref` at the valid positions and in its token
+  mean, and finite at the padding's extreme logits."""
+  student, teacher, _, mask = sequence_case(seed)
+  got = jax.jit(functools.partial(loss, **settings))(student, teacher)
+  want = ref(student, teacher, **settings)
   assert got.shape == mask.shape and got.dtype == np.float32
   valid = mask > 0
   np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=2e-5, atol=1e-6)
