@@ -51,11 +51,9 @@ def pkt_loss(
   direction of the other rows' gradient). A dead row stays dead rather than jumping.
 
   Args:
-    student_features: ``[B, ...]`` student features (flattened to ``[B, D_s]``; any float
-      dtype, computed in >= float32), ``B >= 2``.
-    teacher_features: ``[B, ...]`` teacher features (flattened to ``[B, D_t]``). Gradients
-      flow into them too; wrap them in ``jax.lax.stop_gradient`` if the teacher must not
-      be trained.
+    student_features, teacher_features: ``[B, ...]`` features of each side (flattened to
+      ``[B, D_s]`` and ``[B, D_t]``; any float dtype, computed in >= float32), ``B >= 2``.
+      Gradients flow into both; stop the teacher's if it must not be trained.
 
   Returns:
     ``[]`` float32 (float64 for float64 inputs) loss for the batch.

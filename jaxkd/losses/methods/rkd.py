@@ -249,16 +249,13 @@ def rkd_angle_loss(
   ``[B, B, D]`` temporaries.
 
   Args:
-    student_embeddings: ``[B, ...]`` student embeddings (flattened to ``[B, D_s]``; any
-      float dtype, computed in >= float32), ``B >= 2``.
-    teacher_embeddings: ``[B, ...]`` teacher embeddings (flattened to ``[B, D_t]``).
+    student_embeddings, teacher_embeddings: ``[B, ...]``, as for `rkd_distance_loss`.
 
   Returns:
     ``[]`` float32 (float64 for float64 inputs) loss for the batch.
 
   References:
-    Park et al., `Relational Knowledge Distillation <https://arxiv.org/abs/1904.05068>`_,
-    CVPR 2019.
+    Park et al. 2019, as for `rkd_distance_loss`.
   """
   student, teacher = batch_pair(student_embeddings, teacher_embeddings,
                                  'student_embeddings', 'teacher_embeddings')
