@@ -141,17 +141,11 @@ def crd_loss_with_normalisers(
   return loss, z_s, z_t
 
 
-def crd_loss(
-    student_embeddings: jax.typing.ArrayLike,
-    teacher_embeddings: jax.typing.ArrayLike,
-    student_bank: jax.typing.ArrayLike,
-    teacher_bank: jax.typing.ArrayLike,
-    contrast_indices: jax.typing.ArrayLike,
-    student_normaliser: jax.typing.ArrayLike,
-    teacher_normaliser: jax.typing.ArrayLike,
-    *,
-    temperature: jax.typing.ArrayLike,
-) -> jax.Array:
+def crd_loss(student_embeddings: jax.typing.ArrayLike, teacher_embeddings: jax.typing.ArrayLike,
+             student_bank: jax.typing.ArrayLike, teacher_bank: jax.typing.ArrayLike,
+             contrast_indices: jax.typing.ArrayLike, student_normaliser: jax.typing.ArrayLike,
+             teacher_normaliser: jax.typing.ArrayLike, *,
+             temperature: jax.typing.ArrayLike) -> jax.Array:
   r"""The CRD loss per example: student-side plus teacher-side NCE.
 
   :func:`crd_loss_with_normalisers` without the normalisers: the student's embeddings
@@ -159,15 +153,7 @@ def crd_loss(
   embeddings against the student's bank (``teacher_normaliser``). Its batch mean equals
   the authors' ``CRDLoss`` value.
 
-  Args:
-    student_embeddings: ``[B, d]`` unit-norm student embeddings.
-    teacher_embeddings: ``[B, d]`` unit-norm teacher embeddings.
-    student_bank: ``[N, d]`` bank of past student embeddings.
-    teacher_bank: ``[N, d]`` bank of past teacher embeddings.
-    contrast_indices: ``[B, K + 1]`` rows, positive first.
-    student_normaliser: ``[]`` ``Z`` of the student-embedding scores (``<= 0``: estimate).
-    teacher_normaliser: ``[]`` ``Z`` of the teacher-embedding scores (``<= 0``: estimate).
-    temperature: ``T > 0`` (0.07 in the authors' code).
+  Args: as for :func:`crd_loss_with_normalisers`.
 
   Returns:
     ``[B]`` float32 (float64 for float64 inputs) loss per example.

@@ -66,13 +66,9 @@ def kd_loss(
       jnp.exp(log_p_t), log_p_t, log_p_s)
 
 
-def kd_loss_from_probs(
-    student_logits: jax.typing.ArrayLike,
-    teacher_probs: jax.typing.ArrayLike,
-    *,
-    temperature: jax.typing.ArrayLike,
-    scale_by_temperature_squared: bool = True,
-) -> jax.Array:
+def kd_loss_from_probs(student_logits: jax.typing.ArrayLike, teacher_probs: jax.typing.ArrayLike,
+                       *, temperature: jax.typing.ArrayLike,
+                       scale_by_temperature_squared: bool = True) -> jax.Array:
   r"""Knowledge-distillation loss against a given teacher distribution, per example.
 
   .. math::
@@ -96,8 +92,7 @@ def kd_loss_from_probs(
     ``[...]`` float32 (float64 for float64 inputs) loss per example.
 
   References:
-    Hinton, Vinyals, Dean, `Distilling the Knowledge in a Neural Network
-    <https://arxiv.org/abs/1503.02531>`_, 2015.
+    Hinton et al. 2015, as for :func:`kd_loss`.
   """
   log_p_s, teacher_probs, t = _softened_student(
       student_logits, teacher_probs, temperature, 'teacher_probs')
