@@ -59,34 +59,33 @@ def run_specs(config, root: str) -> list:
   from fashion_mnist import get_config as train_config
   from finetune_fashion_mnist import get_config as finetune_config
 
-  specs = []
-  for seed in config.seeds:
-    source_spec = building.source_spec(NAME, train_config('lenet5'), seed=seed, config=config)
-    specs.append(source_spec)
-    for per_class in config.labels_per_class:
-      for row in ROWS:
-        run = finetune_config('lp' if row == 'lp' else 'ft')
-        run.dataset = 'digits'
-        run.classes = ()
-        run.seed = seed
-        run.train_per_class = per_class
-        run.validation_size = config.validation_size
-        run.validation_first = True
-        run.batch_size = min(50, 10 * per_class // 4) if per_class else 50  # 4 steps/epoch
-        run.num_steps = config.target_steps
-        run.eval_every = 5 if per_class else 1
-        run.checkpoint_every = 0
-        run.log_every = 50
-        run.optimizer.learning_rate = (config.target.lp_learning_rate if row == 'lp'
-                                       else config.target.learning_rate)
-        run.init_dir = '' if row == 'scratch' else source_spec.workdir(root)
-        if row in ('ft_convs', 'frozen_convs'):
-          run.dont_load = (*run.dont_load, *DENSE)
-        if row == 'frozen_convs':
-          run.finetune.frozen = tuple(f'{layer}/.*' for layer in CONVS)
-        specs.append(RunSpec(_table(per_class), row, seed, 'finetune', run,
-                             info={'labels_per_class': per_class}))
-  return specs
+  def targets(source, seed, per_class):
+    specs = []
+    for row in ROWS:
+      run = finetune_config('lp' if row == 'lp' else 'ft')
+      run.dataset = 'digits'
+      run.classes = ()
+      run.seed = seed
+      run.train_per_class = per_class
+      run.validation_size = config.validation_size
+      run.validation_first = True
+      run.batch_size = min(50, 10 * per_class // 4) if per_class else 50  # 4 steps/epoch
+      run.num_steps = config.target_steps
+      run.eval_every = 5 if per_class else 1
+      run.checkpoint_every = 0
+      run.log_every = 50
+      run.optimizer.learning_rate = (config.target.lp_learning_rate if row == 'lp'
+                                     else config.target.learning_rate)
+      run.init_dir = '' if row == 'scratch' else source.workdir(root)
+      if row in ('ft_convs', 'frozen_convs'):
+        run.dont_load = (*run.dont_load, *DENSE)
+      if row == 'frozen_convs':
+        run.finetune.frozen = tuple(f'{layer}/.*' for layer in CONVS)
+      specs.append(RunSpec(_table(per_class), row, seed, 'finetune', run,
+                           info={'labels_per_class': per_class}))
+    return specs
+
+  return building.transfer_specs(NAME, lambda: train_config('lenet5'), targets, config=config)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -97,12 +96,10 @@ def tabulate(records, config) -> dict:
 
 def render(payload: dict) -> str:
   per_class = payload['labels_per_class']
-  lines = reproduce.header(
-      f"Transfer to another domain, Fashion-MNIST -> UCI digits ({payload['profile']} "
-      "profile)", payload)
-  lines += building.source_lines(payload, f'{NAME}_source', 'Fashion-MNIST')
-  lines += ['Digits test accuracy % (mean ± std over seeds; last step, and the epoch of best '
-            'validation accuracy):', '']
+  lines = building.transfer_opening(
+      payload, title='Transfer to another domain, Fashion-MNIST -> UCI digits', name=NAME,
+      trained_on='Fashion-MNIST', caption='Digits test accuracy % (mean ± std over seeds; last '
+      'step, and the epoch of best validation accuracy):')
   return building.per_class_markdown(
       lines, payload, ROWS, {_label(n): _table(n) for n in per_class},
       primary_at=f"at {_label(payload['primary'][2])}", against='labels',

@@ -18,7 +18,7 @@ This module is the table's whole description for `jaxkd.tables.reproduce`.
 """
 import ml_collections
 
-from jaxkd.tables import building, reproduce, sweep
+from jaxkd.tables import building, sweep
 from jaxkd.tables.sweep import RunSpec
 
 NAME = 'layer_transfer'
@@ -58,29 +58,26 @@ def run_specs(config, root: str) -> list:
   from finetune_fashion_mnist import get_config as finetune_config
   from fashion_mnist import get_config as train_config
 
-  specs = []
-  for seed in config.seeds:
-    source_spec = building.source_spec(NAME, train_config('lenet5'), seed=seed, config=config,
-                                       classes=SOURCE_CLASSES)
-    specs.append(source_spec)
-    for per_class in config.labels_per_class:
-      info = {'labels_per_class': per_class}
-      for row in rows(config.layers):
-        kind, _, n = row.partition('_')
-        n = int(n or 0)
-        run = building.target_run(finetune_config('ft'), seed=seed, classes=TARGET_CLASSES,
-                                  per_class=per_class, config=config)
-        run.validation_size = config.validation_size
-        run.validation_first = True
-        run.optimizer.learning_rate = config.target.learning_rate
-        run.init_dir = source_spec.workdir(root) if n else ''
-        run.dont_load = ('params/head/.*',) + tuple(f'params/{layer}/.*'
-                                                     for layer in LAYERS[n:])
-        if kind == 'frozen':
-          run.finetune.frozen = tuple(f'{layer}/.*' for layer in LAYERS[:n])
-        specs.append(RunSpec(_table(per_class), row, seed, 'finetune', run,
-                             info={**info, 'layers_copied': n}))
-  return specs
+  def targets(source, seed, per_class):
+    specs = []
+    for row in rows(config.layers):
+      kind, _, n = row.partition('_')
+      n = int(n or 0)
+      run = building.target_run(finetune_config('ft'), seed=seed, classes=TARGET_CLASSES,
+                                per_class=per_class, config=config)
+      run.validation_size = config.validation_size
+      run.validation_first = True
+      run.optimizer.learning_rate = config.target.learning_rate
+      run.init_dir = source.workdir(root) if n else ''
+      run.dont_load = ('params/head/.*',) + tuple(f'params/{layer}/.*' for layer in LAYERS[n:])
+      if kind == 'frozen':
+        run.finetune.frozen = tuple(f'{layer}/.*' for layer in LAYERS[:n])
+      specs.append(RunSpec(_table(per_class), row, seed, 'finetune', run,
+                           info={'labels_per_class': per_class, 'layers_copied': n}))
+    return specs
+
+  return building.transfer_specs(NAME, lambda: train_config('lenet5'), targets, config=config,
+                                 classes=SOURCE_CLASSES)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -96,12 +93,11 @@ def tabulate(records, config) -> dict:
 
 def render(payload: dict) -> str:
   per_class = payload['labels_per_class']
-  lines = reproduce.header(
-      f"Layer transfer, Fashion-MNIST 0-4 -> 5-9 ({payload['profile']} profile)", payload)
-  lines += building.source_lines(payload, f'{NAME}_source',
-                                 'classes 0-4 (all their training images)')
-  lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds; last step, and the '
-            'epoch of best validation accuracy):', '']
+  lines = building.transfer_opening(
+      payload, title='Layer transfer, Fashion-MNIST 0-4 -> 5-9', name=NAME,
+      trained_on='classes 0-4 (all their training images)',
+      caption='Target test accuracy % (classes 5-9, mean ± std over seeds; last step, and the '
+      'epoch of best validation accuracy):')
   return building.per_class_markdown(
       lines, payload, rows(payload['layers']), {f'{n} / class': _table(n) for n in per_class},
       primary_at=f"at {payload['primary'][2]} labels per class", against='labels / class',

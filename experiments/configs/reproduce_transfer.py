@@ -70,37 +70,34 @@ def run_specs(config, root: str) -> list:
     return building.target_run(run, seed=seed, classes=TARGET_CLASSES, per_class=per_class,
                                config=config)
 
-  specs = []
-  for seed in config.seeds:
-    source_spec = building.source_spec(NAME, train_config('lenet5'), seed=seed, config=config,
-                                       classes=SOURCE_CLASSES)
-    specs.append(source_spec)
-    for per_class in config.labels_per_class:
-      table = _table(per_class)
-      info = {'labels_per_class': per_class}
-      runs = {}
-      for method in METHODS:
-        run = on_target(finetune_config(method if method in ('lp', 'lp_ft') else 'ft'), seed,
-                        per_class)
-        run.optimizer.learning_rate = (config.target.lp_learning_rate if method == 'lp'
-                                       else config.target.learning_rate)
-        run.init_dir = '' if method == 'scratch' else source_spec.workdir(root)
-        if method == 'frozen_half':
-          run.finetune.frozen = FROZEN_HALF
-        if method == 'ft_convs':
-          run.dont_load = (*run.dont_load, *DENSE)
-        run.finetune.lp_steps = config.lp_steps
-        run.finetune.lp_learning_rate = config.target.lp_learning_rate
-        runs[method] = RunSpec(table, method, seed, 'finetune', run, info=info)
-      student = on_target(train_config('lenet5_half'), seed, per_class)
-      student.optimizer.learning_rate = config.target.learning_rate
-      kd = on_target(distill_config('lenet5_half'), seed, per_class)
-      kd.optimizer.learning_rate = config.target.learning_rate
-      kd.teacher_dir = runs[TEACHER_METHOD].workdir(root)
-      kd.kd.update(config.target.kd.to_dict())
-      specs += [*runs.values(), RunSpec(table, 'student', seed, 'train', student, info=info),
-                RunSpec(table, 'kd', seed, 'distill', kd, info=info)]
-  return specs
+  def targets(source, seed, per_class):
+    table = _table(per_class)
+    info = {'labels_per_class': per_class}
+    runs = {}
+    for method in METHODS:
+      run = on_target(finetune_config(method if method in ('lp', 'lp_ft') else 'ft'), seed,
+                      per_class)
+      run.optimizer.learning_rate = (config.target.lp_learning_rate if method == 'lp'
+                                     else config.target.learning_rate)
+      run.init_dir = '' if method == 'scratch' else source.workdir(root)
+      if method == 'frozen_half':
+        run.finetune.frozen = FROZEN_HALF
+      if method == 'ft_convs':
+        run.dont_load = (*run.dont_load, *DENSE)
+      run.finetune.lp_steps = config.lp_steps
+      run.finetune.lp_learning_rate = config.target.lp_learning_rate
+      runs[method] = RunSpec(table, method, seed, 'finetune', run, info=info)
+    student = on_target(train_config('lenet5_half'), seed, per_class)
+    student.optimizer.learning_rate = config.target.learning_rate
+    kd = on_target(distill_config('lenet5_half'), seed, per_class)
+    kd.optimizer.learning_rate = config.target.learning_rate
+    kd.teacher_dir = runs[TEACHER_METHOD].workdir(root)
+    kd.kd.update(config.target.kd.to_dict())
+    return [*runs.values(), RunSpec(table, 'student', seed, 'train', student, info=info),
+            RunSpec(table, 'kd', seed, 'distill', kd, info=info)]
+
+  return building.transfer_specs(NAME, lambda: train_config('lenet5'), targets, config=config,
+                                 classes=SOURCE_CLASSES)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -120,11 +117,10 @@ def tabulate(records, config) -> dict:
 
 def render(payload: dict) -> str:
   per_class = payload['labels_per_class']
-  lines = reproduce.header(
-      f"Fashion-MNIST transfer, classes 0-4 -> 5-9 ({payload['profile']} profile)", payload)
-  lines += building.source_lines(payload, f'{NAME}_source',
-                                 'classes 0-4 (all their training images)')
-  lines += ['Target test accuracy % (classes 5-9, mean ± std over seeds, last step):', '']
+  lines = building.transfer_opening(
+      payload, title='Fashion-MNIST transfer, classes 0-4 -> 5-9', name=NAME,
+      trained_on='classes 0-4 (all their training images)',
+      caption='Target test accuracy % (classes 5-9, mean ± std over seeds, last step):')
   cells = {(r['table'], r['row']): r for r in payload['summary']}
 
   def accuracy(row: str, n: int) -> str:

@@ -56,6 +56,21 @@ def source_spec(name: str, run, *, seed: int, config, classes=None) -> sweep.Run
   return sweep.RunSpec(f'{name}_source', 'source', seed, 'train', run)
 
 
+def transfer_specs(name: str, source_run: Callable[[], ml_collections.ConfigDict],
+                   targets: Callable[[sweep.RunSpec, int, int], list[sweep.RunSpec]], *,
+                   config, classes=None) -> list[sweep.RunSpec]:
+  """Every run of a transfer table: for each of `config.seeds`, its source run
+  (`source_spec` of a fresh `source_run()`), then `targets(source, seed, per_class)` for each
+  of `config.labels_per_class`, so each source comes before the runs that start from it."""
+  specs = []
+  for seed in config.seeds:
+    source = source_spec(name, source_run(), seed=seed, config=config, classes=classes)
+    specs.append(source)
+    for per_class in config.labels_per_class:
+      specs += targets(source, seed, per_class)
+  return specs
+
+
 def tabulate_per_class(records, config, *, table: Callable[[int], str], rows: dict,
                        primary: Sequence, **extra) -> dict:
   """A labels-per-class table's results: summary, tests against 'scratch' in each table
@@ -69,13 +84,16 @@ def tabulate_per_class(records, config, *, table: Callable[[int], str], rows: di
               costs=reproduce.model_costs({'LeNet-5 (source and every target row)': 'lenet5'}))
 
 
-def source_lines(payload: dict, table: str, trained_on: str) -> list[str]:
-  """The source model's test accuracy (table `table`), when the payload has it."""
-  source = [r for r in payload['summary'] if r['table'] == table]
-  if not source:
-    return []
-  return [f"Source LeNet-5 on {trained_on}: {reproduce.cell(source[0], 'test_accuracy')} % "
-          f"test accuracy over {source[0]['n']} seeds.", '']
+def transfer_opening(payload: dict, *, title: str, name: str, trained_on: str,
+                     caption: str) -> list[str]:
+  """A transfer table's first lines: the header (`title` and the profile), the source
+  model's test accuracy (table `name`_source) when the payload has it, and `caption`."""
+  lines = reproduce.header(f"{title} ({payload['profile']} profile)", payload)
+  source = [r for r in payload['summary'] if r['table'] == f'{name}_source']
+  if source:
+    lines += [f"Source LeNet-5 on {trained_on}: {reproduce.cell(source[0], 'test_accuracy')} % "
+              f"test accuracy over {source[0]['n']} seeds.", '']
+  return lines + [caption, '']
 
 
 def per_class_markdown(lines: list[str], payload: dict, rows: dict, columns: dict, *,
