@@ -1,9 +1,6 @@
 """Feature and relation terms in the distillation step: every one trains the LeNet pair, the
 batch-level ones see the global batch (1 and 8 devices agree), projectors live beside the
 student, and OFD reads the teacher's BatchNorm margins."""
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,11 +12,8 @@ from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.losses import projectors
 from jaxkd.losses import ofd_margin
 from jaxkd.parallel import Parallel
+from jaxkd.recipes.method_configs import METHODS
 from jaxkd.state import DistillState, init_variables
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'experiments', 'configs'))
-import kd_methods  # noqa: E402
 
 SHAPE = (1, 28, 28, 1)
 TEACHER = models.build('lenet5', num_classes=10)
@@ -41,7 +35,7 @@ def _batches(count, n=16, seed=0):
 def _spec(methods):
   spec = {'ce': {'weight': 1.0}}
   for method in methods:
-    spec.update({k: dict(v) for k, v in kd_methods.METHODS[method][1].items()})
+    spec.update({k: dict(v) for k, v in METHODS[method][1].items()})
   return spec
 
 

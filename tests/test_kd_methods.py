@@ -1,23 +1,18 @@
 """Every named method config builds its objective with the paper's defaults, and a config of
 two methods trains end to end through the distill recipe's objective builder."""
-import os
-import sys
-
 import pytest
 
+from jaxkd.recipes import defaults
 from jaxkd.recipes.distillation import build_objective
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'experiments', 'configs'))
-import kd_methods  # noqa: E402
+from jaxkd.recipes.method_configs import METHODS, method_config
 
 
-@pytest.mark.parametrize('name', sorted(kd_methods.METHODS))
+@pytest.mark.parametrize('name', sorted(METHODS))
 def test_named_config_builds_its_objective(name):
-  config = kd_methods.get_config(name)
+  config = method_config(name)
   objective = build_objective(config, num_teachers=1, steps_per_epoch=50)
   described = objective.describe()
-  ce_weight, terms = kd_methods.METHODS[name]
+  ce_weight, terms = METHODS[name]
   assert described['ce']['weight'] == ce_weight and described['ce']['loss'] == 'ce'
   for term, settings in terms.items():
     assert described[term]['loss'] == term
@@ -31,17 +26,17 @@ def test_named_config_builds_its_objective(name):
 
 
 def test_methods_combine_and_unknown_ones_are_listed():
-  config = kd_methods.get_config('dkd+fitnet')
+  config = method_config('dkd+fitnet')
   assert set(config.terms) == {'ce', 'dkd', 'fitnet'} and config.terms.ce.weight == 1.0
   with pytest.raises(ValueError, match=r"Unknown method\(s\) \['nope'\]; valid: \['at'"):
-    kd_methods.get_config('kd+nope')
+    method_config('kd+nope')
 
 
 def test_label_smoothing_reaches_the_cross_entropy_terms():
-  config = kd_methods.get_config('dkd')
+  config = method_config('dkd')
   config.label_smoothing = 0.1
   assert build_objective(config, num_teachers=1, steps_per_epoch=1).term('ce').label_smoothing == 0.1
-  shorthand = kd_methods.distill_config('lenet5_half')
+  shorthand = defaults.distillation('lenet5_half')
   shorthand.label_smoothing = 0.2
   objective = build_objective(shorthand, num_teachers=1, steps_per_epoch=1)
   assert objective.term('ce').label_smoothing == 0.2
@@ -49,7 +44,7 @@ def test_label_smoothing_reaches_the_cross_entropy_terms():
 
 def test_unknown_term_is_refused_before_any_data_or_teacher_is_read(tmp_path):
   from jaxkd import recipes
-  config = kd_methods.get_config('dkd')
+  config = method_config('dkd')
   config.terms.dkd.alpha = 1.0  # not a setting of dkd
   config.teacher_dir = str(tmp_path)  # a folder: the unknown setting is what fails
   config.data_dir = str(tmp_path / 'no_data')

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from jaxkd.recipes import method_configs
 from jaxkd.tables import methods, reproduce, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +26,6 @@ def _record(table, row, seed, accuracy):
 
 def test_method_table_runs(tables):
   t, headroom = tables['methods'], tables['headroom_kd']
-  import kd_methods
   full = t.run_specs(t.get_config('full'), '/r')
   seeds = {}
   for spec in full:
@@ -37,8 +37,8 @@ def test_method_table_runs(tables):
              if row not in ('student', 'kd'))
   # every registered method that applies (sdd needs a GAP classifier), and the four schemes
   assert set(judged) == {'student', 'kd', *t.SCHEMES,
-                         *(m for m in kd_methods.METHODS
-                           if m not in ('kd', 'sdd', *kd_methods.LANGUAGE_ONLY))}
+                         *(m for m in method_configs.METHODS
+                           if m not in ('kd', 'sdd', *method_configs.LANGUAGE_ONLY))}
   by = {(s.row, s.seed): s for s in full}
   student, kd = by['student', 1].config, by['kd', 1].config
   assert (kd.kd.temperature, kd.kd.hard_weight) == (headroom.KD['temperature'],

@@ -41,8 +41,9 @@ TEACHER, STUDENT = 'convnet_bn', 'lenet5_half'
 SELECT_SEED = 10
 FIVE_SEEDS, THREE_SEEDS = (0, 1, 2, 3, 4), (0, 1, 2)
 SCHEMES = ('dml', 'ema', 'born_again', 'assistant')
-# The teacher's module for each LeNet tap of `kd_methods.TAPS`, and the methods whose LeNet
-# taps meet no ConvNet-BN map of a whole-multiple size: their taps for this pair.
+# The teacher's module for each LeNet tap of `jaxkd.recipes.method_configs.LENET5_TAPS`, and
+# the methods whose LeNet taps meet no ConvNet-BN map of a whole-multiple size: their taps for
+# this pair.
 _STAGE1 = dict(student_taps=('conv1', 'pool1'), teacher_taps=('block1', 'block2'))
 TAPS = {
     'fitnet': dict(student_tap='pool1', teacher_tap='block2'),  # 14 -> 7: middle stages

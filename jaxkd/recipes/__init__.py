@@ -27,6 +27,7 @@ from jaxkd.recipes.distillation import distill as distill
 from jaxkd.recipes.ema_teacher import ema_teacher as ema_teacher
 from jaxkd.recipes.language_model import run as run_language_model
 from jaxkd.recipes.finetune import finetune as finetune
+from jaxkd.recipes.method_configs import method_config as method_config
 from jaxkd.recipes.mutual_learning import mutual as mutual
 from jaxkd.recipes.provenance import best_epoch as best_epoch
 from jaxkd.recipes.provenance import cpu_model as cpu_model

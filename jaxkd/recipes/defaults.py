@@ -66,7 +66,7 @@ def distillation(student: str = 'lenet5_half') -> ml_collections.ConfigDict:
   ))
   # The objective by term name instead of the kd shorthand above (empty: hard + soft from kd),
   # e.g. {'ce': {'weight': 1.0}, 'dkd': {'weight': 1.0, 'temperature': 4.0}}; named configs
-  # for every method: experiments/configs/kd_methods.py.
+  # for every method: jaxkd.recipes.method_configs (experiments/configs/kd_methods.py).
   config.terms = ml_collections.ConfigDict()
   return config
 

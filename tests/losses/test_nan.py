@@ -7,14 +7,12 @@ a run lives in the step: a loss imported into a loop of one's own must not hide 
 the `where`s that give ``0 log 0 = 0``. Teacher logits of ``-inf`` (a class of probability 0)
 keep their finite values and gradients.
 
-Inputs are built generically: each term's named config (`kd_methods.paper_settings`: its
+Inputs are built generically: each term's named config (`jaxkd.recipes.method_configs.paper_settings`: its
 paper's defaults and the LeNet-5 taps), on the outputs of the tiny LeNet-5 pair (ResNet-8 for
 terms that need a global-average-pool classifier). A new method needs no edit here unless it
 reads a new kind of input.
 """
 import functools
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +23,8 @@ from jaxkd import models
 from jaxkd.losses import LOSSES, Context, Outputs, build_objective
 from jaxkd.losses.terms import LogitTerm
 from jaxkd.models.features import features
+from jaxkd.recipes import method_configs
 from jaxkd.state import init_variables
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'experiments', 'configs'))
-import kd_methods  # noqa: E402
 
 BATCH = 6
 NUM_DATA = 64
@@ -41,7 +36,7 @@ PAIRS = {'lenet': ('lenet5_half', 'lenet5', (28, 28, 1)),
 
 
 def _settings(name):
-  settings = kd_methods.paper_settings(name)
+  settings = method_configs.paper_settings(name)
   settings = {k: v for k, v in settings.items() if not k.endswith('_epochs')}
   return {**settings, **SMALL.get(name, {})}
 
@@ -64,8 +59,8 @@ def _case(name):
   objective = build_objective({name: {**_settings(name), 'weight': 1.0}}, num_teachers=1,
                               run={'num_data': NUM_DATA, 'label_smoothing': 0.0,
                                    'train_labels': np.arange(NUM_DATA) % 10})
-  pair = PAIRS['gap' if name in kd_methods.GAP_ONLY else
-               'language' if name in kd_methods.LANGUAGE_ONLY else 'lenet']
+  pair = PAIRS['gap' if name in method_configs.GAP_ONLY else
+               'language' if name in method_configs.LANGUAGE_ONLY else 'lenet']
   student = _outputs(pair[0], pair[2], tuple(objective.student_taps), 0)
   teacher = _outputs(pair[1], pair[2], tuple(objective.teacher_taps), 1)
   return objective, student, teacher
@@ -104,7 +99,7 @@ def test_nan_in_an_example_gives_nan_for_it(name, side, poison):
   objective, student, teacher = _case(name)
   clean = np.asarray(_apply(objective, student, teacher)[name])
   assert np.all(np.isfinite(clean)), (name, clean)
-  at = 1 if name in kd_methods.LANGUAGE_ONLY else 0
+  at = 1 if name in method_configs.LANGUAGE_ONLY else 0
   if side == 'teacher':
     teacher = _with_nan_in_row(teacher, 2, poison, at)
   else:
