@@ -58,13 +58,12 @@ def fashion_mnist_env(folder, **kwargs):
               JAXKD_CACHE_MIN_COMPILE_SECS="0")
 
 
-def fashion_mnist_in_process(folder, configs=None, **kwargs):
+def fashion_mnist_in_process(folder, **kwargs):
   """A context manager: generated Fashion-MNIST under `folder` in this process's environment
-  (offline, its own TFDS folder) and `configs` on `sys.path`, both restored on exit. kwargs
-  go to make_fashion_mnist (learnable images)."""
+  (offline, its own TFDS folder), restored on exit. kwargs go to make_fashion_mnist
+  (learnable images)."""
   import contextlib
   import os
-  import sys
 
   @contextlib.contextmanager
   def scope():
@@ -73,13 +72,9 @@ def fashion_mnist_in_process(folder, configs=None, **kwargs):
            "JAXKD_DATA_DIR": str(folder / "tfds"), "JAXKD_OFFLINE": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    if configs:
-      sys.path.insert(0, configs)
     try:
       yield folder
     finally:
-      if configs:
-        sys.path.remove(configs)
       for key, value in saved.items():
         if value is None:
           os.environ.pop(key)
