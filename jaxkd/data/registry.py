@@ -33,13 +33,9 @@ def info(name: str) -> DatasetInfo:
   return DATASETS[name]
 
 
-def builder(
-    name: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    raw_dir: str | os.PathLike | None = None,
-    allow_download: bool | None = None,
-) -> LocalFileBuilder:
+def builder(name: str, *, data_dir: str | os.PathLike | None = None,
+            raw_dir: str | os.PathLike | None = None,
+            allow_download: bool | None = None) -> LocalFileBuilder:
   """The TFDS builder of dataset `name`, writing under `data_dir`."""
   cls = _BUILDERS[info(name).name]
   with _scratch_tempdir():
@@ -91,14 +87,9 @@ def prepare(
   return b
 
 
-def source(
-    name: str,
-    split: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    raw_dir: str | os.PathLike | None = None,
-    allow_download: bool | None = None,
-) -> Sequence[dict[str, Any]]:
+def source(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+           raw_dir: str | os.PathLike | None = None,
+           allow_download: bool | None = None) -> Sequence[dict[str, Any]]:
   """A random-access TFDS data source of `split`, preparing the dataset if needed.
 
   `split` is `'train'`, `'test'` or a TFDS slice such as `'train[:50000]'`,
