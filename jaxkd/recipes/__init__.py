@@ -7,7 +7,8 @@ recipe is one module (`train`, `distillation`, `finetune`, and the teacher schem
 frame (`run`: checkpointer, the shared loop, final metrics and model) and the run's
 provenance (`provenance`). Every setting's default is written once, in `defaults`: the base
 configs `experiments/configs/*.py` start from, and what a recipe reads for a setting its
-config leaves out. A new recipe is a new module registered in `RECIPES`.
+config leaves out; `method_configs`, every registered distillation method as a named
+config (`method_config('dkd')`). A new recipe is a new module registered in `RECIPES`.
 """
 from jaxkd.recipes.components import DTYPES as DTYPES
 from jaxkd.recipes.components import Task as Task
