@@ -4,8 +4,8 @@
     python docs/gen_methods.py --check   # exits 1 if the checked-in table is out of date
 
 `make docs` runs it before building, so the table follows the registry: one row per name,
-with the term's class, its `family` and `paper` (citation and url) class attributes and the defaults of
-its keyword-only hyper-parameters.
+with the term's class, its `family` and `paper` (citation and url) class attributes and the
+defaults of its keyword-only hyper-parameters.
 """
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ a run lives in the step: a loss imported into a loop of one's own must not hide 
 the `where`s that give ``0 log 0 = 0``. Teacher logits of ``-inf`` (a class of probability 0)
 keep their finite values and gradients.
 
-Inputs are built generically: each term's named config (`jaxkd.recipes.method_configs.paper_settings`: its
-paper's defaults and the LeNet-5 taps), on the outputs of the tiny LeNet-5 pair (ResNet-8 for
-terms that need a global-average-pool classifier). A new method needs no edit here unless it
+Inputs are built generically: each term's named config
+(`jaxkd.recipes.method_configs.paper_settings`: its paper's defaults and the LeNet-5 taps), on
+the outputs of the tiny LeNet-5 pair (ResNet-8 for terms that need a global-average-pool
+classifier). A new method needs no edit here unless it
 reads a new kind of input.
 """
 import functools
