@@ -10,6 +10,10 @@ Formats:
   * top-k: the k largest teacher logits and their class indices, plus the log of the
     probability mass of all other classes at the cache's temperature, kept as one bucket.
     The soft loss is then the KL between (k+1)-bucket distributions; see `topk_logits`.
+
+Language models' caches (per token, `[N, L, ...]`: sampled token ids or top-k + rest mass,
+in sharded ArrayRecord files) are `jaxkd.cache_lm`'s; its sampling and storage figures are
+re-exported here (`sample_teacher_tokens`, `bytes_per_token`).
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.augment import Augment
+from jaxkd.cache_lm import bytes_per_token as bytes_per_token
+from jaxkd.cache_lm import sample_teacher_tokens as sample_teacher_tokens
+from jaxkd.cache_lm import topk_teacher_targets as topk_teacher_targets
 from jaxkd.optim import SettingWarning
 
 FORMAT_VERSION = 1
