@@ -162,7 +162,8 @@ def write_token_cache(
 
   Each process writes the rows of its block (`jaxkd.distributed.process_block`) to its own
   shard, `targets-<process>-of-<processes>.array_record`, one record per row; the main
-  process writes `token_cache.json`. Row `n`'s draws use `fold_in(key(seed), n)`, so a cache
+  process writes `token_cache.json` once every shard is written (`directory` must be on a
+  file system every process sees). Row `n`'s draws use `fold_in(key(seed), n)`, so a cache
   does not depend on the batch size or the number of processes.
 
   Args:
@@ -232,6 +233,7 @@ def write_token_cache(
     with open(tmp, 'w') as f:
       json.dump(record, f, indent=1)
     os.replace(tmp, os.path.join(directory, PROVENANCE_FILE))  # written last: complete
+  distributed.barrier('token_cache_json')  # every process may read the cache from here on
   return record
 
 

@@ -169,3 +169,31 @@ def test_student_learns_from_a_stored_teacher_cache(corpus, tmp_path):
   assert cache_lm.read_provenance(topk['dir'])['temperature'] == 2.0
   with pytest.raises(ValueError, match="set config.teacher_cache"):
     distil('no_cache', 'teacher', {}, terms)
+
+
+def test_teacher_cache_settings_are_checked_before_any_run():
+  from jaxkd import losses
+  sampled = losses.build_objective({'sampled_kd': {'weight': 1.0, 'temperature': 2.0}})
+  kd = losses.build_objective({'kd': {'weight': 1.0, 'temperature': 3.0}})
+  check = lambda objective, **kw: language_model._cache_settings(  # noqa: E731
+      _config(teacher_dir='/t', **kw), objective)
+  settings = check(sampled, teacher_cache={'kind': 'sampled', 'k': 8, 'dir': '/c'})
+  assert (settings['temperature'], settings['value_dtype']) == (2.0, 'float32')
+  assert check(kd, teacher_cache={'kind': 'topk', 'k': 8, 'dir': '/c'})['temperature'] == 3.0
+  assert check(kd) == {}  # a live teacher
+  refused = {
+      'set config.teacher_cache': dict(),
+      r"unknown \['size'\], missing \['k'\]": dict(teacher_cache={'kind': 'sampled',
+                                                                   'dir': '/c', 'size': 2}),
+      "kind='full'": dict(teacher_cache={'kind': 'full', 'k': 8, 'dir': '/c'}),
+      'unset vocab_chunk': dict(teacher_cache={'kind': 'topk', 'k': 8, 'dir': '/c'},
+                                vocab_chunk=8),
+  }
+  for message, kwargs in refused.items():
+    with pytest.raises(ValueError, match=message):
+      check(kd if 'vocab_chunk' in kwargs else sampled, **kwargs)
+  with pytest.raises(ValueError, match='one sampled_kd term and no live-teacher term'):
+    check(kd, teacher_cache={'kind': 'sampled', 'k': 8, 'dir': '/c'})
+  with pytest.raises(ValueError, match='needs config.teacher_dir'):
+    language_model._cache_settings(
+        _config(teacher_cache={'kind': 'sampled', 'k': 8, 'dir': '/c'}), sampled)
