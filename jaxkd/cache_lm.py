@@ -196,6 +196,7 @@ def write_token_cache(
   inputs = np.asarray(inputs, np.int32)
   num_rows, seq_len = inputs.shape
   block = distributed.process_block(num_rows)
+  stop = min(block.stop, num_rows)  # the last block may run past the end
   run = jax.jit(lambda variables, tokens, rows: _targets(
       teacher_apply(variables, tokens), rows, kind=kind, k=k, temperature=temperature,
       seed=seed))
@@ -204,8 +205,8 @@ def write_token_cache(
   path = os.path.join(directory, shard_name(jax.process_index(), jax.process_count()))
   writer = ArrayRecordWriter(path, 'group_size:1')
   try:
-    for start in range(block.start, block.stop, batch_size):
-      rows = np.arange(start, min(start + batch_size, block.stop))
+    for start in range(block.start, stop, batch_size):
+      rows = np.arange(start, min(start + batch_size, stop))
       tokens = inputs[rows]
       pad = batch_size - len(rows)
       if pad:  # one compiled shape

@@ -145,3 +145,46 @@ def test_topk_cache_of_sequences_matches_numpy(tmp_path, value_dtype):
   assert got.shape == (5, 4)
   np.testing.assert_allclose(got, 4.0 * (p_b * np.log(p_b / q_b)).sum(-1),
                              rtol=tolerance, atol=1e-5)
+
+
+WRITER = '''
+import json, sys
+import numpy as np
+from jaxkd import distributed
+address, count, index, directory = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+distributed.initialize(address, count, index)
+sys.path.insert(0, sys.argv[5])
+import test_cache_lm as t
+from jaxkd import cache_lm
+cache_lm.write_token_cache(directory, t._teacher, t.TABLE, t._inputs(), kind='sampled', k=6,
+                           temperature=2.0, seed=3, provenance=t.PROVENANCE, batch_size=2)
+'''
+
+
+@pytest.mark.slow
+def test_each_process_writes_its_shard_and_the_rows_do_not_depend_on_the_processes(tmp_path):
+  import os
+  import pathlib
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  here = pathlib.Path(__file__).parent
+  env = {**os.environ, 'PYTHONPATH': str(here.parent), 'JAX_NUM_CPU_DEVICES': '1'}
+  procs = [subprocess.Popen([sys.executable, '-c', WRITER, f'127.0.0.1:{port}', '2', str(i),
+                             str(tmp_path / 'two'), str(here)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  assert sorted(p.name for p in (tmp_path / 'two').iterdir()) == [
+      'targets-00000-of-00002.array_record', 'targets-00001-of-00002.array_record',
+      'token_cache.json']
+  one = _write(tmp_path / 'one')
+  two, found = cache_lm.read_token_cache(str(tmp_path / 'two'), expected=_expected(one))
+  assert found['num_shards'] == 2
+  rows, _ = cache_lm.read_token_cache(str(tmp_path / 'one'), expected=_expected(one))
+  np.testing.assert_array_equal(two['teacher_sample_ids'], rows['teacher_sample_ids'])
