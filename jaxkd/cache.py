@@ -10,6 +10,10 @@ Formats:
   * top-k: the k largest teacher logits and their class indices, plus the log of the
     probability mass of all other classes at the cache's temperature, kept as one bucket.
     The soft loss is then the KL between (k+1)-bucket distributions; see `topk_logits`.
+
+Language models' caches (per token, `[N, L, ...]`: sampled token ids or top-k + rest mass,
+in sharded ArrayRecord files) are `jaxkd.cache_lm`'s; its sampling and storage figures are
+re-exported here (`sample_teacher_tokens`, `bytes_per_token`).
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkd.augment import Augment
+from jaxkd.cache_lm import bytes_per_token as bytes_per_token
+from jaxkd.cache_lm import sample_teacher_tokens as sample_teacher_tokens
+from jaxkd.cache_lm import topk_teacher_targets as topk_teacher_targets
 from jaxkd.optim import SettingWarning
 
 FORMAT_VERSION = 1
@@ -143,9 +150,9 @@ class TopKRows:
   """A batch's rows of a top-k cache (`TeacherCache.rows()` with `topk` set), as a step
   reads them: full logits exist only once the student's logits are known (`logits_for`)."""
 
-  topk_logits: jax.Array  # [B, k]
-  indices: jax.Array  # int32 [B, k]
-  rest_log_mass: jax.Array  # [B]
+  topk_logits: jax.Array  # [B, k], or [B, L, k] for a language model's positions
+  indices: jax.Array  # int32, as topk_logits
+  rest_log_mass: jax.Array  # [B] or [B, L]
 
   @classmethod
   def from_batch(cls, batch: dict) -> 'TopKRows':
@@ -154,8 +161,8 @@ class TopKRows:
 
   def top1(self) -> jax.Array:
     """The teacher's top-1 class of each row (its largest stored logit's index)."""
-    best = jnp.argmax(self.topk_logits, axis=-1)[:, None]
-    return jnp.take_along_axis(self.indices, best, axis=-1)[:, 0]
+    best = jnp.argmax(self.topk_logits, axis=-1)[..., None]
+    return jnp.take_along_axis(self.indices, best, axis=-1)[..., 0]
 
   def logits_for(self, student_logits: jax.Array, *, temperature: float) -> jax.Array:
     """Full-width teacher logits for this student (see `topk_logits`)."""
@@ -272,11 +279,13 @@ def topk_logits(student_logits: jax.Array, topk_logits_: jax.Array, indices: jax
   the other classes in proportion to the student's own (stop-gradient) distribution there:
   p_j = r * q_j / q_rest. Then KL(p || q) = KL over the k+1 buckets (top-k classes, rest),
   and so are its gradients w.r.t. the student logits. Returned as `T * log p`, so that
-  `softmax(result / T) == p` inside `kd_loss`.
+  `softmax(result / T) == p` inside `kd_loss`. Any leading axes: `[B, C]` rows, or a
+  language model's `[B, L, V]` positions (`indices [B, L, k]`, `rest_log_mass [B, L]`).
   """
   t = temperature
   student = jax.lax.stop_gradient(student_logits.astype(jnp.float32)) / t
-  in_topk = jnp.sum(jax.nn.one_hot(indices, student.shape[-1], dtype=jnp.bool_), -2)
+  in_topk = jnp.put_along_axis(jnp.zeros(student.shape, jnp.bool_), indices, True, axis=-1,
+                               inplace=False)
   log_q = jax.nn.log_softmax(student)
   log_q_rest = jax.nn.logsumexp(jnp.where(in_topk, -jnp.inf, log_q), -1, keepdims=True)
   # Teacher's top-k log-probabilities at T: value/T minus the full partition function, which
@@ -285,7 +294,5 @@ def topk_logits(student_logits: jax.Array, topk_logits_: jax.Array, indices: jax
   rest = rest_log_mass.astype(jnp.float32)[..., None]
   log_z = jax.nn.logsumexp(top, -1, keepdims=True) - jnp.log1p(-jnp.exp(rest))
   log_p_rest = rest + log_q - log_q_rest
-  log_p = log_p_rest
-  batch_index = jnp.arange(student.shape[0])[:, None]
-  log_p = log_p.at[batch_index, indices].set(top - log_z)
+  log_p = jnp.put_along_axis(log_p_rest, indices, top - log_z, axis=-1, inplace=False)
   return t * log_p

@@ -30,11 +30,14 @@ from jaxkd.parallel import Parallel
 
 def lm_batch(rows: dict, index=slice(None)) -> dict:
   """A step batch from packed rows (`text.load`'s `tokens`, `mask` `[N, L + 1]`): inputs
-  `tokens [B, L]`, targets `label [B, L]` (the next tokens), weights `mask [B, L]`."""
+  `tokens [B, L]`, targets `label [B, L]` (the next tokens), weights `mask [B, L]`. Other
+  entries of `rows` are per input position already (`[N, L, ...]`, a teacher cache's
+  targets) and come along as they are."""
   tokens, mask = rows['tokens'][index], rows['mask'][index]
   return {'tokens': np.asarray(tokens[:, :-1], np.int32),
           'label': np.asarray(tokens[:, 1:], np.int32),
-          'mask': np.asarray(mask[:, :-1], np.float32)}
+          'mask': np.asarray(mask[:, :-1], np.float32),
+          **{k: v[index] for k, v in rows.items() if k not in ('tokens', 'mask')}}
 
 
 def train_batches(rows: dict, *, batch_size: int, seed: int,

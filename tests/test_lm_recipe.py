@@ -138,3 +138,62 @@ def test_two_processes_match_one(corpus, tmp_path):
   for split in ('valid', 'test'):
     for key in ('loss', 'accuracy', 'tokens'):
       assert two[split][key] == pytest.approx(one[split][key], rel=1e-4), (split, key)
+
+
+@pytest.mark.slow
+def test_student_learns_from_a_stored_teacher_cache(corpus, tmp_path):
+  from jaxkd import cache, cache_lm
+  language_model.run(_config(model_overrides={'width': 32, 'depth': 2, 'heads': 2},
+                             num_steps=4, checkpoint_every=0), str(tmp_path / 'teacher'))
+  sampled = {'kind': 'sampled', 'k': 4, 'dir': str(tmp_path / 'sampled_cache')}
+  distil = lambda workdir, teacher, teacher_cache, terms, **kw: language_model.run(  # noqa: E731
+      _config(teacher_dir=str(tmp_path / teacher), teacher_cache=teacher_cache, terms=terms,
+              checkpoint_every=0, **kw), str(tmp_path / workdir))
+  terms = {'sampled_kd': {'weight': 1.0, 'temperature': 1.0}}
+  result = distil('sampled', 'teacher', sampled, terms, num_steps=12, log_every=1,
+                  vocab_chunk=8)
+  records = [json.loads(line) for line in open(tmp_path / 'sampled' / 'metrics.jsonl')]
+  losses = [r['sampled_kd_loss'] for r in records if 'sampled_kd_loss' in r]
+  assert len(losses) == 12 and losses[-1] < losses[0], losses
+  assert 0.0 <= result['valid']['agreement'] <= 1.0  # evaluated against the live teacher
+  found = cache_lm.read_provenance(sampled['dir'])
+  assert (found['kind'], found['k'], found['bytes_per_token']) == ('sampled', 4, 8)
+  # Another teacher (this student's own final model) is refused by the cache, by name.
+  with pytest.raises(cache.CacheMismatchError, match='teacher_fingerprint: cache'):
+    distil('refused', 'sampled', sampled, terms)
+  # A top-k + rest-of-mass cache teaches kd at its temperature.
+  topk = {'kind': 'topk', 'k': 4, 'dir': str(tmp_path / 'topk_cache')}
+  result = distil('topk', 'teacher', topk, {'kd': {'weight': 1.0, 'temperature': 2.0}},
+                  num_steps=3)
+  assert np.isfinite(result['valid']['loss'])
+  assert cache_lm.read_provenance(topk['dir'])['temperature'] == 2.0
+  with pytest.raises(ValueError, match="set config.teacher_cache"):
+    distil('no_cache', 'teacher', {}, terms)
+
+
+def test_teacher_cache_settings_are_checked_before_any_run():
+  from jaxkd import losses
+  sampled = losses.build_objective({'sampled_kd': {'weight': 1.0, 'temperature': 2.0}})
+  kd = losses.build_objective({'kd': {'weight': 1.0, 'temperature': 3.0}})
+  check = lambda objective, **kw: language_model._cache_settings(  # noqa: E731
+      _config(teacher_dir='/t', **kw), objective)
+  settings = check(sampled, teacher_cache={'kind': 'sampled', 'k': 8, 'dir': '/c'})
+  assert (settings['temperature'], settings['value_dtype']) == (2.0, 'float32')
+  assert check(kd, teacher_cache={'kind': 'topk', 'k': 8, 'dir': '/c'})['temperature'] == 3.0
+  assert check(kd) == {}  # a live teacher
+  refused = {
+      'set config.teacher_cache': dict(),
+      r"unknown \['size'\], missing \['k'\]": dict(teacher_cache={'kind': 'sampled',
+                                                                   'dir': '/c', 'size': 2}),
+      "kind='full'": dict(teacher_cache={'kind': 'full', 'k': 8, 'dir': '/c'}),
+      'unset vocab_chunk': dict(teacher_cache={'kind': 'topk', 'k': 8, 'dir': '/c'},
+                                vocab_chunk=8),
+  }
+  for message, kwargs in refused.items():
+    with pytest.raises(ValueError, match=message):
+      check(kd if 'vocab_chunk' in kwargs else sampled, **kwargs)
+  with pytest.raises(ValueError, match='one sampled_kd term and no live-teacher term'):
+    check(kd, teacher_cache={'kind': 'sampled', 'k': 8, 'dir': '/c'})
+  with pytest.raises(ValueError, match='needs config.teacher_dir'):
+    language_model._cache_settings(
+        _config(teacher_cache={'kind': 'sampled', 'k': 8, 'dir': '/c'}), sampled)

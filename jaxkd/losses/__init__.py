@@ -69,6 +69,8 @@ from jaxkd.losses.methods.rkd import RKD as RKD
 from jaxkd.losses.methods.rkd import rkd_angle_loss as rkd_angle_loss
 from jaxkd.losses.methods.rkd import rkd_distance_loss as rkd_distance_loss
 from jaxkd.losses.methods.rkd import rkd_loss as rkd_loss
+from jaxkd.losses.methods.sampled_kd import SampledKD as SampledKD
+from jaxkd.losses.methods.sampled_kd import sampled_kd_loss as sampled_kd_loss
 from jaxkd.losses.methods.sdd import SDD as SDD
 from jaxkd.losses.methods.sdd import multiscale_pooled_features as multiscale_pooled_features
 from jaxkd.losses.methods.sdd import sdd_loss as sdd_loss
@@ -117,7 +119,7 @@ __all__ = [
     'CTKD', 'ClassIndexTable', 'Context', 'CrossEntropy', 'DIST', 'DKD', 'FSP', 'FitNet',
     'HOST_MEMORY_FRACTION', 'Hyperparam', 'ICKD', 'JSD', 'KD', 'LOSSES', 'LogitMSE', 'LogitTerm',
     'MULTI_TEACHER', 'NKD', 'NST', 'OFD', 'OFD_CIFAR_WEIGHT', 'OFD_IMAGENET_WEIGHT', 'Objective',
-    'Outputs', 'PKT', 'Paper', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'SkewKL',
+    'Outputs', 'PKT', 'Paper', 'RKD', 'ReverseKL', 'ReviewKD', 'SDD', 'SP', 'SampledKD', 'SkewKL',
     'SkewReverseKL', 'TTM', 'Term',
     'UNSET_NORMALISER', 'VID', 'WTTM', 'abf_combine', 'adaptive_avg_pool', 'attention_map',
     'attention_transfer_loss', 'build_class_index_table', 'build_objective', 'cc_loss',
@@ -129,7 +131,8 @@ __all__ = [
     'make_term', 'memory_bank_bytes', 'mse_logit_loss', 'multiscale_pooled_features', 'nce_loss',
     'nearest_upsample', 'nkd_loss', 'normalise_scores', 'nst_loss', 'ofd_loss', 'ofd_margin',
     'pkt_loss', 'reverse_kl_loss', 'rkd_angle_loss', 'rkd_distance_loss', 'rkd_loss',
-    'sample_contrast_indices', 'sample_other_class_contrast_indices', 'sdd_loss',
+    'sample_contrast_indices', 'sample_other_class_contrast_indices', 'sampled_kd_loss',
+    'sdd_loss',
     'skew_kl_loss', 'skew_reverse_kl_loss', 'sp_loss',
     'standardize_logits', 'ttm_loss', 'update_memory_bank', 'vid_log_scale_init', 'vid_loss',
     'wttm_loss',

@@ -41,6 +41,16 @@ class Hidden:
                       preferred_element_type=jnp.float32)
 
 
+# Per-position batch entries the terms read, carried chunk by chunk: the targets, and a
+# sampled teacher cache's draws `[B, L, K]` (`sampled_kd`).
+POSITION_ENTRIES = ('label', 'teacher_sample_ids')
+
+
+def _entries(batch: dict) -> dict:
+  """The batch's per-position entries (`POSITION_ENTRIES`) that are present."""
+  return {k: v for k, v in batch.items() if k in POSITION_ENTRIES and v is not None}
+
+
 def _chunks(x: jax.Array, chunk: int) -> jax.Array:
   """`[B, L, ...] -> [L / chunk, B, chunk, ...]` (L padded with zeros to a multiple)."""
   pad = -x.shape[1] % chunk
@@ -104,7 +114,8 @@ def apply_in_chunks(
       (`ce`, `kd`, `reverse_kl`, `jsd`, `skew_kl`, ...).
     student: the student's `Hidden` (gradients flow into its states and embedding).
     teachers: the teachers' `Hidden`s (any gradient into them is stopped).
-    batch: per-position entries `[B, L]` the terms read (`label`); others are not passed.
+    batch: per-position entries `[B, L, ...]` the terms read (`POSITION_ENTRIES`: `label`,
+      a sampled cache's draws); others are not passed.
     chunk: positions per chunk (L need not be a multiple: the last chunk is padded).
     step, key, params: as in `Context` (a learned temperature reads `params`).
 
@@ -114,8 +125,7 @@ def apply_in_chunks(
   """
   check_objective(objective, chunk)
   length = student.states.shape[1]
-  per_position = {k: _chunks(v, chunk) for k, v in batch.items()
-                  if k == 'label' and v is not None}
+  per_position = {k: _chunks(v, chunk) for k, v in _entries(batch).items()}
   teachers = [jax.lax.stop_gradient(t) for t in teachers]
 
   @jax.checkpoint
@@ -166,19 +176,18 @@ def weighted_sum_in_chunks(
   length = student.states.shape[1]
   params = params or {}
 
-  def scan_chunks(student, params, teachers, labels, weights):
-    def chunk_loss(states, embedding, params, teacher_states, labels, weights):
+  def scan_chunks(student, params, teachers, entries, weights):
+    def chunk_loss(states, embedding, params, teacher_states, entries, weights):
       total, components, stats = _chunk_terms(
           objective, Hidden(states, embedding).logits(),
-          [t.logits(s) for t, s in zip(teachers, teacher_states)],
-          {} if labels is None else {'label': labels}, step, key, params)
+          [t.logits(s) for t, s in zip(teachers, teacher_states)], entries, step, key, params)
       return jnp.sum(total * weights), (components, stats)
 
     def body(carry, xs):
       loss, d_embedding, d_params = carry
-      states, teacher_states, labels, weights = xs
+      states, teacher_states, entries, weights = xs
       value, vjp, aux = jax.vjp(
-          lambda s, e, p: chunk_loss(s, e, p, teacher_states, labels, weights),
+          lambda s, e, p: chunk_loss(s, e, p, teacher_states, entries, weights),
           states, student.embedding, params, has_aux=True)
       d_states, d_e, d_p = vjp(jnp.ones_like(value))
       carry = (loss + value, d_embedding + d_e, jax.tree.map(jnp.add, d_params, d_p))
@@ -187,30 +196,30 @@ def weighted_sum_in_chunks(
     zeros = (jnp.zeros((), jnp.float32), jnp.zeros_like(student.embedding),
              jax.tree.map(jnp.zeros_like, params))
     xs = (_chunks(student.states, chunk), [_chunks(t.states, chunk) for t in teachers],
-          None if labels is None else _chunks(labels, chunk), _chunks(weights, chunk))
+          {k: _chunks(v, chunk) for k, v in entries.items()}, _chunks(weights, chunk))
     (loss, d_embedding, d_params), (d_states, aux) = jax.lax.scan(body, zeros, xs)
     unchunk = lambda tree: jax.tree.map(lambda x: _unchunk(x, length), tree)  # noqa: E731
     grads = (Hidden(unchunk(d_states).astype(student.states.dtype), d_embedding), d_params)
     return (loss, unchunk(aux)), grads
 
   @jax.custom_vjp
-  def fused(student, params, teachers, labels, weights):
-    return scan_chunks(student, params, teachers, labels, weights)[0]
+  def fused(student, params, teachers, entries, weights):
+    return scan_chunks(student, params, teachers, entries, weights)[0]
 
-  def forward(student, params, teachers, labels, weights):
-    out, grads = scan_chunks(student, params, teachers, labels, weights)
-    return out, (grads, teachers, labels, weights)
+  def forward(student, params, teachers, entries, weights):
+    out, grads = scan_chunks(student, params, teachers, entries, weights)
+    return out, (grads, teachers, entries, weights)
 
   def backward(residuals, cotangents):
-    (d_student, d_params), teachers, labels, weights = residuals
+    (d_student, d_params), teachers, entries, weights = residuals
     scale = cotangents[0]  # the aux outputs are values only
     scaled = jax.tree.map(lambda g: (g * scale).astype(g.dtype), (d_student, d_params))
-    no_labels = None if labels is None else np.zeros(labels.shape, jax.dtypes.float0)
-    return (*scaled, jax.tree.map(jnp.zeros_like, teachers), no_labels,
+    no_entries = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), entries)
+    return (*scaled, jax.tree.map(jnp.zeros_like, teachers), no_entries,
             jnp.zeros_like(weights))
 
   fused.defvjp(forward, backward)
   teachers = [jax.lax.stop_gradient(t) for t in teachers]
-  loss, aux = fused(student, params, teachers, batch.get('label'),
+  loss, aux = fused(student, params, teachers, _entries(batch),
                     jnp.asarray(weights, jnp.float32))
   return loss, jax.lax.stop_gradient(aux)

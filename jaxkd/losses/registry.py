@@ -47,6 +47,7 @@ _TERMS: tuple[type[Term], ...] = (
     _method('skew_reverse_kl', 'SkewReverseKL'),
     _method('hidden_mse', 'HiddenMSE'),
     _method('minilm', 'MiniLM'),
+    _method('sampled_kd', 'SampledKD'),
 )
 
 # name -> term factory (a frozen dataclass of the term's keyword-only hyper-parameters).

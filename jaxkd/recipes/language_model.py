@@ -8,6 +8,13 @@ through the shared step, loop and checkpoints (exact resume, teacher fingerprint
   config.terms = {'ce': {'weight': 0.5}, 'kd': {'weight': 0.5, 'temperature': 1.0}}
   language_model.run(config, '/tmp/student')                       # distils
 
+From a stored teacher cache instead of a live teacher (written once from `teacher_dir` if
+`dir` holds none, its provenance checked against the run's; `jaxkd.cache_lm`):
+
+  config.teacher_cache = {'kind': 'sampled', 'k': 8, 'dir': '/tmp/cache'}
+  config.terms = {'sampled_kd': {'weight': 1.0, 'temperature': 1.0}}
+  # or {'kind': 'topk', 'k': 8, 'dir': ...} with terms {'kd': {'weight': 1.0, ...}}
+
 Writes `WORKDIR/final` (the model's variables and what it is), `WORKDIR/metrics.jsonl`
 (training and validation curves) and `WORKDIR/final_metrics.json` (`valid` and `test`:
 per-token loss, perplexity, bits per byte, accuracy, and with a teacher its agreement).
@@ -49,7 +56,74 @@ def default_config() -> ml_collections.ConfigDict:
       'teacher_dir': '', 'terms': {}, 'vocab_chunk': 0,
       'parallel': 'jit', 'log_every': 50, 'eval_every': 500, 'checkpoint_every': 500,
       'max_train_rows': 0, 'max_eval_rows': 0, 'eval_batch_size': 32, 'stop_at': 0,
+      'teacher_cache': {},
   })
+
+
+# `config.teacher_cache`'s settings and their defaults ('kind', 'k' and 'dir' are required).
+CACHE_SETTINGS = {'kind': None, 'k': None, 'dir': None, 'value_dtype': 'float32',
+                  'batch_size': 16}
+
+
+def _cache_settings(config, objective) -> dict:
+  """`config.teacher_cache` checked against the objective, with the temperature it is
+  written at (the reading term's), or {} for a live teacher."""
+  from jaxkd.cache_lm import KINDS
+  from jaxkd.distill import topk_temperature
+  settings = _plain(config.teacher_cache) or {}
+  kinds = {getattr(term, 'cache_kind', None) for _, _, term in objective.terms} - {None}
+  if not settings:
+    if kinds:
+      raise ValueError(f'The terms read a {sorted(kinds)[0]} teacher cache; set '
+                       "config.teacher_cache = {'kind': ..., 'k': ..., 'dir': ...}.")
+    return {}
+  unknown = sorted(set(settings) - set(CACHE_SETTINGS))
+  missing = sorted(k for k, v in CACHE_SETTINGS.items() if v is None and not settings.get(k))
+  if unknown or missing:
+    raise ValueError(f'config.teacher_cache={settings}: unknown {unknown}, missing {missing}; '
+                     f'valid settings: {sorted(CACHE_SETTINGS)}.')
+  settings = {**CACHE_SETTINGS, **settings}
+  if settings['kind'] not in KINDS:
+    raise ValueError(f"config.teacher_cache.kind={settings['kind']!r}; valid: {KINDS}.")
+  if not config.teacher_dir:
+    raise ValueError('config.teacher_cache needs config.teacher_dir: the teacher the cache is '
+                     'written from and checked against.')
+  if config.vocab_chunk and settings['kind'] == 'topk':
+    raise ValueError('A top-k teacher cache is completed on full student logits: unset '
+                     'vocab_chunk (a sampled cache runs in chunks).')
+  if settings['kind'] == 'sampled':
+    readers = [term for _, _, term in objective.terms if term.name == 'sampled_kd']
+    if objective.needs_teacher or len(readers) != 1:
+      raise ValueError(f'A sampled teacher cache teaches through one sampled_kd term and no '
+                       f'live-teacher term; the terms are {[n for n, _, _ in objective.terms]}.')
+    temperature = float(readers[0].temperature)
+  else:
+    temperature = topk_temperature(objective)
+  return {**settings, 'temperature': temperature}
+
+
+def _cached_rows(settings: dict, teacher, teacher_vars, train: dict, *, seed: int,
+                 provenance: dict) -> dict:
+  """The teacher cache's targets for the training rows (written first if the folder has
+  no cache), after its provenance is checked against this run's."""
+  import hashlib
+  from jaxkd import cache_lm
+  inputs = train['tokens'][:, :-1]
+  digest = hashlib.sha256()
+  for name in ('tokens', 'mask'):
+    digest.update(np.ascontiguousarray(train[name]).tobytes())
+  provenance = {**provenance, 'dataset_sha256': digest.hexdigest()}
+  if cache_lm.read_provenance(settings['dir']) is None:
+    cache_lm.write_token_cache(
+        settings['dir'], lambda v, x: teacher.apply(v, x, train=False), teacher_vars, inputs,
+        kind=settings['kind'], k=settings['k'], temperature=settings['temperature'],
+        seed=seed, provenance=provenance, batch_size=settings['batch_size'],
+        value_dtype=settings['value_dtype'])
+  expected = {'kind': settings['kind'], 'k': settings['k'],
+              'temperature': settings['temperature'], 'value_dtype': settings['value_dtype'],
+              **provenance, 'num_rows': len(inputs), 'seq_len': inputs.shape[1]}
+  rows, _ = cache_lm.read_token_cache(settings['dir'], expected=expected)
+  return rows
 
 
 def _plain(value):
@@ -121,13 +195,23 @@ def run(config, workdir: str) -> dict:
     fingerprints = [tree_sha256(teacher_vars)]
   elif objective.needs_teacher:
     raise ValueError(f'The terms {sorted(terms)} read a teacher; set config.teacher_dir.')
+  cache_settings = _cache_settings(config, objective)
+  if cache_settings:  # the teacher teaches through its stored targets, not live
+    train = {**train, **_cached_rows(
+        cache_settings, teacher, teacher_vars, train, seed=config.seed,
+        provenance={'teacher_fingerprint': fingerprints[0],
+                    'tokenizer_fingerprint': tokenizer_sha256})}
   tx, schedule = _optimizer(config)
   shape = (1, config.seq_len)
   state = create_distill_state(student, tx, objective, teachers=[teacher] if teacher else None,
                                teacher_variables=[teacher_vars] if teacher else None,
                                seed=config.seed, input_shape=shape)
   chunk = config.vocab_chunk or None
-  if teacher is not None:
+  if cache_settings.get('kind') == 'topk':
+    step = make_distill_step(student=student, teachers=None, tx=tx, objective=objective,
+                             learning_rate_fn=schedule, parallel=parallel, cached=True)
+    step_args = ((),)
+  elif teacher is not None and not cache_settings:
     step = make_distill_step(student=student, teachers=teacher, tx=tx, objective=objective,
                              learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk)
     step_args = (parallel.place_teacher(teacher_vars),)
@@ -156,6 +240,8 @@ def run(config, workdir: str) -> dict:
                   teacher_dirs=[config.teacher_dir] if config.teacher_dir else [],
                   objective=objective.describe(), num_classes=vocab,
                   tokenizer_sha256=tokenizer_sha256)
+  if cache_settings:
+    metadata['teacher_cache'] = cache_settings
   from jaxkd import checkpoint  # orbax is slow to import
   checkpointer = (checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                           metadata=metadata)

@@ -46,7 +46,7 @@ LENET5_TAPS = {
 GAP_ONLY = ('sdd',)  # methods that need a global-average-pool classifier (not LeNet-5)
 # Methods that read a transformer's taps (`block<i>`, `block<i>/attention/...`): run them on
 # language models (jaxkd.recipes.language_model), e.g. lm_student taught by lm_teacher.
-LANGUAGE_ONLY = ('hidden_mse', 'minilm')
+LANGUAGE_ONLY = ('hidden_mse', 'minilm', 'sampled_kd')
 # Settings of a registered method under another name: name -> (its loss, CE weight, settings).
 VARIANTS = {
     # KD with logit standardisation, Sun et al. 2024: base T 2, KD weight 9, CE 0.1.

@@ -80,7 +80,9 @@ def _apply(objective, student, teacher, key=0):
   params, state = objective.init(jax.random.key(key), student, [teacher])
   rows = student.logits.shape[:-1]  # [B], or [B, L] for a language model's positions
   batch = {'label': (jnp.arange(np.prod(rows)) % 10).reshape(rows),
-           'index': jnp.arange(BATCH) * 7 % NUM_DATA}
+           'index': jnp.arange(BATCH) * 7 % NUM_DATA,
+           # a sampled teacher cache's draws (sampled_kd): 4 token ids per example
+           'teacher_sample_ids': (jnp.arange(np.prod(rows) * 4) % 10).reshape(rows + (4,))}
   _, components, _ = objective.apply(Context(student, [teacher], batch, step=0,
                                              key=jax.random.key(key), params=params,
                                              state=state))
