@@ -106,6 +106,18 @@ def _prefill(model, variables, prompts, lengths, total):
   return jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0], cache
 
 
+def _start_tokens(prompts, lengths, total, pad_token):
+  """int32 `[B, total]`: each prompt's tokens, then `pad_token`."""
+  in_prompt = jnp.arange(prompts.shape[1]) < lengths[:, None]
+  tokens = jnp.full((prompts.shape[0], total), pad_token, jnp.int32)
+  return tokens.at[:, :prompts.shape[1]].set(jnp.where(in_prompt, prompts, pad_token))
+
+
+def _running(max_new_tokens):
+  """The loops' condition on `(step, _, _, _, done, ...)`: steps left and a row running."""
+  return lambda carry: (carry[0] < max_new_tokens) & ~jnp.all(carry[4])
+
+
 def _generated_mask(lengths, counts, total):
   positions = jnp.arange(total)
   return (positions >= lengths[..., None]) & (positions < (lengths + counts)[..., None])
@@ -165,9 +177,7 @@ def _sample(model, variables, prompts, lengths, key, *, max_new_tokens, temperat
   batch, prompt_len = prompts.shape
   total = prompt_len + max_new_tokens
   logits, cache = _prefill(model, variables, prompts, lengths, total)
-  in_prompt = jnp.arange(prompt_len) < lengths[:, None]
-  tokens = jnp.full((batch, total), pad_token, jnp.int32)
-  tokens = tokens.at[:, :prompt_len].set(jnp.where(in_prompt, prompts, pad_token))
+  tokens = _start_tokens(prompts, lengths, total, pad_token)
   rows = jnp.arange(batch)
 
   def choose(logits, step):
@@ -189,13 +199,9 @@ def _sample(model, variables, prompts, lengths, key, *, max_new_tokens, temperat
     logits, cache = model.apply(variables, token[:, None], cache, position, method='decode')
     return step + 1, logits[:, 0], cache, tokens, done, counts, log_prob
 
-  def cond(carry):
-    step, done = carry[0], carry[4]
-    return (step < max_new_tokens) & ~jnp.all(done)
-
   carry = (jnp.int32(0), logits, cache, tokens, jnp.zeros(batch, bool),
            jnp.zeros(batch, jnp.int32), jnp.zeros(batch, jnp.float32))
-  _, _, _, tokens, _, counts, log_prob = jax.lax.while_loop(cond, body, carry)
+  _, _, _, tokens, _, counts, log_prob = jax.lax.while_loop(_running(max_new_tokens), body, carry)
   return Generation(tokens, _generated_mask(lengths, counts, total), log_prob)
 
 
@@ -237,10 +243,7 @@ def _beam_search(model, variables, prompts, lengths, *, num_beams, max_new_token
   # first step's top-k picks distinct tokens.
   cache = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0), cache)
   logits = jnp.repeat(logits[:, None], beams, axis=1)
-  in_prompt = jnp.arange(prompt_len) < lengths[:, None]
-  tokens = jnp.full((batch, total), pad_token, jnp.int32)
-  tokens = tokens.at[:, :prompt_len].set(jnp.where(in_prompt, prompts, pad_token))
-  tokens = jnp.repeat(tokens[:, None], beams, axis=1)
+  tokens = jnp.repeat(_start_tokens(prompts, lengths, total, pad_token)[:, None], beams, 1)
   scores = jnp.where(jnp.arange(beams) == 0, 0.0, -jnp.inf) * jnp.ones((batch, 1))
   only_pad = jnp.where(jnp.arange(vocab) == pad_token, 0.0, -jnp.inf)
   flat_lengths = jnp.repeat(lengths, beams)
@@ -265,13 +268,9 @@ def _beam_search(model, variables, prompts, lengths, *, num_beams, max_new_token
                                 method='decode')
     return (step + 1, logits.reshape(batch, beams, vocab), cache, tokens, done, counts, scores)
 
-  def cond(carry):
-    step, done = carry[0], carry[4]
-    return (step < max_new_tokens) & ~jnp.all(done)
-
   carry = (jnp.int32(0), logits, cache, tokens, jnp.zeros((batch, beams), bool),
            jnp.zeros((batch, beams), jnp.int32), scores)
-  _, _, _, tokens, _, counts, scores = jax.lax.while_loop(cond, body, carry)
+  _, _, _, tokens, _, counts, scores = jax.lax.while_loop(_running(max_new_tokens), body, carry)
   ranking = scores / jnp.maximum(counts, 1).astype(jnp.float32) ** length_penalty
   best = jnp.argmax(ranking, axis=1)
   pick = lambda x: jnp.take_along_axis(  # noqa: E731
