@@ -9,6 +9,7 @@ and top-p sampling, and beam search, batched over prompts and compiled with `jax
     out.log_prob   # float32 [B]: sum of log p(token | before) over the generated tokens
     generate.greedy(model, variables, prompts, lengths, max_new_tokens=64)
     generate.beam_search(model, variables, prompts, lengths, num_beams=4, max_new_tokens=64)
+    generate.as_rows(out)   # {'tokens', 'mask'}: training rows, the loss on the continuation
 
 `prompts` `[B, P]` are right-padded: row `b` holds its prompt in its first `lengths[b]`
 (>= 1) tokens (`lengths` default `P`; a `[B, P]` mask of ones-then-zeros also works). A
@@ -44,6 +45,16 @@ class Generation(NamedTuple):
   tokens: jax.Array
   mask: jax.Array
   log_prob: jax.Array
+
+
+def as_rows(generation: Generation) -> dict:
+  """Decoded rows as training rows in `jaxkd.data.text.pack`'s convention: `{'tokens' int32
+  [B, S], 'mask' float32 [B, S]}` with `mask[:, j] = 1` where `tokens[:, j + 1]` was generated,
+  so `jaxkd.language.lm_batch` weights the continuation only (the prompt is the condition).
+  Traceable: an on-policy step may call it on its own samples."""
+  generated = generation.mask[:, 1:].astype(jnp.float32)
+  return {'tokens': generation.tokens,
+          'mask': jnp.pad(generated, ((0, 0), (0, 1)))}
 
 
 def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,

@@ -81,7 +81,7 @@ def decode_rows(teacher, teacher_variables, prompts, lengths, *, settings: dict,
   with copies, so one program serves every batch)."""
   size = settings['batch_size']
   common = dict(max_new_tokens=settings['new_tokens'], stop_token=sep_id, pad_token=pad_id)
-  tokens, generated = [], []
+  tokens, masks = [], []
   for start in range(0, len(prompts), size):
     index = np.minimum(np.arange(start, start + size), len(prompts) - 1)
     if settings['decode'] == 'beam':
@@ -91,12 +91,11 @@ def decode_rows(teacher, teacher_variables, prompts, lengths, *, settings: dict,
     else:
       out = generate.greedy(teacher, teacher_variables, prompts[index], lengths[index], **common)
     keep = min(size, len(prompts) - start)
-    tokens.append(np.asarray(out.tokens)[:keep])
-    generated.append(np.asarray(out.mask)[:keep])
-  tokens, generated = np.concatenate(tokens), np.concatenate(generated)
-  mask = np.zeros(tokens.shape, np.float32)
-  mask[:, :-1] = generated[:, 1:]  # position j is weighted when its target j + 1 was generated
-  return {'tokens': tokens.astype(np.int32), 'mask': mask}
+    rows = generate.as_rows(out)
+    tokens.append(np.asarray(rows['tokens'])[:keep])
+    masks.append(np.asarray(rows['mask'])[:keep])
+  return {'tokens': np.concatenate(tokens).astype(np.int32),
+          'mask': np.concatenate(masks).astype(np.float32)}
 
 
 def _sha256(array: np.ndarray) -> str:

@@ -82,6 +82,10 @@ def test_greedy_is_the_argmax_of_the_full_recompute_step_by_step(lm):
     np.testing.assert_array_equal(generated, full[length - 1:length + NEW - 1].argmax(-1))
     expected = full[np.arange(length - 1, length + NEW - 1), generated].sum()
     assert out.log_prob[b] == pytest.approx(expected, abs=1e-4)
+  rows = generate.as_rows(out)  # pack's convention: position j weighted when j + 1 is new
+  np.testing.assert_array_equal(rows['tokens'], tokens)
+  np.testing.assert_array_equal(rows['mask'][:, :-1], mask[:, 1:])
+  assert rows['mask'].dtype == np.float32 and not np.asarray(rows['mask'][:, -1]).any()
   # A row alone decodes as it does beside others; a mask gives the lengths too.
   alone = generate.greedy(model, variables, prompts[1:2, :3], max_new_tokens=NEW)
   np.testing.assert_array_equal(alone.tokens[0, :3 + NEW], tokens[1, :3 + NEW])
