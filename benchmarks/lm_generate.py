@@ -1,6 +1,7 @@
 """Generation throughput of `jaxkd.generate`: new tokens/s of a batch of prompts (prefill and
-cached decode, one jitted call), greedy, sampled (temperature 1, top-p 0.95) and beam
-search, timed in interleaved windows as `lm_throughput.py` times its steps.
+cached decode, one jitted call), greedy, sampled at temperature 1, the same with top-p 0.95
+(a sort of the vocabulary per step) and beam search (4 beams), timed in interleaved windows
+as `lm_throughput.py` times its steps.
 
   python benchmarks/lm_generate.py                 # lm_teacher, batch 8, prompt 64, 128 new
   python benchmarks/lm_generate.py --model lm_student --json auto
@@ -26,7 +27,7 @@ from harness import load_average, results_path, write_json  # noqa: E402
 from jaxkd import generate, models  # noqa: E402
 from jaxkd.state import init_variables  # noqa: E402
 
-MODES = ('greedy', 'sampled', 'beam4')
+MODES = ('greedy', 'sampled', 'top_p', 'beam4')
 
 
 def build(args):
@@ -39,7 +40,9 @@ def build(args):
   calls = {
       'greedy': lambda: generate.greedy(model, variables, prompts, **common),
       'sampled': lambda: generate.sample(model, variables, prompts, key=jax.random.key(1),
-                                         temperature=1.0, top_p=0.95, **common),
+                                         temperature=1.0, **common),
+      'top_p': lambda: generate.sample(model, variables, prompts, key=jax.random.key(1),
+                                       temperature=1.0, top_p=0.95, **common),
       'beam4': lambda: generate.beam_search(model, variables, prompts, num_beams=4, **common),
   }
   return {mode: calls[mode] for mode in args.modes}
