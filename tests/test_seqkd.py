@@ -1,6 +1,6 @@
 """jaxkd.seqkd and the language-model recipe's `config.seqkd`: prompts and loss masks, the
 teacher's greedy continuations written once with a provenance that refuses another teacher or
-other settings, a SeqKD student that learns them, and word-KD beside it."""
+other settings, a SeqKD student that learns them (and resumes exactly), and word-KD beside it."""
 import json
 import pathlib
 import sys
@@ -97,9 +97,10 @@ def test_seqkd_trains_on_the_teachers_sequences_and_refuses_another_teacher(tmp_
       str(tmp_path / 'teacher'))
   data_dir = str(tmp_path / 'seqkd_data')
   settings = {'decode': 'greedy', 'prompt_len': 8, 'new_tokens': 16, 'data_dir': data_dir}
-  student = language_model.run(
+  seqkd_run = lambda workdir, **kw: language_model.run(  # noqa: E731
       _config(teacher_dir=str(tmp_path / 'teacher'), seqkd=settings, num_steps=24,
-              max_train_rows=48), str(tmp_path / 'seqkd'))
+              max_train_rows=48, checkpoint_every=12, **kw), str(tmp_path / workdir))
+  student = seqkd_run('seqkd')
   # The data: 48 prompts, each the teacher's greedy continuation (a NumPy argmax of its
   # full pass), recorded with the fingerprint the teacher's run reported.
   record = json.loads((tmp_path / 'seqkd_data' / 'provenance.json').read_text())
@@ -115,6 +116,9 @@ def test_seqkd_trains_on_the_teachers_sequences_and_refuses_another_teacher(tmp_
   # It learns them: the training loss (on continuations only) falls.
   losses = [r['loss'] for r in _losses(tmp_path / 'seqkd')]
   assert len(losses) == 12 and np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+  # Stopped at step 12 and resumed (the data read back): the uninterrupted parameters.
+  seqkd_run('resumed', stop_at=12)
+  assert seqkd_run('resumed')['params_sha256'] == student['params_sha256']
   # Word-KD beside it reads the same data (not decoded again) and the live teacher.
   word = language_model.run(
       _config(teacher_dir=str(tmp_path / 'teacher'), seqkd=settings, max_train_rows=48,
