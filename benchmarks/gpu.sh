@@ -8,8 +8,9 @@
 #   benchmarks/gpu.sh --tiny               # a seconds-long smoke run (works on CPU too)
 #   benchmarks/gpu.sh --pairs resnet       # extra arguments go to throughput.py
 #
-# The full run also writes the language-model pair (lm_throughput.py, lm_memory.py) as
-# lm-throughput-<device>.json and lm-memory-<device>.json.
+# The full run also writes the language-model pair (lm_throughput.py, lm_memory.py,
+# lm_generate.py) as lm-throughput-<device>.json, lm-memory-<device>.json and
+# lm-generate-<device>.json.
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), JAXKD_BENCH_OUT (the output
 # folder, default benchmarks/results). Adds the PyTorch peer when torch sees a CUDA device.
@@ -48,6 +49,7 @@ mkdir -p "$OUT_DIR"
 if [[ -z "$tiny" ]]; then  # the language-model pair: steps, and the vocabulary in chunks
   "$PYTHON" benchmarks/lm_throughput.py --vocab-chunk 128 --json "${OUT_DIR}/lm-throughput-${name}.json"
   "$PYTHON" benchmarks/lm_memory.py --time 5 --json "${OUT_DIR}/lm-memory-${name}.json"
+  "$PYTHON" benchmarks/lm_generate.py --json "${OUT_DIR}/lm-generate-${name}.json"
 fi
 echo "gpu.sh: ${device} -> ${OUT_DIR}/${name}.json" >&2
 exec "$PYTHON" benchmarks/throughput.py "${args[@]}" "$@" --json "${OUT_DIR}/${name}.json"

@@ -100,8 +100,11 @@ def main(recipe: str, script: str) -> None:
     from jaxkd import recipes
     recipes.enable_compilation_cache()
     final = exit_on_user_error(recipes.RECIPES[recipe], settings, workdir.value)
-    if distributed.is_main():
+    if distributed.is_main() and 'test_accuracy' in final:
       print(f"test accuracy {final['test_accuracy']:.4f}  "
+            f"params_sha256 {final['params_sha256']}")
+    elif distributed.is_main() and 'test' in final:  # a language model's
+      print(f"test bits per byte {final['test']['bits_per_byte']:.4f}  "
             f"params_sha256 {final['params_sha256']}")
 
   app.run(run, flags_parser=_parse_flags)

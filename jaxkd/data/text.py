@@ -377,14 +377,15 @@ def load(name: str, split: str, *, seq_len: int, vocab_size: int = 2048,
 
 def stats(name: str, split: str, *, vocab_size: int = 2048, tokenizer: str = 'bpe',
           tokenizer_corpus: str | None = None, data_dir=None) -> dict:
-  """`{'docs', 'bytes', 'targets', 'bytes_per_token', 'vocab_size'}` of a prepared split;
-  `targets` (tokens predicted: documents' tokens and one separator each) is what `load`'s
-  mask sums to, `bytes_per_token = bytes / targets`."""
+  """`{'docs', 'bytes', 'targets', 'bytes_per_token', 'vocab_size', 'sha256'}` of a prepared
+  split; `targets` (tokens predicted: documents' tokens and one separator each) is what
+  `load`'s mask sums to, `bytes_per_token = bytes / targets`; `sha256` is the token stream's."""
   meta, tokens = _open(name, split, vocab_size, tokenizer, tokenizer_corpus, data_dir)
   info = meta['splits'][split]
   targets = len(tokens) - 1
   return {'docs': info['docs'], 'bytes': info['bytes'], 'targets': targets,
-          'bytes_per_token': info['bytes'] / targets, 'vocab_size': meta['vocab_size']}
+          'bytes_per_token': info['bytes'] / targets, 'vocab_size': meta['vocab_size'],
+          'sha256': info['sha256']}
 
 
 def load_tokenizer(name: str, *, vocab_size: int = 2048, tokenizer: str = 'bpe', data_dir=None):

@@ -7,6 +7,14 @@ through the shared step, loop and checkpoints (exact resume, teacher fingerprint
   config.model, config.teacher_dir = 'lm_student', '/tmp/teacher'
   config.terms = {'ce': {'weight': 0.5}, 'kd': {'weight': 0.5, 'temperature': 1.0}}
   language_model.run(config, '/tmp/student')                       # distils
+  config.seqkd = {'decode': 'beam', 'num_beams': 4, 'prompt_len': 32, 'new_tokens': 96}
+  config.terms = {'ce': {'weight': 1.0}}                    # + 'kd' for word-KD beside it
+  language_model.run(config, '/tmp/seqkd')     # sequence-level KD (jaxkd.seqkd)
+
+With `config.seqkd` set, the teacher first writes its continuations of the training rows'
+prompts (once, to `seqkd.data_dir`, default WORKDIR/seqkd_data, with a provenance checked on
+every later read), and the student trains on prompt + continuation with the loss on the
+continuation only; the live teacher runs in the step only when a term reads it (word-KD).
 
 From a stored teacher cache instead of a live teacher (written once from `teacher_dir` if
 `dir` holds none, its provenance checked against the run's; `jaxkd.cache_lm`):
@@ -31,7 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxkd import distributed, losses, models
+from jaxkd import distributed, losses, models, seqkd
 from jaxkd.data import text
 from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.language import evaluate_lm, make_lm_eval_step, summarize_lm, train_batches
@@ -43,7 +51,8 @@ from jaxkd.steps import build_update
 # What makes two runs the same run (checked on resume) and a model what it is.
 _RUN_KEYS = ('corpus', 'tokenizer', 'vocab_size', 'seq_len', 'model', 'model_overrides',
              'batch_size', 'num_steps', 'learning_rate', 'warmup_steps', 'weight_decay',
-             'grad_clip', 'seed', 'terms', 'vocab_chunk', 'max_train_rows', 'eval_every')
+             'grad_clip', 'seed', 'terms', 'vocab_chunk', 'max_train_rows', 'eval_every',
+             'seqkd')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -57,6 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
       'parallel': 'jit', 'log_every': 50, 'eval_every': 500, 'checkpoint_every': 500,
       'max_train_rows': 0, 'max_eval_rows': 0, 'eval_batch_size': 32, 'stop_at': 0,
       'teacher_cache': {},
+      'seqkd': {},  # sequence-level KD: jaxkd.seqkd.DEFAULTS's settings; {} is off
   })
 
 
@@ -165,8 +175,13 @@ def run(config, workdir: str) -> dict:
   """Trains `config.model` on `config.corpus` (no `teacher_dir`), or distils the model in
   `config.teacher_dir` into it with `config.terms` (by name, `jaxkd.losses.LOSSES`; default
   cross-entropy alone). Resumes from WORKDIR/checkpoints. Returns the final metrics.
-  `config.stop_at` (< `num_steps`) stops there after a checkpoint, as a preemption would."""
+  `config.stop_at` (< `num_steps`) stops there after a checkpoint, as a preemption would.
+  `config.seqkd` (non-empty): train on the teacher's sequences (module docstring)."""
   start = time.perf_counter()
+  if config.seqkd and config.teacher_cache:
+    raise ValueError('config.seqkd and config.teacher_cache are both set: a stored cache holds '
+                     "the teacher's targets on the corpus rows, SeqKD replaces those rows; "
+                     'use one of them.')
   os.makedirs(workdir, exist_ok=True)
   parallel = Parallel(config.parallel)
   train = _rows(config, 'train', config.max_train_rows)
@@ -177,8 +192,11 @@ def run(config, workdir: str) -> dict:
                                        tokenizer=config.tokenizer)['bytes_per_token']
                      for split in evals}
   vocab = info['vocab_size']
-  tokenizer_sha256 = text.load_tokenizer(config.corpus, vocab_size=config.vocab_size,
-                                         tokenizer=config.tokenizer).fingerprint
+  tok = text.load_tokenizer(config.corpus, vocab_size=config.vocab_size,
+                            tokenizer=config.tokenizer)
+  tokenizer_sha256 = tok.fingerprint
+  seqkd_settings = (seqkd.check_settings(_plain(config.seqkd), seq_len=config.seq_len)
+                    if config.seqkd else None)
   overrides = _plain(config.model_overrides) or {}
   student = _model(config.model, vocab, config.seq_len, overrides, config.dtype)
   terms = _plain(config.terms) or {'ce': {'weight': 1.0}}
@@ -193,6 +211,8 @@ def run(config, workdir: str) -> dict:
                        f"with {config.tokenizer} {tokenizer_sha256}: distil with the teacher's "
                        'tokenizer.')
     fingerprints = [tree_sha256(teacher_vars)]
+  elif seqkd_settings:
+    raise ValueError('config.seqkd: the teacher writes the sequences; set config.teacher_dir.')
   elif objective.needs_teacher:
     raise ValueError(f'The terms {sorted(terms)} read a teacher; set config.teacher_dir.')
   cache_settings = _cache_settings(config, objective)
@@ -201,18 +221,35 @@ def run(config, workdir: str) -> dict:
         cache_settings, teacher, teacher_vars, train, seed=config.seed,
         provenance={'teacher_fingerprint': fingerprints[0],
                     'tokenizer_fingerprint': tokenizer_sha256})}
+  seqkd_record = {}
+  if seqkd_settings:
+    directory = seqkd_settings['data_dir'] or os.path.join(workdir, 'seqkd_data')
+    train = seqkd.teacher_dataset(
+        directory, teacher=teacher, teacher_variables=teacher_vars, rows=train,
+        settings=seqkd_settings, sep_id=tok.sep_id, pad_id=tok.pad_id,
+        provenance={'teacher_sha256': fingerprints[0], 'tokenizer_sha256': tokenizer_sha256,
+                    'corpus': config.corpus, 'split': 'train', 'split_sha256': info['sha256'],
+                    'seq_len': config.seq_len, 'max_train_rows': config.max_train_rows,
+                    'dtype': config.dtype})  # the teacher decodes in the run's dtype
+    seqkd_record = {'data_dir': directory, 'rows': len(train['tokens']),
+                    'continuation_tokens': int(train['mask'].sum())}
+  # SeqKD with cross-entropy alone trains on the teacher's sequences without running it.
+  live = teacher if teacher is not None and not cache_settings and (
+      objective.needs_teacher or not seqkd_settings) else None
+  state_teacher = teacher if cache_settings else live
   tx, schedule = _optimizer(config)
   shape = (1, config.seq_len)
-  state = create_distill_state(student, tx, objective, teachers=[teacher] if teacher else None,
-                               teacher_variables=[teacher_vars] if teacher else None,
+  state = create_distill_state(student, tx, objective,
+                               teachers=[state_teacher] if state_teacher else None,
+                               teacher_variables=[teacher_vars] if state_teacher else None,
                                seed=config.seed, input_shape=shape)
   chunk = config.vocab_chunk or None
   if cache_settings.get('kind') == 'topk':
     step = make_distill_step(student=student, teachers=None, tx=tx, objective=objective,
                              learning_rate_fn=schedule, parallel=parallel, cached=True)
     step_args = ((),)
-  elif teacher is not None and not cache_settings:
-    step = make_distill_step(student=student, teachers=teacher, tx=tx, objective=objective,
+  elif live is not None:
+    step = make_distill_step(student=student, teachers=live, tx=tx, objective=objective,
                              learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk)
     step_args = (parallel.place_teacher(teacher_vars),)
   else:
@@ -260,6 +297,8 @@ def run(config, workdir: str) -> dict:
   checkpoint.save_variables(os.path.join(workdir, 'final'), variables,
                             metadata={**metadata, 'model_overrides': overrides},
                             step=config.num_steps)
+  if seqkd_record:
+    final['seqkd'] = seqkd_record
   result = {**final, 'steps': config.num_steps, 'seconds': time.perf_counter() - start,
             'params_sha256': tree_sha256(variables),
             'parameters': int(sum(np.size(x) for x in jax.tree.leaves(variables)))}
