@@ -157,11 +157,15 @@ def make_evaluator(model, task: Task, config, parallel: Parallel) -> Callable[[A
   """`evaluate(variables) -> {'test_accuracy': ..., 'val_accuracy': ..., ...}` over the
   whole test split and the validation split if there is one (padded last batches)."""
   eval_step = make_eval_step(model=model, num_classes=task.num_classes, parallel=parallel)
-  batch_size = setting(config, 'eval_batch_size')
-  batch_size -= batch_size % parallel.size
   splits = {'test': (task.test_images, task.test_labels)}
   if task.val_labels is not None:
     splits['val'] = (task.val_images, task.val_labels)
+  # Whole multiples of the devices, and no larger than the largest split needs: a split of
+  # 64 images is not padded to a batch of 1,000 (one batch shape for every split: one compile).
+  largest = max(len(labels) for _, labels in splits.values())
+  needed = -(-largest // parallel.size) * parallel.size
+  batch_size = min(setting(config, 'eval_batch_size'), needed)
+  batch_size = max(batch_size - batch_size % parallel.size, parallel.size)
 
   def evaluate(variables) -> dict:
     results = {}
