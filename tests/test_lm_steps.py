@@ -149,6 +149,13 @@ def test_lm_eval_metrics_match_numpy(setup, mode, chunk):
   top1 = s.argmax(-1)
   np.testing.assert_allclose(got['accuracy'], ((top1 == batch['label']) * mask).sum() / mask.sum())
   np.testing.assert_allclose(got['agreement'], ((top1 == t.argmax(-1)) * mask).sum() / mask.sum())
+  # expected calibration error, 15 equal-width bins of the top-1 probability (Guo et al. 2017)
+  confidence = np.exp(_log_softmax(s).max(-1))[mask > 0]
+  hit = (top1 == batch['label'])[mask > 0]
+  which = np.minimum((confidence * 15).astype(int), 14)
+  ece = sum(abs(hit[which == b].sum() - confidence[which == b].sum()) for b in range(15))
+  np.testing.assert_allclose(got['ece'], ece / len(hit), rtol=1e-4, atol=1e-6)
+  assert 0.0 < got['ece'] < 1.0
 
 
 def test_cached_teacher_logits_equal_the_live_teacher(setup):

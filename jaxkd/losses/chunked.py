@@ -85,10 +85,14 @@ def _chunk_terms(objective, student_logits, teacher_logits, entries, step, key, 
 
 
 def logit_stats(student_logits: jax.Array, teachers: Sequence[Outputs]) -> dict[str, jax.Array]:
-  """Per example (position): the student's top-1 `'prediction'`, each teacher's top-1
+  """Per example (position): the student's top-1 `'prediction'` and its probability
+  `'confidence'`, each teacher's top-1
   `'teacher<i>_top1'` (its own stored one when its logits are rebuilt from a top-k cache)
   and `'teacher<i>_finite'` (all its logits finite)."""
-  stats = {'prediction': jnp.argmax(student_logits, -1)}
+  logits = student_logits.astype(jnp.float32)
+  stats = {'prediction': jnp.argmax(logits, -1),
+           # the top-1 probability: exp(max - logsumexp), what calibration bins by
+           'confidence': jnp.exp(jnp.max(logits, -1) - jax.nn.logsumexp(logits, -1))}
   for i, teacher in enumerate(teachers):
     stats[f'teacher{i}_top1'] = (jnp.argmax(teacher.logits, -1) if teacher.top1 is None
                                  else teacher.top1)

@@ -20,7 +20,7 @@ from jaxkd.tables import reproduce, stats, sweep
 from jaxkd.tables.sweep import RunSpec
 
 METRICS = ('test_bits_per_byte', 'test_loss', 'valid_bits_per_byte', 'valid_loss',
-           'test_accuracy', 'test_agreement')
+           'test_accuracy', 'test_agreement', 'test_ece')
 
 
 def run_record(spec: RunSpec, final: dict) -> dict:
@@ -107,6 +107,8 @@ def tests(records: Sequence[dict], rows: Sequence[str], control: str,
                          metric=metric)
     if test['seeds']:
       found.append(test)
+  for test, p in zip(found, stats.holm([t['p_value'] for t in found])):
+    test['p_holm'] = p
   return found
 
 
@@ -121,18 +123,20 @@ def render(payload: dict, rows: dict[str, str], title: str) -> str:
       ('test bits/byte', lambda r: cell(r, 'test_bits_per_byte')),
       ('test nats/token', lambda r: cell(r, 'test_loss')),
       ('valid bits/byte', lambda r: cell(r, 'valid_bits_per_byte')),
-      ('test agreement', lambda r: cell(r, 'test_agreement'))], payload['summary'])
+      ('test agreement', lambda r: cell(r, 'test_agreement')),
+      ('test ECE', lambda r: cell(r, 'test_ece'))], payload['summary'])
   if payload.get('headroom') is not None:
     lines += ['', f"Teacher headroom over the control on validation: "
               f"{payload['headroom']:.3f} nats/token."]
   if payload['tests']:
     lines += ['', 'Paired one-sided tests, lower test bits per byte than the control (mean '
-              'difference in bits per byte; not corrected for multiplicity):', '']
+              "difference in bits per byte; Holm's correction across the rows tested):", '']
     lines += reproduce.markdown_table([
         ('treatment', lambda t: t['treatment']), ('control', lambda t: t['control']),
         ('seeds', lambda t: str(len(t['seeds']))),
         ('gain (bits/byte)', lambda t: f"{t['mean_difference']:+.4f}"),
         ('p (t-test)', lambda t: f"{t['p_value']:.3g}"),
+        ('p (Holm)', lambda t: f"{t['p_holm']:.3g}"),
         ('p (sign-flip)', lambda t: f"{t['p_value_sign_flip']:.3g}")], payload['tests'])
   return '\n'.join(lines + reproduce.plots_line(payload))
 
