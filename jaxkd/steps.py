@@ -145,9 +145,9 @@ def build_update(
   (language models: `tokens`, `label` and `mask`, each `[B, L]`) is reduced per token,
   `sum(value * mask) / sum(mask)` over the global batch (`batch_mean`), the loss as the
   metrics, which then hold the step's token count `tokens` (`is_token_mean` names the
-  metrics the loop weighs by it). `vocab_chunk` (language models): the logit terms run from the last hidden
-  states `vocab_chunk` positions at a time (`jaxkd.losses.chunked`); `teacher_fn` then
-  gives `chunked.Hidden`s.
+  metrics the loop weighs by it). `vocab_chunk` (language models): the logit terms run from
+  the last hidden states `vocab_chunk` positions at a time (`jaxkd.losses.chunked`);
+  `teacher_fn` then gives `chunked.Hidden`s.
   """
   if vocab_chunk:
     chunked.check_objective(objective, vocab_chunk)
