@@ -13,20 +13,22 @@ Position `j`'s logits predict token `j + 1` (`jaxkd.data.text.pack`'s convention
 (`[B, L, 3, heads, head_dim]`, queries and keys before the rotation), `block<i>/attention/probs`
 (float32 `[B, heads, L, L]`), `block<i>/norm2`, `block<i>/mlp`, `norm`.
 
-Attention runs through `jax.nn.dot_product_attention` (fused kernels where the platform has
-them), which does not return its probabilities, so `probs` computes them again, and only when
-intermediates are captured: a plain `apply` never does, and under `jit` XLA drops them when no
-tap reads them.
+Attention runs through `jaxkd.ops`' `causal_attention`: `jax.nn.dot_product_attention` (fused
+kernels where the platform has them), or on the CPU the probabilities then one product (XLA:CPU
+runs it faster). Neither returns the probabilities, so `probs` computes them again, and only
+when intermediates are captured: a plain `apply` never does, and under `jit` XLA drops them
+when no tap reads them.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxkd import ops
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -54,13 +56,8 @@ def unembed(hidden: jax.Array, embedding: jax.Array) -> jax.Array:
                     preferred_element_type=jnp.float32)
 
 
-def attention_probs(queries: jax.Array, keys: jax.Array) -> jax.Array:
-  """Causal `softmax(q k^T / sqrt(head_dim))`: `[B, L, N, H] x2 -> float32 [B, N, L, L]`."""
-  scores = jnp.einsum('blnh,bmnh->bnlm', queries, keys, preferred_element_type=jnp.float32)
-  length = queries.shape[1]
-  causal = jnp.tril(jnp.ones((length, length), bool))
-  scores = jnp.where(causal, scores / math.sqrt(queries.shape[-1]), -jnp.inf)
-  return jax.nn.softmax(scores, axis=-1)
+# Causal `softmax(q k^T / sqrt(head_dim))`: `[B, L, N, H] x2 -> float32 [B, N, L, L]`.
+attention_probs = ops.causal_attention_probs
 
 
 class AttentionProbs(nn.Module):
@@ -93,7 +90,7 @@ class CausalSelfAttention(nn.Module):
     keys = rope(keys, positions, base=self.rope_base)
     if self.is_mutable_collection('intermediates'):  # a tap may read them
       AttentionProbs(name='probs')(queries, keys)
-    out = jax.nn.dot_product_attention(queries, keys, values, is_causal=True)
+    out = ops.current().causal_attention(queries, keys, values)
     return _dense(self.width, self.dtype, 'out', axis=(-2, -1))(out)
 
 
