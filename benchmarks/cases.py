@@ -4,6 +4,7 @@ XLA-layers baseline."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import sys
 import time
@@ -193,12 +194,19 @@ def make_jax_case(pair: Pair, mode: str, data: dict, *, dtype, parallel) -> JaxC
       args = [parallel.replicate(state), parallel.shard_batch(cached), ()]
     else:
       raise ValueError(f'Unknown mode {mode!r}; choose one of {MODES + METHOD_MODES}.')
+  return compile_case(step, args, donate=donate, parallel=parallel,
+                      param_count=models.param_count(counted), note=note)
+
+
+def compile_case(step, args: list, *, donate: bool, parallel, param_count: int,
+                 note: str = '') -> JaxCase:
+  """AOT-compiles `step` for `args` (placed already), timing it; XLA's FLOPs of the step."""
   start = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - start
   return JaxCase(compiled=compiled, args=args, donate=donate, compile_s=compile_s,
                  flops=_flops(compiled) * parallel.size,  # cost analysis is per device
-                 param_count=models.param_count(counted), note=note)
+                 param_count=param_count, note=note)
 
 
 # --- the PyTorch peer ----------------------------------------------------------------------
@@ -216,8 +224,9 @@ class TorchCase:
     return (time.perf_counter() - start) / steps
 
 
-def load_peer():
-  """The torch_peer module, or None (with a message) when PyTorch is not installed.
+def load_peer(name: str = 'torch_peer'):
+  """The peer module `name` (`torch_peer`, `torch_lm_peer`), or None (with a message) when
+  PyTorch is not installed.
 
   Unless set already, OMP_WAIT_POLICY=PASSIVE: PyTorch's OpenMP threads otherwise spin for
   200 ms after each parallel region, which takes the cores from jaxkd's next window in
@@ -233,8 +242,7 @@ def load_peer():
           '(pip install "jaxkd[bench]" to add them).', file=sys.stderr)
     return None
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import torch_peer
-  return torch_peer
+  return importlib.import_module(name)
 
 
 def make_torch_case(torch_peer, pair: Pair, mode: str, data: dict, *, device: str,

@@ -6,7 +6,8 @@
         --dtype bfloat16
 
 Writes OUT/model.jaxexport (the bytes of `Exported.serialize()`) and OUT/model.json; the
-artifact takes uint8 images [batch, H, W, C] and returns float32 logits. Load it with JAX
+artifact takes uint8 images [batch, H, W, C] and returns float32 logits (a language model's
+run: int32 tokens [batch, seq_len] -> logits [batch, seq_len, vocab]). Load it with JAX
 alone: `jaxkd.serving.load(OUT)`, or `jax.export.deserialize(bytes).call(images)`.
 """
 from absl import app, flags
@@ -36,7 +37,7 @@ def main(argv):
   quantized = len((description['int8'] or {}).get('quantized', []))
   print(f"wrote {_OUT.value}: {description['model']} ({description['parameters']:,} "
         f"parameters, {description['dtype']}, {quantized} int8 kernel(s)), "
-        f"{description['artifact_bytes']:,} bytes, input uint8 "
+        f"{description['artifact_bytes']:,} bytes, input {description['input_dtype']} "
         f"{['batch', *description['input_shape']]}")
 
 

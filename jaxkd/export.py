@@ -20,6 +20,11 @@ alone. The exported function:
 
 So a float32 artifact gives bit-for-bit the checkpoint's logits on the CPU (the same
 convolution formulation, `jaxkd.ops.current().conv_impl`, is traced in; it is recorded).
+
+A language model's run (`jaxkd.recipes.language_model`) exports its forward pass instead:
+int32 token ids `[batch, seq_len]` (the run's context length; symbolic batch) -> float32
+logits `[batch, seq_len, vocab]`, bit-for-bit `model.apply`'s, with the tokenizer's
+fingerprint and the run's test metrics in `model.json` (`export_language_model`).
 """
 from __future__ import annotations
 
@@ -66,25 +71,57 @@ def stored_weights(variables: PyTree, *, dtype: str = 'float32',
   return jax.tree.map(cast, stored, is_leaf=lambda x: isinstance(x, quantize.Int8Kernel))
 
 
-def inference_function(variables: PyTree, model, *, mean: Sequence[float],
-                       std: Sequence[float], dtype: str = 'float32',
-                       int8: bool | Sequence[str] = False):
-  """`predict(images_uint8 [B, H, W, C]) -> logits float32 [B, num_classes]` with the
-  weights inside as constants (see the module docstring)."""
+def _constant_model(variables: PyTree, model, *, dtype: str, int8: bool | Sequence[str]):
+  """`(weights(), model)`: `weights()` gives the stored weights, dequantized behind an
+  `optimization_barrier` (see the module docstring), `model` computes in `dtype`."""
   stored = stored_weights(variables, dtype=dtype, int8=int8)  # checks dtype and int8 first
   if dtype != 'float32':
     if 'dtype' not in getattr(model, '__dataclass_fields__', {}):
       raise ValueError(f'{type(model).__name__} has no `dtype` field to compute in {dtype}; '
                        'export it in float32.')
     model = model.clone(dtype=DTYPES[dtype])
+  return (lambda: quantize.dequantize(jax.lax.optimization_barrier(stored), DTYPES[dtype]),
+          model)
+
+
+def inference_function(variables: PyTree, model, *, mean: Sequence[float],
+                       std: Sequence[float], dtype: str = 'float32',
+                       int8: bool | Sequence[str] = False):
+  """`predict(images_uint8 [B, H, W, C]) -> logits float32 [B, num_classes]` with the
+  weights inside as constants (see the module docstring)."""
+  weights, model = _constant_model(variables, model, dtype=dtype, int8=int8)
   table = normalization_table(mean, std)
 
   def predict(images):
-    weights = quantize.dequantize(jax.lax.optimization_barrier(stored), DTYPES[dtype])
     pixels = jnp.asarray(table)[images.astype(jnp.int32), jnp.arange(table.shape[1])]
-    return model.apply(weights, pixels, train=False).astype(jnp.float32)
+    return model.apply(weights(), pixels, train=False).astype(jnp.float32)
 
   return predict
+
+
+def export_language_model(variables: PyTree, model, *, length: int, dtype: str = 'float32',
+                          int8: bool | Sequence[str] = False,
+                          platforms: Sequence[str] | None = None) -> jax.export.Exported:
+  """A language model's forward pass, int32 tokens `[batch, length]` -> float32 logits
+  `[batch, length, vocab]` (position `j` predicts token `j + 1`), with `variables` inside
+  and a symbolic batch size; settings as `export_model`'s.
+
+  Raises:
+    ValueError: a bad dtype, int8 selection or length.
+  """
+  check_platforms(platforms)
+  max_len = getattr(model, 'max_len', length)
+  if not 0 < int(length) <= max_len:
+    raise ValueError(f'length={length} must be in 1..{max_len} (the model\'s max_len).')
+  weights, model = _constant_model(variables, model, dtype=dtype, int8=int8)
+
+  def logits(tokens):
+    return model.apply(weights(), tokens, train=False).astype(jnp.float32)
+
+  (batch,) = jax.export.symbolic_shape('batch')
+  spec = jax.ShapeDtypeStruct((batch, int(length)), jnp.int32)
+  return jax.export.export(jax.jit(logits),
+                           platforms=tuple(platforms) if platforms else None)(spec)
 
 
 def export_model(variables: PyTree, model, *, input_shape: Sequence[int],
@@ -181,42 +218,64 @@ def final_dir(workdir: str) -> str:
 
 
 def describe(meta: dict, *, source: str, variables: PyTree, exported: jax.export.Exported,
-             input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float],
-             dtype: str, int8_paths: Sequence[str]) -> dict:
-  """The artifact's `model.json`: what it computes, on what input, from which checkpoint."""
+             input_shape: Sequence[int], dtype: str, int8_paths: Sequence[str],
+             mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> dict:
+  """The artifact's `model.json`: what it computes, on what input, from which checkpoint
+  (an image model's normalization `mean`/`std`; none: a language model's tokens)."""
   params = variables['params']
-  return {
+  description = {
       'format': FORMAT,
       'model': meta.get('model'),
       'model_overrides': meta.get('model_overrides') or {},
       'num_classes': int(meta['num_classes']),
-      'class_names': list(meta.get('class_names') or []),
-      'dataset': meta.get('dataset'),
-      'classes': list(meta.get('classes') or []),
       'input_shape': [int(n) for n in input_shape],
-      'input_dtype': 'uint8',
-      'input_layout': 'NHWC, batch dimension symbolic',
-      'normalization': {'mean': np.asarray(mean, float).ravel().tolist(),
-                        'std': np.asarray(std, float).ravel().tolist(),
-                        'formula': '(x / 255 - mean) / std, inside the artifact'},
-      'output': 'float32 logits [batch, num_classes]',
+  }
+  if mean is None:  # a language model: token ids in, next-token logits out
+    description.update({
+        'input_dtype': 'int32',
+        'input_layout': 'token ids [batch, length], batch dimension symbolic',
+        'output': 'float32 logits [batch, length, vocab]: position j predicts token j + 1',
+        'corpus': meta.get('corpus'),
+        'tokenizer': {'kind': meta.get('tokenizer'), 'vocab_size': int(meta['num_classes']),
+                      'sha256': meta.get('tokenizer_sha256')},
+        'test_metrics': meta.get('test_metrics'),
+    })
+  else:
+    description.update({
+        'class_names': list(meta.get('class_names') or []),
+        'dataset': meta.get('dataset'),
+        'classes': list(meta.get('classes') or []),
+        'input_dtype': 'uint8',
+        'input_layout': 'NHWC, batch dimension symbolic',
+        'normalization': {'mean': np.asarray(mean, float).ravel().tolist(),
+                          'std': np.asarray(std, float).ravel().tolist(),
+                          'formula': '(x / 255 - mean) / std, inside the artifact'},
+        'output': 'float32 logits [batch, num_classes]',
+        'test_accuracy': meta.get('test_accuracy'),
+        'test_accuracy_of': 'the source checkpoint, float32',
+        'conv_impl': ops.current().conv_impl,
+    })
+  return {
+      **description,
       'dtype': dtype,
       'trained_dtype': meta.get('dtype', 'float32'),
       'int8': {'scheme': 'per-output-channel symmetric (scale = max|w| / 127), weights only',
                'quantized': list(int8_paths)} if int8_paths else None,
       'parameters': models.param_count(params),
       'param_bytes_float32': 4 * models.param_count(params),
-      'test_accuracy': meta.get('test_accuracy'),
-      'test_accuracy_of': 'the source checkpoint, float32',
       'source': {'final_dir': os.path.abspath(source), 'step': meta.get('step'),
                  'task': meta.get('task'), 'variables_sha256': meta.get('variables_sha256'),
                  'params_sha256': meta.get('params_sha256')},
       'platforms': list(exported.platforms),
-      'conv_impl': ops.current().conv_impl,
       'calling_convention_version': exported.calling_convention_version,
       'jax_version': jax.__version__,
       'jaxkd_version': jaxkd.__version__,
   }
+
+
+def is_language_model(meta: dict) -> bool:
+  """Whether a final model's metadata is a language model's (`recipes.language_model`)."""
+  return meta.get('recipe') == 'language_model'
 
 
 def load_run(workdir: str) -> tuple[Any, PyTree, dict]:
@@ -224,15 +283,23 @@ def load_run(workdir: str) -> tuple[Any, PyTree, dict]:
   from jaxkd import checkpoint  # local import: orbax is slow to import
   final = final_dir(workdir)
   variables, meta = checkpoint.load_variables(final)
-  model = models.build(meta['model'], num_classes=meta['num_classes'],
-                       **meta.get('model_overrides', {}))
+  overrides = dict(meta.get('model_overrides') or {})
+  if is_language_model(meta):  # its context; its test metrics where the run left them
+    overrides.setdefault('max_len', meta['seq_len'])
+    metrics = os.path.join(os.path.dirname(os.path.normpath(final)), 'final_metrics.json')
+    if os.path.isfile(metrics):
+      with open(metrics) as f:
+        meta = {**meta, 'test_metrics': json.load(f).get('test')}
+  model = models.build(meta['model'], num_classes=meta['num_classes'], **overrides)
   return model, variables, {**meta, 'final_dir': final}
 
 
 def export_run(workdir: str, out_dir: str, *, dtype: str = 'float32',
                int8: bool | Sequence[str] = False,
                platforms: Sequence[str] | None = None) -> dict:
-  """Exports a finished run's final model to `out_dir`; returns its description.
+  """Exports a finished run's final model to `out_dir`; returns its description. An image
+  model takes uint8 images (`export_model`), a language model (`recipes.language_model`)
+  int32 tokens `[batch, seq_len]` (`export_language_model`).
 
   Raises:
     FileNotFoundError: `workdir` holds no final model.
@@ -245,22 +312,27 @@ def export_run(workdir: str, out_dir: str, *, dtype: str = 'float32',
     paths.check_patterns(int8)
   check_out_dir(out_dir)
   model, variables, meta = load_run(workdir)
-  info = data.info(meta['dataset'])
   try:
-    exported = export_model(variables, model, input_shape=info.image_shape, mean=info.mean,
-                            std=info.std, dtype=dtype, int8=int8, platforms=platforms)
+    if is_language_model(meta):
+      input_shape, normalization = (int(meta['seq_len']),), {}
+      exported = export_language_model(variables, model, length=input_shape[0], dtype=dtype,
+                                       int8=int8, platforms=platforms)
+    else:
+      info = data.info(meta['dataset'])
+      input_shape, normalization = info.image_shape, {'mean': info.mean, 'std': info.std}
+      exported = export_model(variables, model, input_shape=input_shape, dtype=dtype,
+                              int8=int8, platforms=platforms, **normalization)
   except flax.errors.FlaxError as error:  # the metadata names a model the variables don't fit
     raise ValueError(f'{meta["final_dir"]}: its variables do not fit the model its metadata names '
                      f'({meta["model"]!r}, {meta.get("model_overrides", {})}): '
                      f'{str(error).splitlines()[0]}') from error
   description = describe(meta, source=meta['final_dir'], variables=variables,
-                         exported=exported, input_shape=info.image_shape, mean=info.mean,
-                         std=info.std, dtype=dtype,
-                         int8_paths=quantize.select(variables, int8))
+                         exported=exported, input_shape=input_shape, dtype=dtype,
+                         int8_paths=quantize.select(variables, int8), **normalization)
   return write(out_dir, exported, description)
 
 
 __all__ = ['ARTIFACT', 'Artifact', 'DESCRIPTION', 'DTYPES', 'PLATFORMS', 'check_out_dir',
-           'check_platforms', 'describe',
-           'export_model', 'export_run', 'final_dir', 'inference_function', 'load', 'load_run',
-           'normalization_table', 'stored_weights', 'write']
+           'check_platforms', 'describe', 'export_language_model', 'export_model',
+           'export_run', 'final_dir', 'inference_function', 'is_language_model', 'load',
+           'load_run', 'normalization_table', 'stored_weights', 'write']

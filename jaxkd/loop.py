@@ -17,7 +17,7 @@ import tqdm
 from jaxkd import distributed, tensorboard
 from jaxkd.parallel import Parallel
 from jaxkd.state import TrainState
-from jaxkd.steps import CHECKS
+from jaxkd.steps import CHECKS, TOKENS, is_token_mean
 
 if TYPE_CHECKING:  # orbax is slow to import; the loop only calls a Checkpointer it is given
   from jaxkd.checkpoint import Checkpointer
@@ -218,6 +218,8 @@ def fit(
             elapsed = time.perf_counter() - window_start
             record.update(step=step, epoch=step / steps_per_epoch,
                           examples_per_s=window_steps * batch_size / elapsed)
+            if TOKENS in record:
+              record['tokens_per_s'] = record[TOKENS] / elapsed
             writer.write(record)
             bar.set_postfix(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
                             ex_s=f'{record["examples_per_s"]:.0f}')
@@ -274,8 +276,21 @@ def check_numerics(record: dict, step: int) -> dict:
 
 
 def _mean_metrics(metrics: list[dict]) -> dict:
-  """Averages each scalar metric over steps (pmap: the stacked device axis is already gone)."""
-  return {k: float(np.mean([np.asarray(m[k]) for m in metrics])) for k in metrics[0]}
+  """Averages each scalar metric over steps (pmap: the stacked device axis is already gone).
+
+  Sequence steps report their token count (`steps.TOKENS`): their per-token means are then
+  averaged by tokens, `sum(value * mask) / sum(mask)` over every step of the window (each
+  step's mean times its count is its `sum(value * mask)`), not as a mean of per-step means,
+  which would weigh a token of a short batch above one of a long batch; `tokens` becomes
+  the window's total."""
+  values = {k: np.asarray([np.asarray(m[k], np.float64) for m in metrics]) for k in metrics[0]}
+  if TOKENS not in values:
+    return {k: float(np.mean(v)) for k, v in values.items()}
+  counts = values[TOKENS]
+  total = counts.sum()
+  return {k: (float(np.sum(v * counts) / max(total, 1.0)) if is_token_mean(k)
+              else float(total) if k == TOKENS else float(np.mean(v)))
+          for k, v in values.items()}
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,

@@ -1,4 +1,5 @@
-"""The operations models and projectors compute with: convolution, channel mix, pooling.
+"""The operations models and projectors compute with: convolution, channel mix, pooling,
+causal attention.
 
 Models (`jaxkd.models.layers`) and loss projectors (`jaxkd.losses.projectors`) write plain
 JAX through this seam, `ops.current().conv(...)`, and never name an implementation:
@@ -26,6 +27,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import math
 import os
 from typing import Mapping, Sequence
 
@@ -84,6 +86,15 @@ def check_settings() -> None:
   SETTINGS.check()
 
 
+def causal_attention_probs(queries: jax.Array, keys: jax.Array) -> jax.Array:
+  """Causal `softmax(q k^T / sqrt(head_dim))`: `[B, L, N, H] x2 -> float32 [B, N, L, L]`."""
+  scores = jnp.einsum('blnh,bmnh->bnlm', queries, keys, preferred_element_type=jnp.float32)
+  length = queries.shape[1]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  scores = jnp.where(causal, scores / math.sqrt(queries.shape[-1]), -jnp.inf)
+  return jax.nn.softmax(scores, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Ops:
   """XLA's own operations (NHWC activations, HWIO kernels), compiled with `jax.jit`."""
@@ -109,6 +120,11 @@ class Ops:
     """`v`, computed into a buffer of its own where that helps its consumers; the same
     values, differentiable."""
     return v
+
+  def causal_attention(self, queries, keys, values):
+    """Causal multi-head attention, `[B, L, N, H] x3 -> [B, L, N, H]`, through
+    `jax.nn.dot_product_attention` (fused kernels where the platform has them)."""
+    return jax.nn.dot_product_attention(queries, keys, values, is_causal=True)
 
   def max_pool(self, x, window: int):
     """Non-overlapping `window`x`window` max pooling of `[B, H, W, C]` (VALID)."""
@@ -196,5 +212,5 @@ def use(impl: Ops):
 
 
 __all__ = ['CONV_IMPLS', 'CPU_CONV_KERNELS', 'NHWC', 'Ops', 'POOL_IMPLS', 'SETTINGS',
-           'Settings', 'XLA', 'check_settings', 'configured', 'current', 'default', 'resolve',
-           'use']
+           'Settings', 'XLA', 'causal_attention_probs', 'check_settings', 'configured',
+           'current', 'default', 'resolve', 'use']

@@ -9,8 +9,9 @@ An export folder holds
 
 The function maps a batch of raw images, uint8 `[batch, *input_shape]` (pixel values 0..255,
 NHWC), to float32 logits `[batch, num_classes]`; the dataset's normalisation
-`(x / 255 - mean) / std` happens inside it. The batch dimension is symbolic: any batch size
-works (each new size compiles once).
+`(x / 255 - mean) / std` happens inside it. A language model's (`input_dtype` int32 in
+`model.json`) maps token ids `[batch, length]` to next-token logits `[batch, length, vocab]`.
+The batch dimension is symbolic: any batch size works (each new size compiles once).
 
 This module imports nothing from jaxkd but the CPU compile function, `accel/compile.py`
 (JAX alone), which it loads from beside itself when it runs outside the package: a
@@ -72,12 +73,16 @@ class Artifact:
     self._call = _compile.jit(exported.call)
 
   def __call__(self, images) -> jax.Array:
-    """Logits float32 `[batch, num_classes]` for uint8 images `[batch, *input_shape]`.
+    """Logits float32 `[batch, num_classes]` for uint8 images `[batch, *input_shape]`; a
+    language model's `[batch, length, vocab]` for integer token ids `[batch, length]`.
 
     Raises:
-      ValueError: the batch is not uint8, or its per-example shape is not `input_shape`.
+      ValueError: the batch is not uint8 (not integer ids in 0..vocab-1), or its
+        per-example shape is not `input_shape`.
     """
     images = np.asarray(images) if not isinstance(images, jax.Array) else images
+    if self.description.get('input_dtype') == 'int32':
+      return self._call(self._check_tokens(images))
     expected = '[batch, ' + ', '.join(map(str, self.input_shape)) + ']'
     if images.ndim != len(self.input_shape) + 1 or tuple(images.shape[1:]) != self.input_shape:
       raise ValueError(
@@ -88,6 +93,19 @@ class Artifact:
           f'{self._where} takes uint8 pixel values 0..255 (it normalises them itself); got '
           f'{images.dtype}. Pass raw images, e.g. np.clip(x, 0, 255).astype(np.uint8).')
     return self._call(images)
+
+  def _check_tokens(self, tokens):
+    """`tokens` as int32, or ValueError naming what is wrong with them."""
+    (length,), vocab = self.input_shape, self.description['num_classes']
+    if tokens.ndim != 2 or tokens.shape[1] != length:
+      raise ValueError(f'{self._where} takes token ids of shape [batch, {length}]; got '
+                       f'{list(tokens.shape)}. Pad or cut the sequences to {length} tokens.')
+    if not np.issubdtype(tokens.dtype, np.integer):
+      raise ValueError(f'{self._where} takes integer token ids; got {tokens.dtype}.')
+    if tokens.size and not 0 <= int(tokens.min()) <= int(tokens.max()) < vocab:
+      raise ValueError(f'{self._where} reads token ids 0..{vocab - 1}; got ids '
+                       f'{int(tokens.min())}..{int(tokens.max())} (another tokenizer?).')
+    return tokens.astype(np.int32)
 
 
 def load(directory: str) -> tuple[Artifact, dict[str, Any]]:

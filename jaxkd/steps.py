@@ -3,6 +3,7 @@ fine-tuning, plus the eval step. Each factory returns one step, compiled once.""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -46,16 +47,32 @@ def model_inputs(batch: dict) -> jax.Array:
   return batch['image'] if 'image' in batch else batch['tokens']
 
 
+def token_count(mask: jax.Array, axis_name: str | None) -> jax.Array:
+  """`sum(mask)` over the global batch (summed over `axis_name`), float32, no gradient."""
+  count = jax.lax.stop_gradient(jnp.sum(jnp.asarray(mask, jnp.float32)))
+  return count if axis_name is None else jax.lax.psum(count, axis_name)
+
+
 def batch_weights(shape, mask: jax.Array | None, axis_name: str | None) -> jax.Array:
   """The weights `batch_mean` gives each example (position): `sum(values * weights)` is
   this device's share of the global batch's mean."""
   if mask is None:
     return jnp.full(shape, 1.0 / math.prod(shape), jnp.float32)
-  mask = jnp.asarray(mask, jnp.float32)
-  count, devices = jax.lax.stop_gradient(jnp.sum(mask)), 1
-  if axis_name is not None:
-    count, devices = jax.lax.psum(count, axis_name), jax.lax.axis_size(axis_name)
-  return mask * (devices / jnp.maximum(count, 1.0))
+  devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  return jnp.asarray(mask, jnp.float32) * (devices / jnp.maximum(token_count(mask, axis_name),
+                                                                 1.0))
+
+
+# The metric a sequence batch's update adds: its global count of valid target tokens.
+TOKENS = 'tokens'
+_TOKEN_MEAN = re.compile(r'loss|.+_loss|accuracy|teacher\d*_accuracy|agreement\d*')
+
+
+def is_token_mean(name: str) -> bool:
+  """Whether the update's metric `name` is a per-token mean of a sequence batch
+  (`batch_mean`): the loss, its components, the accuracies and the teacher agreement.
+  Gradient norm, learning rate and hyper-parameters are per step."""
+  return _TOKEN_MEAN.fullmatch(name) is not None
 
 
 def batch_mean(values: jax.Array, mask: jax.Array | None, axis_name: str | None) -> jax.Array:
@@ -127,9 +144,10 @@ def build_update(
   Metrics are batch means (reduced over `axis_name` when given). A batch with a `mask`
   (language models: `tokens`, `label` and `mask`, each `[B, L]`) is reduced per token,
   `sum(value * mask) / sum(mask)` over the global batch (`batch_mean`), the loss as the
-  metrics. `vocab_chunk` (language models): the logit terms run from the last hidden
-  states `vocab_chunk` positions at a time (`jaxkd.losses.chunked`); `teacher_fn` then
-  gives `chunked.Hidden`s.
+  metrics, which then hold the step's token count `tokens` (`is_token_mean` names the
+  metrics the loop weighs by it). `vocab_chunk` (language models): the logit terms run from
+  the last hidden states `vocab_chunk` positions at a time (`jaxkd.losses.chunked`);
+  `teacher_fn` then gives `chunked.Hidden`s.
   """
   if vocab_chunk:
     chunked.check_objective(objective, vocab_chunk)
@@ -190,6 +208,8 @@ def build_update(
     metrics.update(numerics_checks(stats, teachers=teacher_fn is not None, inputs=images))
     if teacher_fn is not None:
       metrics.update(_teacher_metrics(stats, batch['label'], mean))
+    if mask is not None:  # the loop weighs the per-token metrics of several steps by it
+      metrics[TOKENS] = token_count(mask, axis_name)
     metrics = pmean(metrics, axis_name)
     if learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)

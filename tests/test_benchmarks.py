@@ -234,3 +234,52 @@ def test_epoch_overhead_compares_an_epoch_with_its_steps(tmp_path):
   assert row['ratio'] == pytest.approx(row['epoch_s'] / row['sum_of_steps_s'])
   assert '| mlp (mlp_800) | 128 | 8 |' in proc.stdout
   assert json.loads(out.read_text())['cpu_isa']['isa'] in ISAS
+
+
+def test_pytorch_lm_peer_is_the_same_transformer():
+  """jaxkd's parameters loaded into the PyTorch peer give the same logits: same layers,
+  rotary convention, LayerNorm epsilon, GELU form and tied output layer."""
+  torch = pytest.importorskip('torch')
+  import jax
+  import numpy as np
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import torch_lm_peer
+  from jaxkd import models
+  vocab, length = 40, 12
+  model = models.build('lm_student', num_classes=vocab, max_len=length)
+  variables = model.init(jax.random.key(0), np.zeros((1, length), np.int32))
+  rng = np.random.default_rng(0)  # LayerNorm off 1/0 and every bias non-zero
+  variables = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(np.float32),
+                           variables)
+  tokens = rng.integers(0, vocab, (3, length))
+  peer = torch_lm_peer.load_jax_params(torch_lm_peer.build('lm_student', vocab),
+                                       variables['params'])
+  assert torch_lm_peer.param_count(peer) == models.param_count(variables['params'])
+  with torch.no_grad():
+    got = peer(torch.from_numpy(tokens)).numpy()
+  want = np.asarray(model.apply(variables, tokens.astype(np.int32)))
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.slow
+def test_lm_throughput_tiny_run_with_the_pytorch_peer(tmp_path):
+  pytest.importorskip('torch')
+  out, readme = tmp_path / 'lm.json', tmp_path / 'README.md'
+  readme.write_text('a\n<!-- lm:begin -->\nold\n<!-- lm:end -->\nb\n')
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'lm_throughput.py'), '--tiny',
+       '--peer', 'torch', '--json', str(out), '--readme', str(readme)],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  rows = {(r['framework'], r['mode']): r for r in result['rows']}
+  assert set(rows) == {(f, m) for f in ('jaxkd', 'pytorch')
+                       for m in ('student', 'online_kd', 'cached_kd')}
+  for mode in ('student', 'online_kd', 'cached_kd'):
+    jax_row, torch_row = rows['jaxkd', mode], rows['pytorch', mode]
+    assert jax_row['vs_pytorch'] == pytest.approx(jax_row['tokens_per_s'] /
+                                                  torch_row['tokens_per_s'])
+    assert torch_row['model_flops_per_step'] == jax_row['model_flops_per_step']
+  assert result['cpu_model'] and result['torch_build']['version']
+  text = readme.read_text()
+  assert 'old' not in text and '| student |' in text and 'jaxkd/pytorch' in text

@@ -389,3 +389,55 @@ def test_serving_refuses_a_damaged_artifact_and_an_edited_description(tmp_path):
   (edited / serving.DESCRIPTION).write_text(json.dumps(description))
   with pytest.raises(ValueError, match='records no artifact_sha256'):
     serving.load(str(edited))
+
+
+@pytest.mark.slow
+def test_language_model_run_exports_its_forward_pass_bit_for_bit(tmp_path):
+  from jaxkd.recipes.language_model import load_lm
+  vocab, seq_len = 32, 8
+  overrides = {'width': 16, 'depth': 2, 'heads': 2}
+  model = models.build('transformer', num_classes=vocab, max_len=seq_len, **overrides)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               jnp.zeros((1, seq_len), jnp.int32)))
+  rng = np.random.default_rng(3)  # no exact zeros or ones: LayerNorm's x*1+0 would fold away
+  variables = jax.tree.map(lambda a: (0.3 * rng.standard_normal(a.shape) + 0.1).astype(
+      np.float32), abstract)
+  workdir = tmp_path / 'lm'
+  meta = {'recipe': 'language_model', 'model': 'transformer', 'model_overrides': overrides,
+          'num_classes': vocab, 'seq_len': seq_len, 'corpus': 'pydoc', 'tokenizer': 'bpe',
+          'tokenizer_sha256': 'ab' * 32}
+  checkpoint.save_variables(str(workdir / 'final'), variables, metadata=meta, step=4)
+  (workdir / 'final_metrics.json').write_text(json.dumps({'test': {'bits_per_byte': 2.5}}))
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'export.py'), f'--workdir={workdir}',
+       f'--out={tmp_path / "out"}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'input int32 [\'batch\', 8]' in result.stdout
+  predict, description = serving.load(str(tmp_path / 'out'))
+  # The recipe's own loader (not the exporter's) and a compiled apply, as evaluation runs it.
+  trained, restored, _ = load_lm(str(workdir / 'final'))
+  apply = jax.jit(trained.apply)
+  for batch in (1, 5):  # the batch dimension is symbolic
+    tokens = np.random.default_rng(batch).integers(0, vocab, (batch, seq_len), np.int32)
+    logits = np.asarray(predict(tokens))
+    assert logits.shape == (batch, seq_len, vocab) and logits.dtype == np.float32
+    np.testing.assert_array_equal(logits, np.asarray(apply(restored, tokens)))
+  np.testing.assert_array_equal(predict(tokens.astype(np.int64)), logits)
+  assert description['input_shape'] == [seq_len] and description['input_dtype'] == 'int32'
+  assert description['num_classes'] == vocab and description['source']['step'] == 4
+  assert description['tokenizer'] == {'kind': 'bpe', 'vocab_size': vocab, 'sha256': 'ab' * 32}
+  assert description['test_metrics'] == {'bits_per_byte': 2.5}
+  assert description['parameters'] == models.param_count(variables['params'])
+  with pytest.raises(ValueError, match=r'token ids of shape \[batch, 8\]; got \[2, 7\]'):
+    predict(np.zeros((2, 7), np.int32))
+  with pytest.raises(ValueError, match=r'ids 0\.\.31; got ids 0\.\.35 \(another tokenizer'):
+    predict(np.arange(seq_len, dtype=np.int32)[None] * 5)
+  with pytest.raises(ValueError, match='integer token ids; got float32'):
+    predict(np.zeros((1, seq_len), np.float32))
+  # bfloat16 compute: close to float32, logits float32
+  exported = export.export_language_model(restored, trained, length=seq_len, dtype='bfloat16')
+  half = np.asarray(exported.call(tokens))
+  assert half.dtype == np.float32
+  np.testing.assert_allclose(half, logits, atol=0.05 * np.abs(logits).max())
+  with pytest.raises(ValueError, match=r'length=9 must be in 1\.\.8'):
+    export.export_language_model(restored, trained, length=9)

@@ -36,13 +36,18 @@ def _log_softmax(z):
 
 def _reference_loss(student_logits, teacher_logits, batch, temperature):
   """0.5 CE + 0.5 T^2 KL per token, token-weighted over the batch, in float64."""
+  per_token = _reference_per_token(student_logits, teacher_logits, batch, temperature)
+  return (per_token * batch['mask']).sum() / batch['mask'].sum()
+
+
+def _reference_per_token(student_logits, teacher_logits, batch, temperature):
+  """0.5 CE + 0.5 T^2 KL of each position `[B, L]`, in float64."""
   s = np.asarray(student_logits, np.float64)
   t = np.asarray(teacher_logits, np.float64)
   ce = -np.take_along_axis(_log_softmax(s), batch['label'][..., None], -1)[..., 0]
   log_p = _log_softmax(t / temperature)
   kl = (np.exp(log_p) * (log_p - _log_softmax(s / temperature))).sum(-1) * temperature ** 2
-  per_token = 0.5 * ce + 0.5 * kl
-  return (per_token * batch['mask']).sum() / batch['mask'].sum()
+  return 0.5 * ce + 0.5 * kl
 
 
 @pytest.fixture(scope='module')
@@ -189,3 +194,36 @@ def test_vocab_chunked_train_step_equals_the_direct_one(setup):
     np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=1e-7, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                got_params, want_params)
+
+
+def test_logged_metrics_are_token_weighted_across_the_logging_window(setup, tmp_path):
+  """Two steps of 3 and 128 valid tokens logged together: sum(value * mask) / sum(mask)
+  over both, not the mean of the two steps' means."""
+  import json
+  from jaxkd.loop import fit
+  teacher, student, teacher_vars, tx, make = setup
+  parallel = Parallel('jit', num_devices=1)
+  step = make(parallel)
+  short = _batch(0)
+  short['mask'] = np.zeros_like(short['mask'])
+  short['mask'][0, :3] = 1.0
+  batches = [short, {**_batch(1), 'mask': np.ones_like(short['mask'])}]
+  fresh = lambda: create_train_state(student, tx, seed=0, input_shape=SHAPE)  # noqa: E731
+  params = [fresh().params, step(fresh(), batches[0], teacher_vars)[0].params]
+  sums = np.zeros(3)  # loss, accuracy, agreement: each sum(value * mask)
+  for batch, p in zip(batches, params):
+    s = np.asarray(student.apply({'params': p}, batch['tokens']))
+    t = np.asarray(teacher.apply(teacher_vars, batch['tokens']))
+    per_token = (_reference_per_token(s, t, batch, 2.0), s.argmax(-1) == batch['label'],
+                 s.argmax(-1) == t.argmax(-1))
+    sums += [np.sum(v * batch['mask']) for v in per_token]
+  tokens = sum(b['mask'].sum() for b in batches)
+  fit(state=fresh(), step_fn=step, batches=lambda epoch, start: iter(batches[start:]),
+      steps_per_epoch=2, num_steps=2, batch_size=B, workdir=str(tmp_path), parallel=parallel,
+      step_args=(teacher_vars,), log_every=2)
+  with open(tmp_path / 'metrics.jsonl') as f:
+    (record,) = [json.loads(line) for line in f]
+  np.testing.assert_allclose([record['loss'], record['accuracy'], record['agreement']],
+                             sums / tokens, rtol=2e-5, atol=1e-7)
+  assert record['tokens'] == tokens == 131
+  assert record['tokens_per_s'] > 0

@@ -146,10 +146,18 @@ def test_attention_probabilities_are_computed_only_when_tapped(monkeypatch):
 
   def exponentials(fn):  # softmax exponentials left in the optimized program
     return jax.jit(fn).lower(variables, tokens).compile().as_text().count('exponential(')
-  plain = exponentials(model.apply)
-  hidden_tap = exponentials(lambda v, t: models.features(model, v, t, 'block1'))
-  probs_tap = exponentials(lambda v, t: models.features(model, v, t, 'block1/attention/probs'))
+
+  def counts():
+    return (exponentials(model.apply),
+            exponentials(lambda v, t: models.features(model, v, t, 'block1')),
+            exponentials(lambda v, t: models.features(model, v, t, 'block1/attention/probs')))
+  from jaxkd import accel, ops
+  with ops.use(ops.XLA):  # dot_product_attention: the tapped probabilities are extra work
+    plain, hidden_tap, probs_tap = counts()
   assert hidden_tap == plain < probs_tap
+  with ops.use(accel.CpuOps()):  # the CPU attention computes them anyway: the tap is free
+    plain, hidden_tap, probs_tap = counts()
+  assert hidden_tap == plain == probs_tap
 
 
 def test_gradients_are_finite_and_dropout_needs_train():
@@ -177,3 +185,22 @@ def test_export_with_a_symbolic_batch():
     tokens = _tokens(batch=size, seed=size)
     np.testing.assert_allclose(restored.call(tokens), model.apply(variables, tokens), atol=1e-5)
   assert str(restored.in_avals[0].shape[0]) == 'batch'
+
+
+def test_cpu_attention_formulation_equals_dot_product_attention():
+  """`jaxkd.accel`'s causal attention (probabilities, then one product) against the plain
+  path's `jax.nn.dot_product_attention`: values and gradients."""
+  from jaxkd import accel, ops
+  rng = np.random.default_rng(0)
+  q, k, v, g = (jnp.asarray(rng.standard_normal((2, 12, 2, 8)), jnp.float32) for _ in range(4))
+  results = []
+  for impl in (ops.XLA, accel.CpuOps()):
+    loss = lambda q, k, v, impl=impl: jnp.sum(impl.causal_attention(q, k, v) * g)  # noqa: E731
+    results.append((impl.causal_attention(q, k, v),
+                    jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)))
+  (want, want_grads), (got, got_grads) = results
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  for a, b in zip(got_grads, want_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # causal: the first position attends to itself alone
+  np.testing.assert_allclose(got[:, 0], v[:, 0], rtol=1e-6)

@@ -18,20 +18,22 @@ Position `j`'s logits predict token `j + 1` (`jaxkd.data.text.pack`'s convention
 (`[B, L, 3, heads, head_dim]`, queries and keys before the rotation), `block<i>/attention/probs`
 (float32 `[B, heads, L, L]`), `block<i>/norm2`, `block<i>/mlp`, `norm`.
 
-Attention runs through `jax.nn.dot_product_attention` (fused kernels where the platform has
-them), which does not return its probabilities, so `probs` computes them again, and only when
-intermediates are captured: a plain `apply` never does, and under `jit` XLA drops them when no
-tap reads them.
+Attention runs through `jaxkd.ops`' `causal_attention`: `jax.nn.dot_product_attention` (fused
+kernels where the platform has them), or on the CPU the probabilities then one product (XLA:CPU
+runs it faster). Neither returns the probabilities, so `probs` computes them again, and only
+when intermediates are captured: a plain `apply` never does, and under `jit` XLA drops them
+when no tap reads them.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxkd import ops
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -68,13 +70,8 @@ def init_cache(model: nn.Module, *, batch_size: int, length: int) -> list[dict]:
           for _ in range(model.depth)]
 
 
-def attention_probs(queries: jax.Array, keys: jax.Array) -> jax.Array:
-  """Causal `softmax(q k^T / sqrt(head_dim))`: `[B, L, N, H] x2 -> float32 [B, N, L, L]`."""
-  scores = jnp.einsum('blnh,bmnh->bnlm', queries, keys, preferred_element_type=jnp.float32)
-  length = queries.shape[1]
-  causal = jnp.tril(jnp.ones((length, length), bool))
-  scores = jnp.where(causal, scores / math.sqrt(queries.shape[-1]), -jnp.inf)
-  return jax.nn.softmax(scores, axis=-1)
+# Causal `softmax(q k^T / sqrt(head_dim))`: `[B, L, N, H] x2 -> float32 [B, N, L, L]`.
+attention_probs = ops.causal_attention_probs
 
 
 class AttentionProbs(nn.Module):
@@ -111,7 +108,7 @@ class CausalSelfAttention(nn.Module):
     if cache is None:
       if self.is_mutable_collection('intermediates'):  # a tap may read them
         AttentionProbs(name='probs')(queries, keys)
-      return project(jax.nn.dot_product_attention(queries, keys, values, is_causal=True))
+      return project(ops.current().causal_attention(queries, keys, values))
     write = jax.vmap(lambda old, new, start: jax.lax.dynamic_update_slice_in_dim(
         old, new.astype(old.dtype), start, axis=0))
     cache = {'keys': write(cache['keys'], keys, positions[:, 0]),
