@@ -10,11 +10,19 @@ through the shared step, loop and checkpoints (exact resume, teacher fingerprint
   config.seqkd = {'decode': 'beam', 'num_beams': 4, 'prompt_len': 32, 'new_tokens': 96}
   config.terms = {'ce': {'weight': 1.0}}                    # + 'kd' for word-KD beside it
   language_model.run(config, '/tmp/seqkd')     # sequence-level KD (jaxkd.seqkd)
+  config.seqkd, config.terms = {}, {'jsd': {'weight': 1.0, 'mixing_weight': 0.5}}
+  config.on_policy = {'student_data_fraction': 0.5, 'prompt_len': 32, 'new_tokens': 96}
+  language_model.run(config, '/tmp/gkd')       # on-policy distillation (jaxkd.on_policy)
 
 With `config.seqkd` set, the teacher first writes its continuations of the training rows'
 prompts (once, to `seqkd.data_dir`, default WORKDIR/seqkd_data, with a provenance checked on
 every later read), and the student trains on prompt + continuation with the loss on the
 continuation only; the live teacher runs in the step only when a term reads it (word-KD).
+
+With `config.on_policy` set (GKD, `jaxkd.on_policy`), each step trains, with probability
+`student_data_fraction`, on the student's own samples of its rows' prompts instead of the
+rows' continuations, the terms against the live teacher on those sequences; the coin and the
+samples come from the run's key and step (exact resume).
 
 Writes `WORKDIR/final` (the model's variables and what it is), `WORKDIR/metrics.jsonl`
 (training and validation curves) and `WORKDIR/final_metrics.json` (`valid` and `test`:
@@ -23,6 +31,7 @@ per-token loss, perplexity, bits per byte, accuracy, and with a teacher its agre
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -32,7 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxkd import distributed, losses, models, seqkd
+from jaxkd import distributed, losses, models, on_policy, seqkd
 from jaxkd.data import text
 from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.language import evaluate_lm, make_lm_eval_step, summarize_lm, train_batches
@@ -45,7 +54,7 @@ from jaxkd.steps import build_update
 _RUN_KEYS = ('corpus', 'tokenizer', 'vocab_size', 'seq_len', 'model', 'model_overrides',
              'batch_size', 'num_steps', 'learning_rate', 'warmup_steps', 'weight_decay',
              'grad_clip', 'seed', 'terms', 'vocab_chunk', 'max_train_rows', 'eval_every',
-             'seqkd')
+             'seqkd', 'on_policy')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -59,6 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
       'parallel': 'jit', 'log_every': 50, 'eval_every': 500, 'checkpoint_every': 500,
       'max_train_rows': 0, 'max_eval_rows': 0, 'eval_batch_size': 32, 'stop_at': 0,
       'seqkd': {},  # sequence-level KD: jaxkd.seqkd.DEFAULTS's settings; {} is off
+      'on_policy': {},  # on-policy distillation: jaxkd.on_policy.DEFAULTS's; {} is off
   })
 
 
@@ -97,6 +107,20 @@ def _optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   return tx, schedule
 
 
+def _check_on_policy(config, objective) -> dict | None:
+  """`config.on_policy`'s checked settings (None when off), or one ValueError."""
+  if not config.on_policy:
+    return None
+  settings = on_policy.check_settings(_plain(config.on_policy), seq_len=config.seq_len,
+                                      batch_size=config.batch_size)
+  if not config.teacher_dir or not objective.needs_teacher:
+    names = [name for name, _, _ in objective.terms]
+    raise ValueError(f'config.on_policy: the student learns a live teacher on its own samples;'
+                     f' set config.teacher_dir and a term that reads the teacher (jsd, '
+                     f'reverse_kl, skew_kl, kd), not only {names}.')
+  return settings
+
+
 def run(config, workdir: str) -> dict:
   """Trains `config.model` on `config.corpus` (no `teacher_dir`), or distils the model in
   `config.teacher_dir` into it with `config.terms` (by name, `jaxkd.losses.LOSSES`; default
@@ -105,6 +129,9 @@ def run(config, workdir: str) -> dict:
   `config.seqkd` (non-empty): train on the teacher's sequences (module docstring)."""
   start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
+  terms = _plain(config.terms) or {'ce': {'weight': 1.0}}
+  objective = losses.build_objective(terms)
+  on_policy_settings = _check_on_policy(config, objective)  # before any data loads
   parallel = Parallel(config.parallel)
   train = _rows(config, 'train', config.max_train_rows)
   evals = {split: _rows(config, split, config.max_eval_rows) for split in ('valid', 'test')}
@@ -121,8 +148,6 @@ def run(config, workdir: str) -> dict:
                     if config.seqkd else None)
   overrides = _plain(config.model_overrides) or {}
   student = _model(config.model, vocab, config.seq_len, overrides, config.dtype)
-  terms = _plain(config.terms) or {'ce': {'weight': 1.0}}
-  objective = losses.build_objective(terms)
   teacher, teacher_vars, fingerprints = None, (), []
   if config.teacher_dir:
     teacher, teacher_vars, teacher_meta = load_lm(config.teacher_dir, config.dtype)
@@ -159,8 +184,12 @@ def run(config, workdir: str) -> dict:
                                seed=config.seed, input_shape=shape)
   chunk = config.vocab_chunk or None
   if live is not None:
+    wrap = None if not on_policy_settings else functools.partial(
+        on_policy.wrap_update, student=student, settings=on_policy_settings,
+        sep_id=tok.sep_id, pad_id=tok.pad_id, batch_sharding=parallel.batch_sharding())
     step = make_distill_step(student=student, teachers=live, tx=tx, objective=objective,
-                             learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk)
+                             learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk,
+                             wrap_update=wrap)
     step_args = (parallel.place_teacher(teacher_vars),)
   else:
     step = parallel.compile(build_update(model=student, tx=tx, objective=objective,
