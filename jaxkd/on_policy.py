@@ -170,7 +170,8 @@ def _sampled(student, settings, sep_id, pad_id, axis_name):
 
 
 def wrap_update(update: Callable, *, student, settings: dict, sep_id: int, pad_id: int,
-                batch_sharding: jax.sharding.Sharding | None = None) -> Callable:
+                batch_sharding: jax.sharding.Sharding | None = None,
+                num_steps: int = 0) -> Callable:
   """GKD around a per-device student update `(state, batch, *args, axis_name)` (e.g.
   `jaxkd.steps.build_update`'s with a live teacher): each step, with probability
   `settings['student_data_fraction']` (a coin from `step_keys`), the batch's `tokens`,
@@ -180,12 +181,13 @@ def wrap_update(update: Callable, *, student, settings: dict, sep_id: int, pad_i
   docstring). `batch_sharding` (under jit: `Parallel.batch_sharding()`) keeps the chosen
   batch where the fixed one was, so the update is partitioned as without this scheme (and at
   fraction 0 computes bit for bit what it computes alone). With `settings['adaptive']`,
-  DistiLLM's variant (`on_policy_replay`)."""
+  DistiLLM's variant (`on_policy_replay`; the state a `ReplayState`, `num_steps` the run's
+  length)."""
   if settings['adaptive']:
     from jaxkd import on_policy_replay
     return on_policy_replay.wrap_update(update, student=student, settings=settings,
                                         sep_id=sep_id, pad_id=pad_id,
-                                        batch_sharding=batch_sharding)
+                                        batch_sharding=batch_sharding, num_steps=num_steps)
   fraction = float(settings['student_data_fraction'])
 
   def wrapped(state, batch, *args, axis_name=None):

@@ -57,6 +57,7 @@ def setup():
                                     parallel.place_teacher(teacher_vars))
 
   state = create_train_state(student, tx, seed=0, input_shape=(1, L))
+  make.teacher = teacher
   return student, teacher_vars, state, make
 
 
@@ -127,6 +128,54 @@ def test_a_failed_generation_stops_the_run(setup):
   assert float(metrics['check_generation']) == 1.0
   with pytest.raises(FloatingPointError, match='failed generation'):
     check_numerics(jax.device_get(metrics), 1)
+
+
+def test_adaptive_buffer_holds_the_students_samples(setup):
+  from jaxkd import on_policy_replay
+  student, teacher_vars, state, make = setup
+  settings = {**SETTINGS, 'adaptive': True, 'buffer_rows': 2 * B}
+  objective = losses.build_objective({'jsd': {'weight': 1.0, 'mixing_weight': 0.5}})
+  tx = optax.sgd(0.5)
+  parallel = Parallel('jit')
+  step = make_distill_step(student=student, teachers=make.teacher, tx=tx,
+                           objective=objective, parallel=parallel,
+                           wrap_update=functools.partial(
+                               on_policy.wrap_update, student=student, settings=settings,
+                               sep_id=SEP, pad_id=PAD, num_steps=4,
+                               batch_sharding=parallel.batch_sharding()))
+  replay_state = on_policy_replay.create_replay_state(
+      copy(state), tx, rows=2 * B, width=L + 1, settings=settings, reference_loss=3.0)
+  expected = []
+  for i in range(2):  # phi = 1 and the buffer not full: both steps sample afresh
+    params = copy(replay_state.params)
+    expected.append(_expected_rows(student, params, _rows(i),
+                                   on_policy.step_keys(replay_state.rng, jnp.int32(i))[1])[0])
+    replay_state, metrics = step(parallel.replicate(replay_state),
+                                 parallel.shard_batch(lm_batch(_rows(i))),
+                                 parallel.place_teacher(teacher_vars))
+    assert float(metrics['on_policy']) == 1.0 and float(metrics['replayed']) == 0.0
+  replay = jax.device_get(replay_state.replay)
+  assert int(replay['size']) == 2 * B and int(replay['next']) == 0
+  for name in ('tokens', 'mask'):
+    np.testing.assert_array_equal(replay[name], np.concatenate([e[name] for e in expected]))
+  # The buffer full, step 2 of 4 samples afresh when u < phi (1 - 2 / 4), else replays.
+  u = jax.random.uniform(on_policy.step_keys(replay_state.rng, jnp.int32(2))[0])
+  assert int(on_policy_replay.branch(u, replay, jnp.int32(2), 4)) == (1 if u < 0.5 else 2)
+
+
+def test_adaptive_fraction_rises_when_the_validation_loss_stalls():
+  from jaxkd import on_policy_replay
+  settings = {'loss_tolerance': 0.1, 'fraction_increment': 0.1}
+  replay = {'fraction': 0.0, 'reference_loss': 2.0}
+  falling = on_policy_replay.raise_fraction(replay, 1.5, settings=settings)
+  assert (falling['fraction'], falling['reference_loss']) == (0.0, 2.0)
+  within = on_policy_replay.raise_fraction(replay, 2.05, settings=settings)
+  assert (within['fraction'], within['reference_loss']) == (0.0, 2.0)
+  raised = on_policy_replay.raise_fraction(replay, 2.1, settings=settings)
+  assert raised['fraction'] == np.float32(0.1) and raised['reference_loss'] == np.float32(2.1)
+  capped = on_policy_replay.raise_fraction({'fraction': 0.95, 'reference_loss': 1.0}, 9.0,
+                                           settings=settings)
+  assert capped['fraction'] == 1.0
 
 
 @pytest.mark.parametrize('change, name', [
@@ -241,6 +290,19 @@ def test_recipe_resumed_run_is_exact(trained_teacher):
   assert whole['params_sha256'] != kd['params_sha256']
   _student(root, 'resumed', on_policy=half, stop_at=3)  # as a preemption after step 3
   resumed, resumed_records = _student(root, 'resumed', on_policy=half)
+  assert resumed['params_sha256'] == whole['params_sha256']
+  assert [r['loss'] for r in resumed_records] == [r['loss'] for r in whole_records]
+
+
+@pytest.mark.slow
+def test_recipe_adaptive_resumed_run_is_exact(trained_teacher):
+  root = trained_teacher
+  adaptive = {**GKD, 'adaptive': True, 'student_data_fraction': 1.0, 'buffer_rows': 16,
+              'loss_tolerance': 0.0}
+  whole, whole_records = _student(root, 'adaptive', on_policy=adaptive)
+  assert {r['replayed'] for r in whole_records} == {0.0, 1.0}  # seed 0 draws both
+  _student(root, 'adaptive_resumed', on_policy=adaptive, stop_at=3)
+  resumed, resumed_records = _student(root, 'adaptive_resumed', on_policy=adaptive)
   assert resumed['params_sha256'] == whole['params_sha256']
   assert [r['loss'] for r in resumed_records] == [r['loss'] for r in whole_records]
 

@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxkd import distributed, losses, models, on_policy, seqkd
+from jaxkd import distributed, losses, models, on_policy, on_policy_replay, seqkd
 from jaxkd.data import text
 from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.language import evaluate_lm, make_lm_eval_step, summarize_lm, train_batches
@@ -113,6 +113,9 @@ def _check_on_policy(config, objective) -> dict | None:
     return None
   settings = on_policy.check_settings(_plain(config.on_policy), seq_len=config.seq_len,
                                       batch_size=config.batch_size)
+  if settings['adaptive'] and config.parallel != 'jit':
+    raise ValueError(f"config.on_policy.adaptive keeps one replay buffer: set config.parallel="
+                     f"'jit', not {config.parallel!r}.")
   if not config.teacher_dir or not objective.needs_teacher:
     names = [name for name, _, _ in objective.terms]
     raise ValueError(f'config.on_policy: the student learns a live teacher on its own samples;'
@@ -186,7 +189,8 @@ def run(config, workdir: str) -> dict:
   if live is not None:
     wrap = None if not on_policy_settings else functools.partial(
         on_policy.wrap_update, student=student, settings=on_policy_settings,
-        sep_id=tok.sep_id, pad_id=tok.pad_id, batch_sharding=parallel.batch_sharding())
+        sep_id=tok.sep_id, pad_id=tok.pad_id, batch_sharding=parallel.batch_sharding(),
+        num_steps=config.num_steps)
     step = make_distill_step(student=student, teachers=live, tx=tx, objective=objective,
                              learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk,
                              wrap_update=wrap)
@@ -209,6 +213,17 @@ def run(config, workdir: str) -> dict:
     del epoch
     return {f'valid_{k}': v for k, v in evaluate_split(state, 'valid').items()}
 
+  after_evaluate = None
+  if on_policy_settings and on_policy_settings['adaptive']:  # DistiLLM's replay buffer
+    state = on_policy_replay.create_replay_state(
+        state, tx, rows=on_policy_settings['buffer_rows'], width=config.seq_len + 1,
+        settings=on_policy_settings, reference_loss=evaluate_split(state, 'valid')['loss'])
+
+    def after_evaluate(state, record):
+      replay = on_policy_replay.raise_fraction(jax.device_get(state.replay),
+                                               record['valid_loss'], settings=on_policy_settings)
+      return state.replace(replay=parallel.replicate(replay))
+
   batches, steps_per_epoch = train_batches(train, batch_size=config.batch_size,
                                            seed=config.seed, steps_per_epoch=config.eval_every)
   metadata = {key: _plain(config[key]) for key in _RUN_KEYS}
@@ -225,7 +240,8 @@ def run(config, workdir: str) -> dict:
                 steps_per_epoch=steps_per_epoch, num_steps=config.stop_at or config.num_steps,
                 batch_size=config.batch_size, workdir=workdir, parallel=parallel,
                 step_args=step_args, evaluate=evaluate, log_every=config.log_every,
-                checkpointer=manager, checkpoint_every=config.checkpoint_every)
+                checkpointer=manager, checkpoint_every=config.checkpoint_every,
+                after_evaluate=after_evaluate)
   if config.stop_at and config.stop_at < config.num_steps:
     return {'stopped_at': config.stop_at}  # a pause (as a preemption would): resume later
   state = parallel.unreplicate(state)
