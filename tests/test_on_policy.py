@@ -317,3 +317,29 @@ def test_recipe_checks_the_settings_before_loading_data(tmp_path, monkeypatch):
                        str(tmp_path / 'w'))
   with pytest.raises(ValueError, match='teacher'):
     language_model.run(_recipe_config(on_policy=GKD), str(tmp_path / 'w'))
+
+
+# The kill may land in an asynchronous save: its half-written folder is set aside (warned).
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::jaxkd.checkpoint.IncompleteCheckpointWarning')
+def test_recipe_killed_mid_run_resumes_to_the_uninterrupted_parameters(trained_teacher):
+  import json
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  from test_lm_recipe import KILLED_RUN  # SIGKILL after step 5 (checkpoints every 3)
+  root = trained_teacher
+  half = {**GKD, 'student_data_fraction': 0.5}
+  whole, _ = _student(root, 'kill_whole', on_policy=half, num_steps=8, checkpoint_every=2)
+  settings = _recipe_config(
+      teacher_dir=str(root / 'teacher'), num_steps=8, checkpoint_every=2,
+      terms={'jsd': {'weight': 1.0, 'mixing_weight': 0.5}}, on_policy=half).to_dict()
+  env = {**os.environ, 'PYTHONPATH': str(pathlib.Path(__file__).parents[1]),
+         'JAXKD_PYDOC_DIR': str(root / 'source'), 'JAXKD_DATA_DIR': str(root / 'data')}
+  killed = subprocess.run([sys.executable, '-c', KILLED_RUN, json.dumps(settings),
+                           str(root / 'killed')], env=env, capture_output=True, text=True)
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert not (root / 'killed' / 'final_metrics.json').exists()
+  resumed, _ = _student(root, 'killed', on_policy=half, num_steps=8, checkpoint_every=2)
+  assert resumed['params_sha256'] == whole['params_sha256']

@@ -23,11 +23,8 @@ VARIANTS = ('lambda_0', 'lambda_0.5', 'lambda_1', 'reverse_kl_1', 'distillm')
 
 
 def get_config(variant: str = 'lambda_0.5') -> ml_collections.ConfigDict:
-  variant = variant or 'lambda_0.5'
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown GKD variant {variant!r}; known: {list(VARIANTS)}')
-  config = language_model.default_config()
-  config.update(model='lm_student', num_steps=1000, eval_every=250, checkpoint_every=250)
+  variant, config = language_model.student_variant(variant, VARIANTS, default='lambda_0.5',
+                                                    what='GKD')
   config.on_policy = {'prompt_len': 64, 'new_tokens': 192, 'temperature': 1.0}
   if variant == 'distillm':
     config.on_policy.update(adaptive=True, student_data_fraction=0.0, buffer_rows=1000,

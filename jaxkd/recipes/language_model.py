@@ -72,6 +72,19 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
+def student_variant(variant: str, variants, *, default: str,
+                    what: str) -> tuple[str, ml_collections.ConfigDict]:
+  """`(variant, config)` for a named config's variant (`default` when empty; one of
+  `variants`, else ValueError): the table's student settings (`lm_student`, 1,000 steps,
+  evaluated and checkpointed every 250)."""
+  variant = variant or default
+  if variant not in variants:
+    raise ValueError(f'Unknown {what} variant {variant!r}; known: {list(variants)}')
+  config = default_config()
+  config.update(model='lm_student', num_steps=1000, eval_every=250, checkpoint_every=250)
+  return variant, config
+
+
 def _plain(value):
   return value.to_dict() if hasattr(value, 'to_dict') else value
 
