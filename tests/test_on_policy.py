@@ -121,6 +121,31 @@ def test_fraction_one_trains_on_the_students_samples(setup):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
+def test_pmap_and_shard_map_sample_per_device_alike(setup):
+  student, teacher_vars, state, make = setup
+  objective = losses.build_objective({'jsd': {'weight': 1.0, 'mixing_weight': 0.5}})
+  losses_by_mode = {}
+  for mode in ('jit', 'pmap', 'shard_map'):
+    parallel = Parallel(mode)
+    for fraction in (0.0, 1.0):
+      step = make_distill_step(
+          student=student, teachers=make.teacher, tx=optax.sgd(0.5), objective=objective,
+          parallel=parallel, wrap_update=functools.partial(
+              on_policy.wrap_update, student=student, sep_id=SEP, pad_id=PAD,
+              settings={**SETTINGS, 'student_data_fraction': fraction},
+              batch_sharding=parallel.batch_sharding()))
+      _, metrics = step(parallel.replicate(copy(state)), parallel.shard_batch(lm_batch(_rows())),
+                        parallel.place_teacher(teacher_vars))
+      losses_by_mode[mode, fraction] = float(parallel.unreplicate(metrics)['loss'])
+  for mode in ('pmap', 'shard_map'):
+    np.testing.assert_allclose(losses_by_mode[mode, 0.0], losses_by_mode['jit', 0.0], rtol=1e-5)
+  # Each device samples its rows from the step's key folded with its index: pmap and
+  # shard_map draw alike, jit (one program over the global batch) otherwise.
+  np.testing.assert_allclose(losses_by_mode['pmap', 1.0], losses_by_mode['shard_map', 1.0],
+                             rtol=1e-5)
+
+
 def test_a_failed_generation_stops_the_run(setup):
   _, teacher_vars, state, make = setup
   broken = copy(state).replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
@@ -343,3 +368,12 @@ def test_recipe_killed_mid_run_resumes_to_the_uninterrupted_parameters(trained_t
   assert not (root / 'killed' / 'final_metrics.json').exists()
   resumed, _ = _student(root, 'killed', on_policy=half, num_steps=8, checkpoint_every=2)
   assert resumed['params_sha256'] == whole['params_sha256']
+
+
+def test_recipe_refuses_the_adaptive_buffer_outside_jit(tmp_path, monkeypatch):
+  from jaxkd.recipes import language_model
+  monkeypatch.setenv('JAXKD_PYDOC_DIR', str(tmp_path / 'nothing_here'))
+  with pytest.raises(ValueError, match="parallel='jit'"):
+    language_model.run(_recipe_config(teacher_dir='x', terms={'kd': {'weight': 1.0}},
+                                      parallel='pmap', on_policy={**GKD, 'adaptive': True}),
+                       str(tmp_path / 'w'))
