@@ -45,6 +45,7 @@ def make_distill_step(
     parallel: Parallel = Parallel(),
     cached: bool = False,
     vocab_chunk: int | None = None,
+    wrap_update: Callable | None = None,
 ) -> Callable:
   """Builds the distillation step `(state, batch, teacher_variables) -> (state, metrics)`.
 
@@ -73,6 +74,8 @@ def make_distill_step(
     vocab_chunk: language models: compute the logit terms from both models' last hidden
       states this many positions at a time (`jaxkd.losses.chunked`), never holding their
       `[B, L, V]` logits; live teachers only, terms without taps.
+    wrap_update: `wrap_update(update) -> update` around the per-device update before it is
+      compiled (`jaxkd.on_policy.wrap_update`: the student's own samples as the batch).
 
   Returns:
     The compiled step. Metrics: loss, each component's mean, accuracy, teacher accuracy,
@@ -105,6 +108,8 @@ def make_distill_step(
   update = build_update(model=student, tx=tx, objective=objective, augment=augment,
                         teacher_fn=teacher_fn, learning_rate_fn=learning_rate_fn,
                         complete_teacher=complete_teacher, vocab_chunk=vocab_chunk)
+  if wrap_update is not None:
+    update = wrap_update(update)
   return parallel.compile(update, num_step_args=1)
 
 

@@ -151,6 +151,7 @@ def fit(
     checkpointer: 'Checkpointer | None' = None,
     checkpoint_every: int = 0,
     eval_every: int = 1,
+    after_evaluate: Callable[[TrainState, dict], TrainState] | None = None,
 ) -> TrainState:
   """Runs `step_fn` from the state's step (or the newest checkpoint's) up to `num_steps`.
 
@@ -159,7 +160,9 @@ def fit(
   since the last log, and written to `workdir/metrics.jsonl`; `evaluate(state, epoch)` runs
   at the end of every `eval_every`-th epoch (and of the last epoch) and its (flat) dict is
   logged too. A non-finite loss stops the run.
-  `on_step(state, step)` runs after every step.
+  `on_step(state, step)` runs after every step; `after_evaluate(state, record)` after each
+  evaluation, its state replacing the run's before the checkpoint of that step (a schedule
+  that reads validation metrics: `jaxkd.on_policy_replay`).
 
   With a `checkpointer`, the run resumes from its newest checkpoint (restored into `state`'s
   shapes and placement; `metrics.jsonl` records after that step are dropped) and saves the
@@ -234,6 +237,8 @@ def fit(
           if (evaluate is not None and into_epoch == 0
               and (epochs_done % eval_every == 0 or step >= num_steps)):
             eval_record = evaluate(state, epochs_done)
+            if after_evaluate is not None:
+              state = after_evaluate(state, eval_record)
             writer.write({'step': step, 'epoch': step / steps_per_epoch, **eval_record})
             window_start = time.perf_counter()  # evaluation is not training throughput
           if checkpointer is not None and (

@@ -239,6 +239,8 @@ CHECKS = {  # metric -> what it means when > 0, in the order a diagnosis names t
     'check_inputs': 'non-finite inputs (the batch holds NaN or infinite values: clean the data)',
     'check_labels': 'labels outside 0..num_classes-1 (the data or the class subset is wrong)',
     'check_teacher': 'non-finite teacher logits (the teacher is damaged or diverged)',
+    'check_generation': "a failed generation of the student's own samples (a non-finite logit "
+                        'while sampling, or no token generated: jaxkd.on_policy)',
 }
 
 

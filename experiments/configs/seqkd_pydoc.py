@@ -19,11 +19,8 @@ VARIANTS = ('greedy', 'beam', 'greedy_word_kd', 'beam_word_kd')
 
 
 def get_config(variant: str = 'greedy') -> ml_collections.ConfigDict:
-  variant = variant or 'greedy'
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown SeqKD variant {variant!r}; known: {list(VARIANTS)}')
-  config = language_model.default_config()
-  config.update(model='lm_student', num_steps=1000, eval_every=250, checkpoint_every=250)
+  variant, config = language_model.student_variant(variant, VARIANTS, default='greedy',
+                                                    what='SeqKD')
   decode = variant.split('_')[0]
   config.seqkd = {'decode': decode, 'num_beams': 4 if decode == 'beam' else 1,
                   'prompt_len': 64, 'new_tokens': 192, 'data_dir': ''}

@@ -10,6 +10,9 @@ through the shared step, loop and checkpoints (exact resume, teacher fingerprint
   config.seqkd = {'decode': 'beam', 'num_beams': 4, 'prompt_len': 32, 'new_tokens': 96}
   config.terms = {'ce': {'weight': 1.0}}                    # + 'kd' for word-KD beside it
   language_model.run(config, '/tmp/seqkd')     # sequence-level KD (jaxkd.seqkd)
+  config.seqkd, config.terms = {}, {'jsd': {'weight': 1.0, 'mixing_weight': 0.5}}
+  config.on_policy = {'student_data_fraction': 0.5, 'prompt_len': 32, 'new_tokens': 96}
+  language_model.run(config, '/tmp/gkd')       # on-policy distillation (jaxkd.on_policy)
 
 With `config.seqkd` set, the teacher first writes its continuations of the training rows'
 prompts (once, to `seqkd.data_dir`, default WORKDIR/seqkd_data, with a provenance checked on
@@ -23,6 +26,11 @@ From a stored teacher cache instead of a live teacher (written once from `teache
   config.terms = {'sampled_kd': {'weight': 1.0, 'temperature': 1.0}}
   # or {'kind': 'topk', 'k': 8, 'dir': ...} with terms {'kd': {'weight': 1.0, ...}}
 
+With `config.on_policy` set (GKD, `jaxkd.on_policy`), each step trains, with probability
+`student_data_fraction`, on the student's own samples of its rows' prompts instead of the
+rows' continuations, the terms against the live teacher on those sequences; the coin and the
+samples come from the run's key and step (exact resume).
+
 Writes `WORKDIR/final` (the model's variables and what it is), `WORKDIR/metrics.jsonl`
 (training and validation curves) and `WORKDIR/final_metrics.json` (`valid` and `test`:
 per-token loss, perplexity, bits per byte, accuracy, and with a teacher its agreement).
@@ -30,6 +38,7 @@ per-token loss, perplexity, bits per byte, accuracy, and with a teacher its agre
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -39,7 +48,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxkd import distributed, losses, models, seqkd
+from jaxkd import distributed, losses, models, on_policy, on_policy_replay, seqkd
 from jaxkd.data import text
 from jaxkd.distill import create_distill_state, make_distill_step
 from jaxkd.language import evaluate_lm, make_lm_eval_step, summarize_lm, train_batches
@@ -52,7 +61,7 @@ from jaxkd.steps import build_update
 _RUN_KEYS = ('corpus', 'tokenizer', 'vocab_size', 'seq_len', 'model', 'model_overrides',
              'batch_size', 'num_steps', 'learning_rate', 'warmup_steps', 'weight_decay',
              'grad_clip', 'seed', 'terms', 'vocab_chunk', 'max_train_rows', 'eval_every',
-             'seqkd')
+             'seqkd', 'on_policy')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -67,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
       'max_train_rows': 0, 'max_eval_rows': 0, 'eval_batch_size': 32, 'stop_at': 0,
       'teacher_cache': {},
       'seqkd': {},  # sequence-level KD: jaxkd.seqkd.DEFAULTS's settings; {} is off
+      'on_policy': {},  # on-policy distillation: jaxkd.on_policy.DEFAULTS's; {} is off
   })
 
 
@@ -136,6 +146,19 @@ def _cached_rows(settings: dict, teacher, teacher_vars, train: dict, *, seed: in
   return rows
 
 
+def student_variant(variant: str, variants, *, default: str,
+                    what: str) -> tuple[str, ml_collections.ConfigDict]:
+  """`(variant, config)` for a named config's variant (`default` when empty; one of
+  `variants`, else ValueError): the table's student settings (`lm_student`, 1,000 steps,
+  evaluated and checkpointed every 250)."""
+  variant = variant or default
+  if variant not in variants:
+    raise ValueError(f'Unknown {what} variant {variant!r}; known: {list(variants)}')
+  config = default_config()
+  config.update(model='lm_student', num_steps=1000, eval_every=250, checkpoint_every=250)
+  return variant, config
+
+
 def _plain(value):
   return value.to_dict() if hasattr(value, 'to_dict') else value
 
@@ -171,6 +194,23 @@ def _optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   return tx, schedule
 
 
+def _check_on_policy(config, objective) -> dict | None:
+  """`config.on_policy`'s checked settings (None when off), or one ValueError."""
+  if not config.on_policy:
+    return None
+  settings = on_policy.check_settings(_plain(config.on_policy), seq_len=config.seq_len,
+                                      batch_size=config.batch_size)
+  if settings['adaptive'] and config.parallel != 'jit':
+    raise ValueError(f"config.on_policy.adaptive keeps one replay buffer: set config.parallel="
+                     f"'jit', not {config.parallel!r}.")
+  if not config.teacher_dir or not objective.needs_teacher:
+    names = [name for name, _, _ in objective.terms]
+    raise ValueError(f'config.on_policy: the student learns a live teacher on its own samples;'
+                     f' set config.teacher_dir and a term that reads the teacher (jsd, '
+                     f'reverse_kl, skew_kl, kd), not only {names}.')
+  return settings
+
+
 def run(config, workdir: str) -> dict:
   """Trains `config.model` on `config.corpus` (no `teacher_dir`), or distils the model in
   `config.teacher_dir` into it with `config.terms` (by name, `jaxkd.losses.LOSSES`; default
@@ -178,11 +218,14 @@ def run(config, workdir: str) -> dict:
   `config.stop_at` (< `num_steps`) stops there after a checkpoint, as a preemption would.
   `config.seqkd` (non-empty): train on the teacher's sequences (module docstring)."""
   start = time.perf_counter()
-  if config.seqkd and config.teacher_cache:
-    raise ValueError('config.seqkd and config.teacher_cache are both set: a stored cache holds '
-                     "the teacher's targets on the corpus rows, SeqKD replaces those rows; "
-                     'use one of them.')
+  if config.teacher_cache and (config.seqkd or config.on_policy):
+    raise ValueError('config.teacher_cache is set beside config.seqkd or config.on_policy: a '
+                     "stored cache holds the teacher's targets on the corpus rows, which SeqKD "
+                     "and on-policy steps replace; use one of them.")
   os.makedirs(workdir, exist_ok=True)
+  terms = _plain(config.terms) or {'ce': {'weight': 1.0}}
+  objective = losses.build_objective(terms)
+  on_policy_settings = _check_on_policy(config, objective)  # before any data loads
   parallel = Parallel(config.parallel)
   train = _rows(config, 'train', config.max_train_rows)
   evals = {split: _rows(config, split, config.max_eval_rows) for split in ('valid', 'test')}
@@ -199,8 +242,6 @@ def run(config, workdir: str) -> dict:
                     if config.seqkd else None)
   overrides = _plain(config.model_overrides) or {}
   student = _model(config.model, vocab, config.seq_len, overrides, config.dtype)
-  terms = _plain(config.terms) or {'ce': {'weight': 1.0}}
-  objective = losses.build_objective(terms)
   teacher, teacher_vars, fingerprints = None, (), []
   if config.teacher_dir:
     teacher, teacher_vars, teacher_meta = load_lm(config.teacher_dir, config.dtype)
@@ -249,8 +290,13 @@ def run(config, workdir: str) -> dict:
                              learning_rate_fn=schedule, parallel=parallel, cached=True)
     step_args = ((),)
   elif live is not None:
+    wrap = None if not on_policy_settings else functools.partial(
+        on_policy.wrap_update, student=student, settings=on_policy_settings,
+        sep_id=tok.sep_id, pad_id=tok.pad_id, batch_sharding=parallel.batch_sharding(),
+        num_steps=config.num_steps)
     step = make_distill_step(student=student, teachers=live, tx=tx, objective=objective,
-                             learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk)
+                             learning_rate_fn=schedule, parallel=parallel, vocab_chunk=chunk,
+                             wrap_update=wrap)
     step_args = (parallel.place_teacher(teacher_vars),)
   else:
     step = parallel.compile(build_update(model=student, tx=tx, objective=objective,
@@ -270,6 +316,17 @@ def run(config, workdir: str) -> dict:
     del epoch
     return {f'valid_{k}': v for k, v in evaluate_split(state, 'valid').items()}
 
+  after_evaluate = None
+  if on_policy_settings and on_policy_settings['adaptive']:  # DistiLLM's replay buffer
+    state = on_policy_replay.create_replay_state(
+        state, tx, rows=on_policy_settings['buffer_rows'], width=config.seq_len + 1,
+        settings=on_policy_settings, reference_loss=evaluate_split(state, 'valid')['loss'])
+
+    def after_evaluate(state, record):
+      replay = on_policy_replay.raise_fraction(jax.device_get(state.replay),
+                                               record['valid_loss'], settings=on_policy_settings)
+      return state.replace(replay=parallel.replicate(replay))
+
   batches, steps_per_epoch = train_batches(train, batch_size=config.batch_size,
                                            seed=config.seed, steps_per_epoch=config.eval_every)
   metadata = {key: _plain(config[key]) for key in _RUN_KEYS}
@@ -288,7 +345,8 @@ def run(config, workdir: str) -> dict:
                 steps_per_epoch=steps_per_epoch, num_steps=config.stop_at or config.num_steps,
                 batch_size=config.batch_size, workdir=workdir, parallel=parallel,
                 step_args=step_args, evaluate=evaluate, log_every=config.log_every,
-                checkpointer=manager, checkpoint_every=config.checkpoint_every)
+                checkpointer=manager, checkpoint_every=config.checkpoint_every,
+                after_evaluate=after_evaluate)
   if config.stop_at and config.stop_at < config.num_steps:
     return {'stopped_at': config.stop_at}  # a pause (as a preemption would): resume later
   state = parallel.unreplicate(state)
