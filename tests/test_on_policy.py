@@ -101,8 +101,11 @@ def test_fraction_zero_is_supervised_token_kd_exactly(setup):
     b, metrics_b = gkd(b, rows)
     assert float(metrics_b['on_policy']) == 0.0 and float(metrics_b['check_generation']) == 0
     assert float(metrics_a['loss']) == float(metrics_b['loss'])
+  # The coin's `lax.cond` makes another program than the plain step, which XLA may fuse and
+  # round differently in the last bit (the losses above agree exactly): equal to float32's
+  # resolution, not bit for bit.
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
 def test_fraction_one_trains_on_the_students_samples(setup):
