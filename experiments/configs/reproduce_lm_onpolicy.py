@@ -83,21 +83,24 @@ def caches(vocab: int) -> dict[str, dict]:
 
 
 def _rows(vocab: int) -> dict[str, str]:
+  """What each row is, with each cache's bytes per token (the same for any V <= 65,536) and
+  the full float32 cache's at `vocab`."""
   from jaxkd.cache_lm import bytes_per_token
   full = bytes_per_token('full', vocab_size=vocab)
-  rows = {'teacher': 'lm_teacher, cross-entropy (lm_kd\'s)', 'student': 'lm_student alone',
-          'token_kd': '+ token KD, live teacher (control)',
+  rows = {'teacher': "lm_teacher, cross-entropy (lm_kd's)", 'student': 'lm_student alone',
+          'token_kd': f'+ token KD, live teacher (control; as a full float32 cache: 4 V = '
+                      f'{full:,} B/token at V = {vocab:,})',
           'seqkd': "CE on the teacher's greedy continuations",
           'gkd_0': 'GKD, JSD(0.5), student data 0', 'gkd_0.5': 'GKD, JSD(0.5), student data 0.5',
           'gkd_1': 'GKD, JSD(0.5), student data 1'}
   for row, cache in caches(vocab).items():
     what = (f"sampled cache, K = {cache['k']}" if cache['kind'] == 'sampled'
             else f"top-{cache['k']} cache, bfloat16")
-    rows[row] = f"+ token KD from a {what}: {cache['bytes_per_token']} B/token (full {full:,})"
+    rows[row] = f"+ token KD from a {what}: {cache['bytes_per_token']} B/token"
   return rows
 
 
-ROWS = _rows(2048)  # the full profile's vocabulary
+ROWS = _rows(2048)  # the full profile's vocabulary (runs record their own: `info`)
 
 PROFILES = {
     'full': dict(kd_table.PROFILES['full'], seeds=(0, 1, 2), prompt_len=64, new_tokens=192),
