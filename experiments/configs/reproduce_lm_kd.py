@@ -18,6 +18,8 @@ Cost (2 shared CPU cores, from the measured 2.2 CPU-s per teacher step and ~0.33
 student step, ~0.85 s per step with the live teacher): teacher ~1.8 h; student alone 5 x
 ~6 min; 20 distillation runs x ~14 min ~ 4.7 h; the select grid 4 x ~14 min: ~7.5 h.
 """
+from __future__ import annotations
+
 import ml_collections
 
 from jaxkd.tables.sweep import RunSpec
@@ -62,7 +64,7 @@ def get_config(profile: str = 'full') -> ml_collections.ConfigDict:
   return config
 
 
-def _objectives(config, kd: dict) -> dict:
+def objectives(config, kd: dict) -> dict:
   """Each distillation row's terms (cross-entropy beside every one, weight 1 - w)."""
   w, t = kd['weight'], kd['temperature']
   last = f'block{config.teacher_depth - 1}'
@@ -77,43 +79,64 @@ def _objectives(config, kd: dict) -> dict:
   }
 
 
-def run_specs(config, root: str) -> list:
-  """The teacher first, the student alone next (the headroom gate reads both), then the
-  distillation rows; the select profile: the teacher, the student alone and the KD grid."""
+def recipe_config(config, root: str, model: str, overrides: dict, steps: int, seed: int,
+                  terms: dict | None = None, teacher: bool = False):
+  """The `language_model` recipe's settings of one run of this table (or of a table that
+  shares its teacher: `root`/lm_kd/teacher/seed0)."""
   from jaxkd.recipes import language_model
+  c = language_model.default_config()
+  c.update(corpus=config.corpus, tokenizer=config.tokenizer, seq_len=config.seq_len,
+           batch_size=config.batch_size, model=model, num_steps=steps, seed=seed,
+           max_train_rows=config.max_train_rows, max_eval_rows=config.max_eval_rows,
+           log_every=config.log_every, eval_every=config.eval_every,
+           warmup_steps=config.warmup_steps,
+           checkpoint_every=config.checkpoint_every)
+  c.model_overrides = dict(overrides)
+  c.terms = terms or {}
+  if teacher:
+    c.teacher_dir = f'{root}/{NAME}/teacher/seed0/final'
+  return c
 
-  def run(model, overrides, steps, seed, terms=None, teacher=False):
-    c = language_model.default_config()
-    c.update(corpus=config.corpus, tokenizer=config.tokenizer, seq_len=config.seq_len,
-             batch_size=config.batch_size, model=model, num_steps=steps, seed=seed,
-             max_train_rows=config.max_train_rows, max_eval_rows=config.max_eval_rows,
-             log_every=config.log_every, eval_every=config.eval_every,
-             warmup_steps=config.warmup_steps,
-             checkpoint_every=config.checkpoint_every)
-    c.model_overrides = dict(overrides)
-    c.terms = terms or {}
-    if teacher:
-      c.teacher_dir = f'{root}/{NAME}/teacher/seed0/final'
-    return c
 
-  specs = [RunSpec(NAME, 'teacher', 0, 'language_model',
-                   run(config.teacher, config.teacher_overrides, config.teacher_steps, 0))]
-  student = lambda seed, terms=None, teacher=False: run(  # noqa: E731
-      config.student, config.student_overrides, config.student_steps, seed, terms, teacher)
-  if config.select:
-    specs.append(RunSpec(NAME, 'student', SELECT_SEED, 'language_model', student(SELECT_SEED)))
-    for t, w in SELECT_GRID:
-      terms = _objectives(config, {'temperature': t, 'weight': w})['kd']
-      specs.append(RunSpec(NAME, f'kd_t{t:g}_w{w:g}', SELECT_SEED, 'language_model',
-                           student(SELECT_SEED, terms, True), {'temperature': t, 'weight': w}))
-    return specs
+def student_config(config, root: str, seed: int, terms: dict | None = None,
+                   teacher: bool = False):
+  return recipe_config(config, root, config.student, config.student_overrides,
+                       config.student_steps, seed, terms, teacher)
+
+
+def teacher_spec(config, root: str) -> RunSpec:
+  return RunSpec(NAME, 'teacher', 0, 'language_model',
+                 recipe_config(config, root, config.teacher, config.teacher_overrides,
+                               config.teacher_steps, 0))
+
+
+def kd_settings(config) -> dict:
+  """`KD` (the smoke profile: T = 1, weight 0.5 until it is chosen); the full profile
+  refuses while `KD` is None."""
   kd = KD if config.profile == 'full' else KD or {'temperature': 1.0, 'weight': 0.5}
   if kd is None:
     raise ValueError('KD is not selected yet: run --profile select, write its choice into KD '
                      'in experiments/configs/reproduce_lm_kd.py and commit, then run the table.')
+  return kd
+
+
+def run_specs(config, root: str) -> list:
+  """The teacher first, the student alone next (the headroom gate reads both), then the
+  distillation rows; the select profile: the teacher, the student alone and the KD grid."""
+  specs = [teacher_spec(config, root)]
+  student = lambda seed, terms=None, teacher=False: student_config(  # noqa: E731
+      config, root, seed, terms, teacher)
+  if config.select:
+    specs.append(RunSpec(NAME, 'student', SELECT_SEED, 'language_model', student(SELECT_SEED)))
+    for t, w in SELECT_GRID:
+      terms = objectives(config, {'temperature': t, 'weight': w})['kd']
+      specs.append(RunSpec(NAME, f'kd_t{t:g}_w{w:g}', SELECT_SEED, 'language_model',
+                           student(SELECT_SEED, terms, True), {'temperature': t, 'weight': w}))
+    return specs
+  kd = kd_settings(config)
   seeds = lambda row: config.seeds.get(row, config.seeds['default'])  # noqa: E731
   specs += [RunSpec(NAME, 'student', s, 'language_model', student(s)) for s in seeds('student')]
-  for row, terms in _objectives(config, kd).items():
+  for row, terms in objectives(config, kd).items():
     specs += [RunSpec(NAME, row, s, 'language_model', student(s, terms, True))
               for s in seeds(row)]
   return specs

@@ -4,9 +4,10 @@ distillation rows on the teacher's headroom, and write `<name>.json` (`runs`, `s
 
 A table's config module (`experiments/configs/reproduce_<name>.py`) provides `NAME`,
 `ROWS` (row -> what it is), `PROFILES`, `get_config(profile)`, `run_specs(config, root)` and
-`CONTROL` (the row the others are tested against); `config.min_headroom` is the margin in
-nats per token by which the teacher must beat the control on validation before any
-distillation row runs.
+`CONTROL` (the row the others are tested against), optionally `ALONE` (the student trained
+alone, default `CONTROL`); `config.min_headroom` is the margin in nats per token by which the
+teacher must beat `ALONE` on validation before any distillation row runs. Runs may belong to
+another table (a shared teacher: `RunSpec.table` names where it lives); rows are one table.
 """
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def headroom(records: Sequence[dict], control: str) -> float | None:
 def execute(table: Any, specs: Sequence[RunSpec], *, config, root: str,
             on_result=None, collect_only: bool = False) -> list[dict]:
   """Runs each spec in order (finished runs are read); refuses the distillation rows (those
-  with a teacher) while the teacher's headroom over `table.CONTROL` is below
+  with a teacher) while the teacher's headroom over the student alone is below
   `config.min_headroom`."""
+  alone = getattr(table, 'ALONE', table.CONTROL)
   records = []
   for index, spec in enumerate(specs):
     workdir = spec.workdir(root)
@@ -62,10 +64,10 @@ def execute(table: Any, specs: Sequence[RunSpec], *, config, root: str,
       continue
     else:
       if spec.config.get('teacher_dir'):
-        margin = headroom(records, table.CONTROL)
+        margin = headroom(records, alone)
         if margin is None or margin < config.min_headroom:
           raise RuntimeError(
-              f'{where}: the teacher beats {table.CONTROL} by {margin} nats/token on '
+              f'{where}: the teacher beats {alone} by {margin} nats/token on '
               f'validation, below the {config.min_headroom} the table needs before any '
               'distillation row runs; train a stronger teacher (more steps) first.')
       print(where, flush=True)
@@ -98,13 +100,15 @@ def tests(records: Sequence[dict], rows: Sequence[str], control: str,
           metric: str = 'test_bits_per_byte') -> list[dict]:
   """Paired one-sided tests that each row has lower `metric` than `control` (same seeds)."""
   found = []
+  table = next((r['table'] for r in records if r['row'] == control), records[0]['table'])
   for row in rows:
     if row in (control, 'teacher'):
       continue
-    # lower is better: the control's value minus the row's is the gain
-    test = sweep.compare([{**r, metric: -r[metric]} for r in records if metric in r],
-                         table=records[0]['table'], treatment=row, control=control,
-                         metric=metric)
+    # lower is better: the control's value minus the row's is the gain; a row's runs may
+    # live in another table's folder (shared), the rows are still one table
+    test = sweep.compare([{**r, 'table': table, metric: -r[metric]}
+                          for r in records if metric in r],
+                         table=table, treatment=row, control=control, metric=metric)
     if test['seeds']:
       found.append(test)
   for test, p in zip(found, stats.holm([t['p_value'] for t in found])):
@@ -126,7 +130,7 @@ def render(payload: dict, rows: dict[str, str], title: str) -> str:
       ('test agreement', lambda r: cell(r, 'test_agreement')),
       ('test ECE', lambda r: cell(r, 'test_ece'))], payload['summary'])
   if payload.get('headroom') is not None:
-    lines += ['', f"Teacher headroom over the control on validation: "
+    lines += ['', f"Teacher headroom over the student alone on validation: "
               f"{payload['headroom']:.3f} nats/token."]
   if payload['tests']:
     lines += ['', 'Paired one-sided tests, lower test bits per byte than the control (mean '
@@ -179,7 +183,7 @@ def run_table(table: Any, specs: Sequence[RunSpec], *, config, profile: str, roo
     payload.update(sweep.header(name, profile))
     payload.update(runs=records, summary=summarize(records, list(table.ROWS)),
                    tests=tests(records, list(table.ROWS), table.CONTROL) if records else [],
-                   headroom=headroom(records, table.CONTROL),
+                   headroom=headroom(records, getattr(table, 'ALONE', table.CONTROL)),
                    selection=table.SELECTION_NOTE,
                    plots=[plot_name] if os.path.exists(os.path.join(results_dir, plot_name))
                    else [])
