@@ -18,7 +18,11 @@ def _apply(objective, student, teacher, labels):
   student_outputs = Outputs(jnp.asarray(student))
   teacher_outputs = [Outputs(jnp.asarray(teacher))]
   params, state = objective.init(jax.random.key(0), student_outputs, teacher_outputs)
-  return objective.apply(Context(student_outputs, teacher_outputs, {'label': labels},
+  # what a sampled teacher cache puts in the batch: 4 token ids per position (sampled_kd)
+  rows, vocab = labels.shape, student.shape[-1]
+  sample_ids = (jnp.arange(np.prod(rows) * 4) % vocab).reshape(rows + (4,)).astype(jnp.int32)
+  return objective.apply(Context(student_outputs, teacher_outputs,
+                                 {'label': labels, 'teacher_sample_ids': sample_ids},
                                  params=params, state=state))
 
 
