@@ -2,7 +2,7 @@
 reproduce_lm_kd.py (pydoc, BPE 2,048; `lm_teacher` -> `lm_student`), 3 seeds (0, 1, 2).
 
     python experiments/reproduce_lm_onpolicy.py --profile full   # the table (after lm_kd's KD)
-    python experiments/reproduce_lm_onpolicy.py --profile smoke  # CI: every row once, 20 steps
+    python experiments/reproduce_lm_onpolicy.py --profile smoke  # CI: every row once, 6 steps
 
 Rows (each student `lm_student`, 1,000 steps of 16 x 256 tokens, as reproduce_lm_kd.py's):
 'student' alone; 'token_kd', the control every row is tested against: cross-entropy plus
@@ -104,8 +104,9 @@ ROWS = _rows(2048)  # the full profile's vocabulary (runs record their own: `inf
 
 PROFILES = {
     'full': dict(kd_table.PROFILES['full'], seeds=(0, 1, 2), prompt_len=64, new_tokens=192),
-    # every row once, 20 steps, tiny models, byte tokens (CI: a generated corpus)
-    'smoke': dict(kd_table.PROFILES['smoke'], seeds=(0,), prompt_len=8, new_tokens=24),
+    # every row once, tiny models, byte tokens, students 6 steps (CI: a generated corpus)
+    'smoke': dict(kd_table.PROFILES['smoke'], seeds=(0,), prompt_len=8, new_tokens=12,
+                  student_steps=6, log_every=3, eval_every=6),
 }
 
 
