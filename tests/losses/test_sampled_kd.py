@@ -9,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from classic_refs import _logits, np_log_softmax, np_softmax
+from sequence_refs import sequence_case, token_mean64
 from jaxkd import cache
 from jaxkd.losses import build_objective, kd_loss, sampled_kd_loss
 
@@ -31,6 +32,19 @@ def test_sampled_kd_loss_matches_numpy(temperature, shape):
   bf16 = sampled_kd_loss(jnp.asarray(student, jnp.bfloat16), ids, temperature=temperature)
   assert bf16.dtype == jnp.float32
 
+
+
+def test_sequences_per_position_padding_included():
+  """`[B, L, V]` with uneven valid lengths and +-1e3 logits at the padding: finite at every
+  position, the float64 reference at the valid ones, and the same token mean."""
+  student, _, _, mask = sequence_case(5)
+  ids = np.random.default_rng(2).integers(0, student.shape[-1], mask.shape + (8,))
+  got = np.asarray(sampled_kd_loss(student, ids, temperature=2.0))
+  want = np_sampled_kd(student, ids, 2.0)
+  assert got.shape == mask.shape and np.isfinite(got).all()
+  valid = mask > 0
+  np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5)
+  np.testing.assert_allclose(token_mean64(got, mask), token_mean64(want, mask), rtol=2e-5)
 
 def test_sampled_kd_gradients():
   student = _logits(0, (2, 3, V))
